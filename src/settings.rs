@@ -1,0 +1,240 @@
+//! Typed settings: `config/default.toml`, then an optional file, then `MODEL_PRUNER__*`
+//! environment variables. Unknown keys are errors; secrets never print.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+use crate::domain::policy::Direction;
+
+/// Environment variable naming the optional settings file.
+pub const CONFIG_ENV: &str = "MODEL_PRUNER_CONFIG";
+/// Prefix of the environment variables that override settings (`MODEL_PRUNER__MLFLOW__...`).
+pub const ENV_PREFIX: &str = "MODEL_PRUNER";
+
+/// The defaults shipped with the binary, so it runs without the `config/` folder too.
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub broker: BrokerSettings,
+    pub mlflow: MlflowSettings,
+    pub store: StoreSettings,
+    pub policy: PolicySettings,
+    pub retry: RetrySettings,
+    pub concurrency: ConcurrencySettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSettings {
+    #[serde(serialize_with = "redact")]
+    pub url: SecretString,
+    pub exchange: String,
+    pub work_queue: String,
+    pub dead_letter_queue: String,
+    pub delay_queue_prefix: String,
+    pub delivery_limit: u32,
+    pub prefetch: u16,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlflowSettings {
+    pub tracking_uri: Url,
+    #[serde(default, serialize_with = "redact_opt")]
+    pub token: Option<SecretString>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default, serialize_with = "redact_opt")]
+    pub password: Option<SecretString>,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub page_size: u32,
+    pub model_uploaded_param: String,
+    pub log_deleted_param: bool,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    #[serde(default)]
+    pub endpoint: Option<Url>,
+    pub region: String,
+    pub access_key_id: String,
+    #[serde(serialize_with = "redact")]
+    pub secret_access_key: SecretString,
+    pub force_path_style: bool,
+    pub allowed_buckets: Vec<String>,
+    pub artifacts_destination: Url,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub delete_batch_size: u16,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    pub metric: String,
+    pub direction: Direction,
+    pub keep_top: u32,
+    pub max_deletions_per_pass: u32,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub in_process_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub max_attempts: u32,
+    pub delays: Vec<humantime_serde::Serde<Duration>>,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencySettings {
+    pub max_in_flight: usize,
+    pub parallel_deletions: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Settings could not be loaded; the message names the source and the bad key.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid settings: {0}")]
+    Invalid(#[from] config::ConfigError),
+    #[error("invalid settings: {0}")]
+    Rule(String),
+}
+
+impl Settings {
+    /// Loads the defaults, then `file` (or the file named by `MODEL_PRUNER_CONFIG`), then the
+    /// `MODEL_PRUNER__*` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        let file: Option<PathBuf> = file
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let settings: Settings = builder
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("store.allowed_buckets")
+                    .with_list_parse_key("retry.delays")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rules the types alone cannot express.
+    fn validate(&self) -> Result<(), SettingsError> {
+        let rule = |ok: bool, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(SettingsError::Rule(msg.to_owned()))
+            }
+        };
+        rule(
+            !self.policy.metric.trim().is_empty(),
+            "policy.metric must not be empty",
+        )?;
+        rule(
+            (1..=1000).contains(&self.store.delete_batch_size),
+            "store.delete_batch_size must be between 1 and 1000 (the S3 limit)",
+        )?;
+        rule(
+            (1..=1000).contains(&self.mlflow.page_size),
+            "mlflow.page_size must be between 1 and 1000",
+        )?;
+        rule(
+            !self.store.allowed_buckets.is_empty(),
+            "store.allowed_buckets must name at least one bucket",
+        )?;
+        rule(
+            self.retry.in_process_attempts >= 1,
+            "retry.in_process_attempts must be at least 1",
+        )?;
+        rule(
+            self.retry.max_attempts >= 1,
+            "retry.max_attempts must be at least 1",
+        )?;
+        rule(
+            !self.retry.delays.is_empty(),
+            "retry.delays must have at least one step",
+        )?;
+        rule(
+            self.concurrency.max_in_flight >= 1,
+            "concurrency.max_in_flight must be at least 1",
+        )?;
+        rule(
+            self.concurrency.parallel_deletions >= 1,
+            "concurrency.parallel_deletions must be at least 1",
+        )?;
+        rule(
+            self.mlflow.token.is_none() || self.mlflow.username.is_none(),
+            "mlflow.token and mlflow.username are alternatives: set one",
+        )?;
+        rule(
+            self.mlflow.username.is_some() == self.mlflow.password.is_some(),
+            "mlflow.username and mlflow.password go together",
+        )?;
+        Ok(())
+    }
+
+    /// The effective settings as TOML, secrets replaced by `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("settings always serialise to TOML")
+    }
+}
+
+fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("[redacted]")
+}
+
+fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
