@@ -1,0 +1,345 @@
+//! [`MlflowClient`]: one `reqwest::Client` with the tracking server's API root and credentials,
+//! plus the plumbing every endpoint shares (URL building, auth, status and body handling).
+
+use reqwest::{Method, RequestBuilder};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+use super::error::MlflowError;
+use super::wire::ErrorBody;
+use crate::settings::MlflowSettings;
+
+/// How much of a non-MLflow error body (an HTML page from a proxy, say) goes into the message.
+const MAX_ERROR_BODY_CHARS: usize = 300;
+
+/// Client for the MLflow tracking server's REST API. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct MlflowClient {
+    http: reqwest::Client,
+    /// `{tracking_uri}/api/2.0/mlflow`, the root every endpoint path is appended to.
+    api: Url,
+    auth: Auth,
+    pub(super) page_size: u32,
+}
+
+#[derive(Clone)]
+enum Auth {
+    None,
+    Bearer(SecretString),
+    Basic {
+        username: String,
+        password: Option<SecretString>,
+    },
+}
+
+impl std::fmt::Debug for MlflowClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match self.auth {
+            Auth::None => "none",
+            Auth::Bearer(_) => "bearer",
+            Auth::Basic { .. } => "basic",
+        };
+        f.debug_struct("MlflowClient")
+            .field("api", &self.api.as_str())
+            .field("auth", &auth)
+            .field("page_size", &self.page_size)
+            .finish()
+    }
+}
+
+/// What a request is about, for error messages: the endpoint and the object it targets.
+pub(super) struct Call {
+    pub operation: &'static str,
+    pub target: String,
+}
+
+impl Call {
+    pub fn new(operation: &'static str, target: impl Into<String>) -> Self {
+        Call {
+            operation,
+            target: target.into(),
+        }
+    }
+}
+
+impl MlflowClient {
+    /// Builds the client: request timeout, credentials (a bearer token wins over basic auth, as
+    /// in MLflow's own client) and the API root under `tracking_uri`, which may carry a path
+    /// prefix such as `https://host/mlflow`.
+    pub fn new(settings: &MlflowSettings) -> Result<Self, MlflowError> {
+        let mut api = settings.tracking_uri.clone();
+        if !matches!(api.scheme(), "http" | "https") || api.cannot_be_a_base() {
+            return Err(MlflowError::Build(format!(
+                "tracking URI {api} must be an http or https URL"
+            )));
+        }
+        api.path_segments_mut()
+            .expect("an http URL can have a path")
+            .pop_if_empty()
+            .extend(["api", "2.0", "mlflow"]);
+        if settings.page_size == 0 {
+            return Err(MlflowError::Build(
+                "mlflow.page_size must be positive".into(),
+            ));
+        }
+        let auth = match (&settings.token, &settings.username) {
+            (Some(token), _) => Auth::Bearer(token.clone()),
+            (None, Some(username)) => Auth::Basic {
+                username: username.clone(),
+                password: settings.password.clone(),
+            },
+            (None, None) => Auth::None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .user_agent(concat!("model-pruner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| MlflowError::Build(e.to_string()))?;
+        Ok(MlflowClient {
+            http,
+            api,
+            auth,
+            page_size: settings.page_size,
+        })
+    }
+
+    /// `{api}/{segments...}`, each segment percent-encoded (ids go into paths safely).
+    pub(super) fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.api.clone();
+        url.path_segments_mut()
+            .expect("checked in new: the API root can have a path")
+            .extend(segments);
+        url
+    }
+
+    /// `GET` with query parameters.
+    pub(super) async fn get<T: DeserializeOwned>(
+        &self,
+        call: Call,
+        url: Url,
+        query: &[(&str, &str)],
+    ) -> Result<T, MlflowError> {
+        let request = self.http.get(url).query(query);
+        self.execute(call, request).await
+    }
+
+    /// `POST`, `PATCH`, ... with a JSON body.
+    pub(super) async fn send<T: DeserializeOwned>(
+        &self,
+        call: Call,
+        method: Method,
+        url: Url,
+        body: &impl Serialize,
+    ) -> Result<T, MlflowError> {
+        let request = self.http.request(method, url).json(body);
+        self.execute(call, request).await
+    }
+
+    async fn execute<T: DeserializeOwned>(
+        &self,
+        call: Call,
+        request: RequestBuilder,
+    ) -> Result<T, MlflowError> {
+        let Call { operation, target } = call;
+        let request = match &self.auth {
+            Auth::None => request,
+            Auth::Bearer(token) => request.bearer_auth(token.expose_secret()),
+            Auth::Basic { username, password } => {
+                request.basic_auth(username, password.as_ref().map(|p| p.expose_secret()))
+            }
+        };
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Err(MlflowError::from_transport(operation, target, e)),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => return Err(MlflowError::from_transport(operation, target, e)),
+        };
+        tracing::trace!(operation, %target, status = status.as_u16(), "MLflow answered");
+        if !status.is_success() {
+            return Err(status_error(operation, target, status, &body));
+        }
+        serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
+            operation,
+            target,
+            source,
+        })
+    }
+}
+
+/// Collects every page of a paginated search: `fetch` gets the page token (none for the first
+/// page) and returns the page's items and the next token; an empty token ends the search.
+///
+/// A plain closure returning a future rather than an async closure: async closures make the
+/// caller's future fail `Send` checks when the worker spawns it (rust-lang/rust#64552 family).
+pub(super) async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, MlflowError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<(Vec<T>, Option<String>), MlflowError>>,
+{
+    let mut items = Vec::new();
+    let mut token = None;
+    loop {
+        let (page, next) = fetch(token.take()).await?;
+        items.extend(page);
+        match next.filter(|t| !t.is_empty()) {
+            Some(next) => token = Some(next),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Turns a non-success answer into [`MlflowError::Status`], keeping MLflow's `error_code` and
+/// `message` when the body is MLflow's error JSON, else the start of whatever the body was.
+pub(super) fn status_error(
+    operation: &'static str,
+    target: String,
+    status: reqwest::StatusCode,
+    body: &[u8],
+) -> MlflowError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let message = parsed.message.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text = text.trim();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("no body").to_owned()
+        } else {
+            text.chars().take(MAX_ERROR_BODY_CHARS).collect()
+        }
+    });
+    MlflowError::Status {
+        operation,
+        target,
+        status: status.as_u16(),
+        error_code: parsed.error_code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::classify::ErrorClass;
+
+    fn settings(uri: &str) -> MlflowSettings {
+        MlflowSettings {
+            tracking_uri: uri.parse().unwrap(),
+            token: None,
+            username: None,
+            password: None,
+            request_timeout: Duration::from_millis(300),
+            page_size: 100,
+            model_uploaded_param: "model_uploaded".into(),
+            log_deleted_param: true,
+        }
+    }
+
+    #[test]
+    fn endpoints_sit_under_the_tracking_uri_path_with_ids_encoded() {
+        let client = MlflowClient::new(&settings("http://mlflow:5000")).unwrap();
+        assert_eq!(
+            client.url(&["runs", "search"]).as_str(),
+            "http://mlflow:5000/api/2.0/mlflow/runs/search"
+        );
+        let client = MlflowClient::new(&settings("https://host/tools/mlflow/")).unwrap();
+        assert_eq!(
+            client.url(&["logged-models", "m-1/../x?", "tags"]).as_str(),
+            "https://host/tools/mlflow/api/2.0/mlflow/logged-models/m-1%2F..%2Fx%3F/tags"
+        );
+    }
+
+    #[test]
+    fn non_http_tracking_uris_are_rejected() {
+        let err = MlflowClient::new(&settings("file:///tmp/mlruns")).unwrap_err();
+        assert!(matches!(err, MlflowError::Build(_)), "{err:?}");
+        assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+
+    /// Serves one canned experiment and returns the request head it received.
+    async fn capture_request(settings: &mut MlflowSettings) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        settings.tracking_uri = format!("http://{}/", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = vec![0; 4096];
+            let n = socket.read(&mut head).await.unwrap();
+            let body = r#"{"experiment": {"experiment_id": "7", "name": "e"}}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            socket.write_all(response.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        let client = MlflowClient::new(settings).unwrap();
+        let experiment = client.get_experiment("7").await.unwrap();
+        assert_eq!(experiment.name, "e");
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn bearer_token_wins_over_basic_auth() {
+        let mut s = settings("http://unused");
+        s.token = Some("t0k3n".into());
+        s.username = Some("user".into());
+        let head = capture_request(&mut s).await;
+        assert!(
+            head.starts_with("GET /api/2.0/mlflow/experiments/get?experiment_id=7 "),
+            "{head}"
+        );
+        assert!(head.contains("authorization: Bearer t0k3n\r\n"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn basic_auth_is_sent_when_a_username_is_set() {
+        let mut s = settings("http://unused");
+        s.username = Some("user".into());
+        s.password = Some("pass".into());
+        let head = capture_request(&mut s).await;
+        // base64("user:pass")
+        assert!(
+            head.contains("authorization: Basic dXNlcjpwYXNz\r\n"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_connections_are_transient() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let client = MlflowClient::new(&settings(&format!("http://{addr}"))).unwrap();
+        let err = client.get_experiment("12").await.unwrap_err();
+        assert!(matches!(err, MlflowError::Connect { .. }), "{err:?}");
+        assert_eq!(err.class(), ErrorClass::Transient);
+        assert!(
+            err.to_string()
+                .contains("experiments/get for experiment 12"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_servers_time_out_as_transient() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (_socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let client = MlflowClient::new(&settings(&format!("http://{addr}"))).unwrap();
+        let err = client.search_runs("12").await.unwrap_err();
+        assert!(matches!(err, MlflowError::Timeout { .. }), "{err:?}");
+        assert_eq!(err.class(), ErrorClass::Transient);
+        server.abort();
+    }
+}

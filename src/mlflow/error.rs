@@ -1,0 +1,228 @@
+//! [`MlflowError`]: what failed, for which experiment, run or model, and whether retrying helps.
+
+use crate::domain::classify::ErrorClass;
+
+/// MLflow's code for a missing experiment, run or model.
+const RESOURCE_DOES_NOT_EXIST: &str = "RESOURCE_DOES_NOT_EXIST";
+/// MLflow's code for a rejected argument, also used for a malformed (non-numeric) experiment id.
+const INVALID_PARAMETER_VALUE: &str = "INVALID_PARAMETER_VALUE";
+/// Start of MLflow's message for a non-numeric experiment id: such an experiment cannot exist.
+const INVALID_EXPERIMENT_ID: &str = "Invalid experiment ID";
+
+/// A failed MLflow call. `operation` is the endpoint (`runs/search`), `target` what it was
+/// about (`experiment 12`, `run 0400b9f4...`, `logged model m-...`).
+#[derive(Debug, thiserror::Error)]
+pub enum MlflowError {
+    /// The server answered with a non-success status.
+    #[error("MLflow {operation} for {target} failed: HTTP {status}{}: {message}", code_suffix(.error_code))]
+    Status {
+        operation: &'static str,
+        target: String,
+        status: u16,
+        /// MLflow's `error_code`, e.g. `RESOURCE_DOES_NOT_EXIST`; `None` for non-MLflow bodies.
+        error_code: Option<String>,
+        message: String,
+    },
+    /// No answer within the configured request timeout.
+    #[error("MLflow {operation} for {target} timed out")]
+    Timeout {
+        operation: &'static str,
+        target: String,
+    },
+    /// The server could not be reached.
+    #[error("MLflow {operation} for {target}: cannot connect")]
+    Connect {
+        operation: &'static str,
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The request or response broke off in transit (connection reset, truncated body).
+    #[error("MLflow {operation} for {target}: transport error")]
+    Transport {
+        operation: &'static str,
+        target: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A success response whose body is not what the API documents.
+    #[error("MLflow {operation} for {target}: unexpected response body")]
+    Decode {
+        operation: &'static str,
+        target: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The client could not be built from the settings.
+    #[error("cannot build the MLflow client: {0}")]
+    Build(String),
+}
+
+fn code_suffix(code: &Option<String>) -> String {
+    code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
+}
+
+impl MlflowError {
+    /// Whether retrying can help: by HTTP status for answers, transient for timeouts and broken
+    /// connections, permanent for bodies we cannot read and for construction failures.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            MlflowError::Status { status, .. } => ErrorClass::from_http_status(*status),
+            MlflowError::Timeout { .. }
+            | MlflowError::Connect { .. }
+            | MlflowError::Transport { .. } => ErrorClass::Transient,
+            MlflowError::Decode { .. } | MlflowError::Build(_) => ErrorClass::Permanent,
+        }
+    }
+
+    /// The experiment, run or model does not exist: 404, `RESOURCE_DOES_NOT_EXIST`, or the
+    /// 400 `INVALID_PARAMETER_VALUE` MLflow answers for a non-numeric experiment id.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            MlflowError::Status {
+                status,
+                error_code,
+                message,
+                ..
+            } => {
+                *status == 404
+                    || match error_code.as_deref() {
+                        Some(RESOURCE_DOES_NOT_EXIST) => true,
+                        Some(INVALID_PARAMETER_VALUE) => message.starts_with(INVALID_EXPERIMENT_ID),
+                        _ => false,
+                    }
+            }
+            _ => false,
+        }
+    }
+
+    /// MLflow's `error_code`, when the server sent one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            MlflowError::Status { error_code, .. } => error_code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Maps a failed send (or body read) to a timeout, connection or transport error.
+    pub(crate) fn from_transport(
+        operation: &'static str,
+        target: String,
+        source: reqwest::Error,
+    ) -> Self {
+        if source.is_timeout() {
+            MlflowError::Timeout { operation, target }
+        } else if source.is_builder() {
+            MlflowError::Build(format!("{operation} for {target}: {source}"))
+        } else if source.is_connect() {
+            MlflowError::Connect {
+                operation,
+                target,
+                source,
+            }
+        } else {
+            MlflowError::Transport {
+                operation,
+                target,
+                source,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mlflow::client::status_error;
+    use reqwest::StatusCode;
+
+    fn answer(status: u16, body: &str) -> MlflowError {
+        let status = StatusCode::from_u16(status).unwrap();
+        status_error(
+            "experiments/get",
+            "experiment 12".into(),
+            status,
+            body.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn missing_experiment_is_not_found_and_permanent() {
+        let err = answer(
+            404,
+            r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No Experiment with id=12 exists"}"#,
+        );
+        assert!(err.is_not_found());
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert_eq!(
+            err.to_string(),
+            "MLflow experiments/get for experiment 12 failed: HTTP 404 RESOURCE_DOES_NOT_EXIST: \
+             No Experiment with id=12 exists"
+        );
+    }
+
+    #[test]
+    fn non_numeric_experiment_id_is_not_found() {
+        let err = answer(
+            400,
+            r#"{"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid experiment ID 'abc'. Experiment ID must be a valid integer."}"#,
+        );
+        assert!(err.is_not_found());
+        assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn changed_param_value_is_permanent_but_not_not_found() {
+        let err = answer(
+            400,
+            r#"{"error_code": "INVALID_PARAMETER_VALUE", "message": "Changing param values is not allowed."}"#,
+        );
+        assert!(!err.is_not_found());
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert_eq!(err.error_code(), Some(INVALID_PARAMETER_VALUE));
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_transient() {
+        let err = answer(
+            503,
+            r#"{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}"#,
+        );
+        assert_eq!(err.class(), ErrorClass::Transient);
+        assert_eq!(answer(429, "").class(), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn non_mlflow_error_bodies_keep_their_start_as_the_message() {
+        let err = answer(502, &format!("<html>{}</html>", "x".repeat(1000)));
+        let MlflowError::Status {
+            error_code,
+            message,
+            ..
+        } = &err
+        else {
+            panic!("{err:?}")
+        };
+        assert_eq!(*error_code, None);
+        assert!(
+            message.starts_with("<html>") && message.len() == 300,
+            "{message}"
+        );
+        assert_eq!(
+            answer(502, "").to_string().rsplit(": ").next(),
+            Some("Bad Gateway")
+        );
+    }
+
+    #[test]
+    fn undecodable_success_bodies_are_permanent() {
+        let source = serde_json::from_str::<serde_json::Value>("nope").unwrap_err();
+        let err = MlflowError::Decode {
+            operation: "runs/get",
+            target: "run r".into(),
+            source,
+        };
+        assert_eq!(err.class(), ErrorClass::Permanent);
+        assert!(!err.is_not_found());
+    }
+}

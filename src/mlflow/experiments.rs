@@ -1,0 +1,37 @@
+//! Experiment endpoints: `experiments/get` and `experiments/delete`.
+
+use reqwest::Method;
+use serde::de::IgnoredAny;
+use serde_json::json;
+
+use super::client::{Call, MlflowClient};
+use super::error::MlflowError;
+use super::types::Experiment;
+use super::wire::GetExperimentResponse;
+
+impl MlflowClient {
+    /// The experiment, deleted ones included (their `lifecycle_stage` is `deleted`).
+    ///
+    /// A missing id answers 404 and a non-numeric one 400; both are
+    /// [`is_not_found`](MlflowError::is_not_found).
+    #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
+    pub async fn get_experiment(&self, experiment_id: &str) -> Result<Experiment, MlflowError> {
+        let call = Call::new("experiments/get", format!("experiment {experiment_id}"));
+        let url = self.url(&["experiments", "get"]);
+        let response: GetExperimentResponse = self
+            .get(call, url, &[("experiment_id", experiment_id)])
+            .await?;
+        Ok(response.experiment.into())
+    }
+
+    /// Moves the experiment to the `deleted` lifecycle stage (MLflow keeps it until garbage
+    /// collection). Deleting an already deleted experiment is a not-found error.
+    #[tracing::instrument(skip_all, fields(%experiment_id), err(level = "debug", Display))]
+    pub async fn delete_experiment(&self, experiment_id: &str) -> Result<(), MlflowError> {
+        let call = Call::new("experiments/delete", format!("experiment {experiment_id}"));
+        let url = self.url(&["experiments", "delete"]);
+        let body = json!({ "experiment_id": experiment_id });
+        let _: IgnoredAny = self.send(call, Method::POST, url, &body).await?;
+        Ok(())
+    }
+}

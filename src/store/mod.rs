@@ -1,0 +1,158 @@
+//! The object store (S3, MinIO, Garage) holding the model files: measures and deletes everything
+//! under a prefix. The only module that talks to S3.
+//!
+//! # Layout
+//! - `mod.rs`: [`ObjectStore`], built from [`StoreSettings`], and the result types.
+//! - `list.rs`: paginated listing ([`ObjectStore::list`], [`ObjectStore::usage`]).
+//! - `delete.rs`: [`ObjectStore::delete_prefix`], listing and batch deletion in a pipeline.
+//! - `error.rs`: [`StoreError`] and its transient/permanent classification.
+
+mod delete;
+mod error;
+mod list;
+
+use std::ops::AddAssign;
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use secrecy::ExposeSecret;
+
+use crate::settings::StoreSettings;
+
+pub use error::{Cause, Reason, StoreError};
+
+/// S3 caps DeleteObjects at 1000 keys per request.
+pub const MAX_DELETE_BATCH: usize = 1000;
+
+/// How much lies under a prefix (or was deleted from it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+impl AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.objects += other.objects;
+        self.bytes += other.bytes;
+    }
+}
+
+impl Usage {
+    /// Objects and bytes of a list of objects.
+    pub fn of(objects: &[ObjectInfo]) -> Self {
+        Usage {
+            objects: objects.len() as u64,
+            bytes: objects.iter().map(|o| o.size).sum(),
+        }
+    }
+}
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+/// A client of the S3-compatible store, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ObjectStore {
+    client: aws_sdk_s3::Client,
+    /// Keys per DeleteObjects request, 1..=1000.
+    batch: usize,
+}
+
+impl ObjectStore {
+    /// Builds the client from the settings alone: static credentials, no environment or profile
+    /// lookups, no SDK retries (the worker retries, and retries must not multiply).
+    pub fn new(settings: &StoreSettings) -> Self {
+        let credentials = Credentials::new(
+            settings.access_key_id.clone(),
+            settings.secret_access_key.expose_secret().to_owned(),
+            None,
+            None,
+            "model-pruner-settings",
+        );
+        let timeouts = TimeoutConfig::builder()
+            .operation_timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout)
+            .build();
+        let mut config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(settings.force_path_style)
+            // Newer SDKs add CRC32 checksums to every upload and validate them on downloads;
+            // some MinIO and Garage versions reject those. DeleteObjects still gets the checksum
+            // S3 requires for it (CRC32 in a header), which Garage 2.x verifies and accepts.
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::disabled());
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint_url(endpoint));
+        }
+        Self {
+            client: aws_sdk_s3::Client::from_conf(config.build()),
+            batch: batch_size(settings.delete_batch_size),
+        }
+    }
+}
+
+/// The endpoint without the trailing `/` that `Url` adds to a bare host, so path-style requests
+/// go to `/bucket/key`, not `//bucket/key`.
+fn endpoint_url(endpoint: &url::Url) -> String {
+    endpoint.as_str().trim_end_matches('/').to_owned()
+}
+
+/// Settings validation keeps the batch in 1..=1000; clamp anyway so a bad value cannot turn
+/// into an endless loop (0) or requests S3 refuses (> 1000).
+fn batch_size(configured: u16) -> usize {
+    usize::from(configured).clamp(1, MAX_DELETE_BATCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_size_stays_within_the_s3_limit() {
+        assert_eq!(batch_size(0), 1);
+        assert_eq!(batch_size(1), 1);
+        assert_eq!(batch_size(250), 250);
+        assert_eq!(batch_size(1000), 1000);
+        assert_eq!(batch_size(5000), 1000);
+    }
+
+    #[test]
+    fn endpoint_loses_the_trailing_slash_of_a_bare_host() {
+        let url = url::Url::parse("http://127.0.0.1:9000").unwrap();
+        assert_eq!(endpoint_url(&url), "http://127.0.0.1:9000");
+        let url = url::Url::parse("https://s3.example.com/").unwrap();
+        assert_eq!(endpoint_url(&url), "https://s3.example.com");
+    }
+
+    #[test]
+    fn usage_adds_up() {
+        let mut total = Usage::default();
+        total += Usage {
+            objects: 2,
+            bytes: 10,
+        };
+        total += Usage {
+            objects: 3,
+            bytes: 5,
+        };
+        assert_eq!(
+            total,
+            Usage {
+                objects: 5,
+                bytes: 15
+            }
+        );
+    }
+}
