@@ -1,0 +1,190 @@
+//! The `model-pruner` command line: thin wrappers that load settings, build the engine or the
+//! worker and print results. Exit codes: 0 done, 1 the operation failed, 2 bad settings or usage.
+
+mod plan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::policy::PolicyOverrides;
+use crate::engine::{Engine, PassKind, PassRequest};
+use crate::settings::Settings;
+use crate::store::Usage;
+use crate::telemetry;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "model-pruner",
+    version,
+    about = "Keeps the best N models of each MLflow experiment and deletes the rest from S3."
+)]
+struct Cli {
+    /// Settings file applied over config/default.toml (env: MODEL_PRUNER_CONFIG).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume run.finished and experiment.prune events until SIGTERM or SIGINT.
+    ///
+    /// Example: MODEL_PRUNER__MLFLOW__TRACKING_URI=http://mlflow:5000 model-pruner worker
+    Worker,
+    /// Inspect the settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print an experiment's ranking and what a pass would delete; changes nothing.
+    ///
+    /// Example: model-pruner plan --experiment-id 12 --metric loss --direction min --keep-top 3
+    Plan {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sweep an experiment now, in this process (what an experiment.prune event does).
+    ///
+    /// Example: model-pruner prune --experiment-id 12 --keep-top 5 --dry-run
+    Prune {
+        #[command(flatten)]
+        target: Target,
+        /// Soft-delete the experiment in MLflow once all its unprotected models are gone.
+        #[arg(long)]
+        delete_experiment: bool,
+        /// Report what would be deleted; delete and mark nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Go past policy.max_deletions_per_pass.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings (secrets redacted); exit 2 naming the bad key if invalid.
+    ///
+    /// Example: MODEL_PRUNER__POLICY__KEEP_TOP=5 model-pruner config check
+    Check,
+}
+
+/// An experiment and optional policy overrides.
+#[derive(Debug, Args)]
+struct Target {
+    /// MLflow experiment id.
+    #[arg(long)]
+    experiment_id: String,
+    /// Main metric (overrides experiment tags and settings).
+    #[arg(long)]
+    metric: Option<String>,
+    /// max keeps the highest values, min the lowest.
+    #[arg(long, value_parser = ["max", "min"])]
+    direction: Option<String>,
+    /// Models to keep.
+    #[arg(long)]
+    keep_top: Option<u32>,
+}
+
+impl Target {
+    fn request(&self, kind: PassKind, dry_run: bool) -> PassRequest {
+        PassRequest {
+            experiment_id: self.experiment_id.clone(),
+            policy: PolicyOverrides {
+                metric: self.metric.clone(),
+                direction: self.direction.clone(),
+                keep_top: self.keep_top.map(i64::from),
+            },
+            run_ids: vec![],
+            kind,
+            dry_run,
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("model-pruner: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log.format);
+    let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
+    match runtime.block_on(try_main(cli.command, settings)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("model-pruner: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Worker => {
+            crate::worker::run(settings, crate::worker::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check) => {
+            print!("{}", settings.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan { target, json } => {
+            let engine = Engine::new(&settings).context("building the MLflow client")?;
+            let report = engine
+                .run_pass(&target.request(
+                    PassKind::Sweep {
+                        delete_experiment: false,
+                        force: true,
+                    },
+                    true,
+                ))
+                .await
+                .with_context(|| format!("planning experiment {}", target.experiment_id))?;
+            let freed = plan::measure(&engine, &report).await?;
+            plan::print(&report, &freed, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prune {
+            target,
+            delete_experiment,
+            dry_run,
+            force,
+            json,
+        } => {
+            let engine = Engine::new(&settings).context("building the MLflow client")?;
+            let report = engine
+                .run_pass(&target.request(
+                    PassKind::Sweep {
+                        delete_experiment,
+                        force,
+                    },
+                    dry_run,
+                ))
+                .await
+                .with_context(|| format!("pruning experiment {}", target.experiment_id))?;
+            let freed = if dry_run {
+                plan::measure(&engine, &report).await?
+            } else {
+                Usage {
+                    objects: report.objects_deleted(),
+                    bytes: report.bytes_deleted(),
+                }
+            };
+            plan::print(&report, &freed, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Why a pass failed, with the ids involved, and whether trying again can help.
+
+use crate::domain::classify::ErrorClass;
+use crate::domain::location::LocationError;
+use crate::domain::policy::PolicyError;
+use crate::domain::ranking::RankingError;
+use crate::mlflow::MlflowError;
+use crate::store::StoreError;
+
+/// A ranking-and-pruning pass that did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("experiment {experiment_id} does not exist in MLflow")]
+    UnknownExperiment { experiment_id: String },
+    #[error("run(s) {} do not belong to experiment {experiment_id}", run_ids.join(", "))]
+    RunNotInExperiment {
+        experiment_id: String,
+        run_ids: Vec<String>,
+    },
+    #[error("experiment {experiment_id}: {source}")]
+    Policy {
+        experiment_id: String,
+        source: PolicyError,
+    },
+    #[error("experiment {experiment_id}: {source}")]
+    Ranking {
+        experiment_id: String,
+        source: RankingError,
+    },
+    #[error(
+        "experiment {experiment_id}: the pass would delete {count} models, more than \
+         policy.max_deletions_per_pass = {max}; nothing deleted (publish experiment.prune with \
+         force: true to go past it)"
+    )]
+    SafetyValve {
+        experiment_id: String,
+        count: usize,
+        max: u32,
+    },
+    #[error(
+        "experiment {experiment_id}, run {run_id}: refused to delete: {source}; nothing deleted"
+    )]
+    Location {
+        experiment_id: String,
+        run_id: String,
+        source: LocationError,
+    },
+    #[error("experiment {experiment_id}: {source}")]
+    Mlflow {
+        experiment_id: String,
+        source: MlflowError,
+    },
+    #[error("experiment {experiment_id}, run {run_id}: {source}")]
+    Store {
+        experiment_id: String,
+        run_id: String,
+        source: StoreError,
+    },
+    #[error(
+        "experiment {experiment_id} not deleted: {} run(s) still hold unprotected models or are \
+         unfinished ({}); prune with keep_top 0 once they are finished",
+        remaining.len(), remaining.join(", ")
+    )]
+    ExperimentNotEmpty {
+        experiment_id: String,
+        remaining: Vec<String>,
+    },
+}
+
+impl PruneError {
+    /// Transient errors are worth retrying; everything else is permanent.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PruneError::Mlflow { source, .. } => source.class(),
+            PruneError::Store { source, .. } => source.class(),
+            _ => ErrorClass::Permanent,
+        }
+    }
+
+    /// Low-cardinality kind for metrics and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PruneError::UnknownExperiment { .. } => "unknown_experiment",
+            PruneError::RunNotInExperiment { .. } => "run_not_in_experiment",
+            PruneError::Policy { .. } => "invalid_policy",
+            PruneError::Ranking { .. } => "metric_missing",
+            PruneError::SafetyValve { .. } => "safety_valve",
+            PruneError::Location { .. } => "refused_location",
+            PruneError::Mlflow { .. } => "mlflow",
+            PruneError::Store { .. } => "store",
+            PruneError::ExperimentNotEmpty { .. } => "experiment_not_empty",
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! One ranking-and-pruning pass over an experiment: read MLflow, rank, delete the files of the
+//! runs that fell out of the top N, then mark them. The worker, the CLI and tests all call
+//! [`Engine::run_pass`] (or [`Engine::handle`] for a single event).
+//!
+//! Every step is idempotent: files already gone count as deleted, marks are only written after
+//! all files of a run are gone, and marked runs are no longer candidates. A pass interrupted at
+//! any point is completed by the next one.
+
+mod error;
+pub mod inventory;
+mod report;
+mod retry;
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{info, instrument};
+
+pub use error::PruneError;
+pub use report::{PassReport, PlannedDeletion, PrunedRun};
+pub use retry::RetryPolicy;
+
+use crate::domain::event::Event;
+use crate::domain::location::{LocationRules, ModelLocation, Owner};
+use crate::domain::policy::{self, PolicyOverrides};
+use crate::domain::ranking;
+use crate::mlflow::{MlflowClient, MlflowError};
+use crate::settings::{PolicySettings, Settings};
+use crate::store::{ObjectStore, Usage};
+use inventory::{
+    InventoryOptions, PARAM_DELETED, StoredModel, TAG_DELETED, TAG_DELETED_AT, TAG_REASON,
+};
+
+/// What kind of pass to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassKind {
+    /// Triggered by finished runs; bounded by the safety valve.
+    RunFinished,
+    /// An explicit sweep of the experiment.
+    Sweep {
+        delete_experiment: bool,
+        force: bool,
+    },
+}
+
+/// One pass over one experiment, possibly covering several coalesced events.
+#[derive(Debug, Clone)]
+pub struct PassRequest {
+    pub experiment_id: String,
+    pub policy: PolicyOverrides,
+    /// Runs named by the covered `run.finished` events; each must belong to the experiment.
+    pub run_ids: Vec<String>,
+    pub kind: PassKind,
+    pub dry_run: bool,
+}
+
+impl From<&Event> for PassRequest {
+    fn from(event: &Event) -> Self {
+        match event {
+            Event::RunFinished(e) => PassRequest {
+                experiment_id: e.experiment_id.clone(),
+                policy: e.policy.clone(),
+                run_ids: vec![e.run_id.clone()],
+                kind: PassKind::RunFinished,
+                dry_run: false,
+            },
+            Event::ExperimentPrune(e) => PassRequest {
+                experiment_id: e.experiment_id.clone(),
+                policy: e.policy.clone(),
+                run_ids: vec![],
+                kind: PassKind::Sweep {
+                    delete_experiment: e.delete_experiment,
+                    force: e.force,
+                },
+                dry_run: e.dry_run,
+            },
+        }
+    }
+}
+
+/// The pruning engine: clients plus the rules they are used under.
+pub struct Engine {
+    mlflow: MlflowClient,
+    store: ObjectStore,
+    rules: LocationRules,
+    defaults: PolicySettings,
+    model_uploaded_param: String,
+    log_deleted_param: bool,
+    parallel_deletions: usize,
+    retry: RetryPolicy,
+}
+
+impl Engine {
+    /// Builds the engine and its clients from settings.
+    pub fn new(settings: &Settings) -> Result<Self, MlflowError> {
+        Ok(Engine {
+            mlflow: MlflowClient::new(&settings.mlflow)?,
+            store: ObjectStore::new(&settings.store),
+            rules: LocationRules {
+                allowed_buckets: settings.store.allowed_buckets.clone(),
+                artifacts_destination: settings.store.artifacts_destination.clone(),
+            },
+            defaults: PolicySettings {
+                metric: settings.policy.metric.clone(),
+                direction: settings.policy.direction,
+                keep_top: settings.policy.keep_top,
+                max_deletions_per_pass: settings.policy.max_deletions_per_pass,
+            },
+            model_uploaded_param: settings.mlflow.model_uploaded_param.clone(),
+            log_deleted_param: settings.mlflow.log_deleted_param,
+            parallel_deletions: settings.concurrency.parallel_deletions,
+            retry: RetryPolicy::from(&settings.retry),
+        })
+    }
+
+    /// The object store client, for measuring planned deletions.
+    pub fn store(&self) -> &ObjectStore {
+        &self.store
+    }
+
+    /// Handles one event on its own (no coalescing).
+    pub async fn handle(&self, event: &Event) -> Result<PassReport, PruneError> {
+        self.run_pass(&PassRequest::from(event)).await
+    }
+
+    /// Ranks the experiment and prunes what fell out of the top N. Runs named in the request
+    /// that do not belong to the experiment are reported in `foreign_run_ids`; if every named
+    /// run is foreign the pass fails without deleting anything.
+    #[instrument(skip_all, fields(experiment_id = %req.experiment_id, dry_run = req.dry_run), err)]
+    pub async fn run_pass(&self, req: &PassRequest) -> Result<PassReport, PruneError> {
+        let experiment_id = req.experiment_id.as_str();
+        let mlflow_err = |source: MlflowError| {
+            if source.is_not_found() {
+                PruneError::UnknownExperiment {
+                    experiment_id: experiment_id.to_owned(),
+                }
+            } else {
+                PruneError::Mlflow {
+                    experiment_id: experiment_id.to_owned(),
+                    source,
+                }
+            }
+        };
+        let experiment = self
+            .retry
+            .run("mlflow", "experiments/get", || {
+                self.mlflow.get_experiment(experiment_id)
+            })
+            .await
+            .map_err(mlflow_err)?;
+        let policy =
+            policy::resolve(&req.policy, &experiment.tags, &self.defaults).map_err(|source| {
+                PruneError::Policy {
+                    experiment_id: experiment_id.to_owned(),
+                    source,
+                }
+            })?;
+
+        let mlflow_err = |source| PruneError::Mlflow {
+            experiment_id: experiment_id.to_owned(),
+            source,
+        };
+        let runs = self
+            .retry
+            .run("mlflow", "runs/search", || {
+                self.mlflow.search_runs(experiment_id)
+            })
+            .await
+            .map_err(mlflow_err)?;
+        let known: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+        let foreign_run_ids: Vec<String> = req
+            .run_ids
+            .iter()
+            .filter(|id| !known.contains(id.as_str()))
+            .cloned()
+            .collect();
+        if !req.run_ids.is_empty() && foreign_run_ids.len() == req.run_ids.len() {
+            return Err(PruneError::RunNotInExperiment {
+                experiment_id: experiment_id.to_owned(),
+                run_ids: foreign_run_ids,
+            });
+        }
+        let logged_models = self
+            .retry
+            .run("mlflow", "logged-models/search", || {
+                self.mlflow.search_logged_models(experiment_id)
+            })
+            .await
+            .map_err(mlflow_err)?;
+        let versions = self
+            .retry
+            .run("mlflow", "model-versions/search", || {
+                self.mlflow.search_model_versions(None)
+            })
+            .await
+            .map_err(mlflow_err)?;
+
+        let inventory = inventory::build(
+            runs,
+            &logged_models,
+            &versions,
+            &InventoryOptions {
+                metric: &policy.metric,
+                model_uploaded_param: &self.model_uploaded_param,
+            },
+        );
+        let ranking =
+            ranking::rank(inventory.facts, &policy).map_err(|source| PruneError::Ranking {
+                experiment_id: experiment_id.to_owned(),
+                source,
+            })?;
+
+        let planned = self.plan_deletions(experiment_id, &ranking, &inventory.models)?;
+        let forced = matches!(req.kind, PassKind::Sweep { force: true, .. });
+        let max = self.defaults.max_deletions_per_pass;
+        if !forced && planned.len() > max as usize {
+            return Err(PruneError::SafetyValve {
+                experiment_id: experiment_id.to_owned(),
+                count: planned.len(),
+                max,
+            });
+        }
+        for run in ranking.missing_metric() {
+            tracing::warn!(
+                run_id = %run.run.run_id,
+                metric = %policy.metric,
+                "run has a model but no value for the metric: kept"
+            );
+        }
+
+        let mut report = PassReport {
+            experiment_id: experiment_id.to_owned(),
+            policy,
+            ranking,
+            planned,
+            pruned: Vec::new(),
+            foreign_run_ids,
+            experiment_deleted: false,
+            dry_run: req.dry_run,
+        };
+        if req.dry_run {
+            return Ok(report);
+        }
+
+        // Futures built up front: a stream closure over borrowed data would make the pass's
+        // future fail the `Send` bound the worker's spawned tasks need (rust-lang/rust#102211).
+        let permits = tokio::sync::Semaphore::new(self.parallel_deletions);
+        let deletions = report.planned.iter().map(|p| {
+            let permits = &permits;
+            async move {
+                let _permit = permits
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
+                self.prune_run(experiment_id, p).await
+            }
+        });
+        report.pruned = futures::future::try_join_all(deletions).await?;
+
+        if let PassKind::Sweep {
+            delete_experiment: true,
+            ..
+        } = req.kind
+        {
+            // A redelivered retirement finds the experiment already deleted: nothing to redo.
+            if experiment.lifecycle_stage != "deleted" {
+                self.delete_experiment(&report).await?;
+            }
+            report.experiment_deleted = true;
+        }
+        info!(
+            ranked = report.ranking.ranked,
+            pruned = report.pruned.len(),
+            objects = report.objects_deleted(),
+            bytes = report.bytes_deleted(),
+            "pass finished"
+        );
+        Ok(report)
+    }
+
+    /// Resolves every location to delete before anything is deleted, so a refused location
+    /// leaves the whole experiment untouched.
+    fn plan_deletions(
+        &self,
+        experiment_id: &str,
+        ranking: &ranking::Ranking,
+        models: &std::collections::HashMap<String, Vec<StoredModel>>,
+    ) -> Result<Vec<PlannedDeletion>, PruneError> {
+        ranking
+            .to_delete()
+            .map(|r| {
+                let run_id = &r.run.run_id;
+                let locations = models
+                    .get(run_id)
+                    .into_iter()
+                    .flatten()
+                    .map(|m| {
+                        let (uri, sub, owner, model_id) = match m {
+                            StoredModel::Logged {
+                                model_id,
+                                artifact_uri,
+                            } => (
+                                artifact_uri,
+                                "",
+                                Owner::LoggedModel(model_id),
+                                Some(model_id.clone()),
+                            ),
+                            StoredModel::Classic { artifact_uri } => {
+                                (artifact_uri, "model", Owner::Run(run_id), None)
+                            }
+                        };
+                        self.rules
+                            .resolve(uri, sub, owner)
+                            .map(|l| (l, model_id))
+                            .map_err(|source| PruneError::Location {
+                                experiment_id: experiment_id.to_owned(),
+                                run_id: run_id.clone(),
+                                source,
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(PlannedDeletion {
+                    run_id: run_id.clone(),
+                    run_name: r.run.run_name.clone(),
+                    reason: r.reason.clone(),
+                    locations,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes every file of the run's models, then marks the logged models and the run.
+    #[instrument(skip_all, fields(experiment_id, run_id = %plan.run_id), err)]
+    async fn prune_run(
+        &self,
+        experiment_id: &str,
+        plan: &PlannedDeletion,
+    ) -> Result<PrunedRun, PruneError> {
+        let mut freed = Usage::default();
+        for (location, _) in &plan.locations {
+            let usage = self
+                .delete_location(experiment_id, &plan.run_id, location)
+                .await?;
+            freed.objects += usage.objects;
+            freed.bytes += usage.bytes;
+        }
+
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .expect("the current time formats as RFC 3339");
+        let tags = [
+            (TAG_DELETED, "true"),
+            (TAG_DELETED_AT, now.as_str()),
+            (TAG_REASON, plan.reason.as_str()),
+        ];
+        let mlflow_err = |source| PruneError::Mlflow {
+            experiment_id: experiment_id.to_owned(),
+            source,
+        };
+        for model_id in plan.locations.iter().filter_map(|(_, id)| id.as_deref()) {
+            self.retry
+                .run("mlflow", "logged-models/tags", || {
+                    self.mlflow.set_logged_model_tags(model_id, &tags)
+                })
+                .await
+                .map_err(mlflow_err)?;
+        }
+        if self.log_deleted_param {
+            self.retry
+                .run("mlflow", "runs/log-parameter", || {
+                    self.mlflow.log_param(&plan.run_id, PARAM_DELETED, "1")
+                })
+                .await
+                .map_err(mlflow_err)?;
+        }
+        // The run's own mark comes last: it is what takes the run out of later passes.
+        for (key, value) in [tags[2], tags[1], tags[0]] {
+            self.retry
+                .run("mlflow", "runs/set-tag", || {
+                    self.mlflow.set_run_tag(&plan.run_id, key, value)
+                })
+                .await
+                .map_err(mlflow_err)?;
+        }
+        info!(
+            objects = freed.objects,
+            bytes = freed.bytes,
+            reason = %plan.reason,
+            "model deleted"
+        );
+        Ok(PrunedRun {
+            run_id: plan.run_id.clone(),
+            objects: freed.objects,
+            bytes: freed.bytes,
+        })
+    }
+
+    async fn delete_location(
+        &self,
+        experiment_id: &str,
+        run_id: &str,
+        location: &ModelLocation,
+    ) -> Result<Usage, PruneError> {
+        self.retry
+            .run("store", "delete_prefix", || {
+                self.store.delete_prefix(&location.bucket, &location.prefix)
+            })
+            .await
+            .map_err(|source| PruneError::Store {
+                experiment_id: experiment_id.to_owned(),
+                run_id: run_id.to_owned(),
+                source,
+            })
+    }
+
+    /// Soft-deletes the experiment once no run holds an unprotected model or is unfinished.
+    async fn delete_experiment(&self, report: &PassReport) -> Result<(), PruneError> {
+        let remaining: Vec<String> = report
+            .ranking
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let blocking = match &r.decision {
+                    ranking::Decision::Keep => true,
+                    ranking::Decision::Skipped { reason } => matches!(
+                        reason,
+                        ranking::SkipReason::MissingMetric
+                            | ranking::SkipReason::NotFinished { .. }
+                    ),
+                    ranking::Decision::Protected { .. } | ranking::Decision::Delete => false,
+                };
+                let unfinished = matches!(
+                    &r.decision,
+                    ranking::Decision::Skipped { reason: ranking::SkipReason::NotFinished { status } }
+                        if matches!(status.as_str(), "RUNNING" | "SCHEDULED")
+                );
+                let stored = r.run.has_model || unfinished;
+                (blocking && stored).then(|| format!("{} ({})", r.run.run_id, r.reason))
+            })
+            .collect();
+        if !remaining.is_empty() {
+            return Err(PruneError::ExperimentNotEmpty {
+                experiment_id: report.experiment_id.clone(),
+                remaining,
+            });
+        }
+        self.retry
+            .run("mlflow", "experiments/delete", || {
+                self.mlflow.delete_experiment(&report.experiment_id)
+            })
+            .await
+            .map_err(|source| PruneError::Mlflow {
+                experiment_id: report.experiment_id.clone(),
+                source,
+            })?;
+        info!("experiment deleted");
+        Ok(())
+    }
+}

@@ -1,0 +1,159 @@
+//! In-process retries of single MLflow and store calls: exponential backoff with full jitter,
+//! only for transient errors, a few attempts within seconds. Longer waits are the worker's job.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_retry::RetryIf;
+use tokio_retry::strategy::{ExponentialBackoff, jitter};
+
+use crate::domain::classify::ErrorClass;
+use crate::mlflow::MlflowError;
+use crate::settings::RetrySettings;
+use crate::store::StoreError;
+
+/// Errors that know whether retrying can help.
+pub trait Classified: Display {
+    fn class(&self) -> ErrorClass;
+}
+
+impl Classified for MlflowError {
+    fn class(&self) -> ErrorClass {
+        MlflowError::class(self)
+    }
+}
+
+impl Classified for StoreError {
+    fn class(&self) -> ErrorClass {
+        StoreError::class(self)
+    }
+}
+
+/// How often and how patiently one call is retried.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl From<&RetrySettings> for RetryPolicy {
+    fn from(s: &RetrySettings) -> Self {
+        RetryPolicy {
+            attempts: s.in_process_attempts,
+            initial_backoff: s.initial_backoff,
+            max_backoff: s.max_backoff,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The waits between attempts: initial, 2x, 4x, ... capped, each with full jitter.
+    fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        // ExponentialBackoff yields factor * base^n for n = 1, 2, ...
+        let half = (self.initial_backoff.as_millis() as u64 / 2).max(1);
+        ExponentialBackoff::from_millis(2)
+            .factor(half)
+            .max_delay(self.max_backoff)
+            .map(jitter)
+            .take(self.attempts.saturating_sub(1) as usize)
+    }
+
+    /// Runs `op`, retrying transient failures; `target` names the system for logs.
+    pub async fn run<T, E, F, Fut>(&self, target: &'static str, what: &str, op: F) -> Result<T, E>
+    where
+        E: Classified,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        RetryIf::start(self.delays(), op, |e: &E| {
+            let retry = e.class() == ErrorClass::Transient;
+            if retry {
+                tracing::warn!(target_system = target, operation = what, error = %e, "transient failure, retrying");
+                crate::metrics::retry(target);
+            }
+            retry
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[derive(Debug)]
+    struct Fail(ErrorClass);
+    impl Display for Fail {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+    impl Classified for Fail {
+        fn class(&self) -> ErrorClass {
+            self.0
+        }
+    }
+
+    fn policy(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+        }
+    }
+
+    #[test]
+    fn delays_grow_and_are_capped_and_counted() {
+        let p = RetryPolicy {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(1),
+        };
+        let d: Vec<_> = p.delays().collect();
+        assert_eq!(d.len(), 5);
+        assert!(d.iter().all(|d| *d <= Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_attempts_run_out() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), Fail> = policy(3)
+            .run("test", "op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Fail(ErrorClass::Transient))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_are_not_retried() {
+        let calls = AtomicU32::new(0);
+        let r: Result<(), Fail> = policy(3)
+            .run("test", "op", || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(Fail(ErrorClass::Permanent))
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_then_success_succeeds() {
+        let calls = AtomicU32::new(0);
+        let r: Result<u32, Fail> = policy(3)
+            .run("test", "op", || async {
+                match calls.fetch_add(1, Ordering::SeqCst) {
+                    0 => Err(Fail(ErrorClass::Transient)),
+                    n => Ok(n),
+                }
+            })
+            .await;
+        assert_eq!(r.unwrap(), 1);
+    }
+}

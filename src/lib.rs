@@ -1,0 +1,26 @@
+//! model-pruner keeps the best N models of each MLflow experiment and deletes the others' files
+//! from an S3-compatible bucket, driven by RabbitMQ events.
+//!
+//! # Layout
+//! - [`domain`]: pure logic without I/O: the event contract, retention policy resolution,
+//!   ranking, artifact-location resolution and error classification.
+//! - [`mlflow`]: the MLflow tracking server's REST API.
+//! - [`store`]: the S3-compatible object store (listing and batch deletion).
+//! - [`broker`]: RabbitMQ: connection, topology, confirmed publishing and header names.
+//! - [`engine`]: one ranking-and-pruning pass, the step the worker, the CLI and tests all drive.
+//! - [`worker`]: the consume loop: per-experiment scheduling, routing by error class, shutdown.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`settings`]: typed settings from `config/default.toml`, a file and the environment.
+//! - [`telemetry`]: the tracing subscriber (JSON in production, readable on a terminal).
+//! - [`cli`]: the `model-pruner` command line.
+
+pub mod broker;
+pub mod cli;
+pub mod domain;
+pub mod engine;
+pub mod metrics;
+pub mod mlflow;
+pub mod settings;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
