@@ -1,0 +1,177 @@
+//! Names of the message headers the worker owns, and reading and writing them. Not `x-`
+//! prefixed: RabbitMQ 4 ignores client-set `x-death` and reserves the prefix. The ops CLI that
+//! lists and replays dead letters reads the same names.
+
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+
+/// Deliveries of the message so far (failed attempts before this delivery).
+pub const ATTEMPTS: &str = "model-pruner-attempts";
+/// The routing key the message was first published with; delay-queue dead-lettering replaces
+/// the delivery's own routing key with the work queue's name.
+pub const ROUTING_KEY: &str = "model-pruner-routing-key";
+/// `transient` or `permanent`.
+pub const ERROR_CLASS: &str = "model-pruner-error-class";
+/// Low-cardinality kind of the last error (`mlflow`, `unknown_experiment`, `invalid_message`...).
+pub const ERROR_KIND: &str = "model-pruner-error-kind";
+/// Human-readable last error, truncated to [`MAX_ERROR_MESSAGE`] bytes.
+pub const ERROR_MESSAGE: &str = "model-pruner-error-message";
+/// RFC 3339 time of the first failure of the message.
+pub const FIRST_FAILURE: &str = "model-pruner-first-failure";
+/// RFC 3339 time of the last failure of the message.
+pub const LAST_FAILURE: &str = "model-pruner-last-failure";
+/// Version of the worker that last handled the message (`CARGO_PKG_VERSION`).
+pub const WORKER_VERSION: &str = "model-pruner-worker-version";
+/// Host name of the worker that last handled the message.
+pub const WORKER_HOST: &str = "model-pruner-worker-host";
+
+/// Longest error message written into a header; AMQP headers must fit in one frame.
+pub const MAX_ERROR_MESSAGE: usize = 2048;
+
+/// Headers RabbitMQ manages itself; dropped when the worker re-publishes a message.
+const BROKER_MANAGED: [&str; 9] = [
+    "x-death",
+    "x-delivery-count",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-delivery-limit",
+];
+
+/// Reads a header as a string (long or short string), if present.
+pub fn get_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
+    match headers?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Reads a header as an unsigned integer, whatever integer type the publisher used.
+pub fn get_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    let value: i128 = match headers?.inner().get(name)? {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        AMQPValue::Timestamp(v) => (*v).into(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?,
+        _ => return None,
+    };
+    u32::try_from(value).ok()
+}
+
+/// Sets a string header.
+pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
+    headers.insert(
+        ShortString::from(name),
+        AMQPValue::LongString(LongString::from(value)),
+    );
+}
+
+/// Sets an integer header (AMQP long-long, which every client reads).
+pub fn set_u32(headers: &mut FieldTable, name: &str, value: u32) {
+    headers.insert(
+        ShortString::from(name),
+        AMQPValue::LongLongInt(value.into()),
+    );
+}
+
+/// The headers of a message being re-published: the original ones without those the broker
+/// manages.
+pub fn republished(original: Option<&FieldTable>) -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (k, v) in original.map(FieldTable::inner).into_iter().flatten() {
+        if !BROKER_MANAGED.contains(&k.as_str()) {
+            headers.insert(k.clone(), v.clone());
+        }
+    }
+    headers
+}
+
+/// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes on a character boundary.
+pub fn truncate_message(message: &str) -> &str {
+    if message.len() <= MAX_ERROR_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_ERROR_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integers_of_any_width_read_as_attempts() {
+        let mut h = FieldTable::default();
+        for v in [
+            AMQPValue::ShortShortUInt(3),
+            AMQPValue::LongInt(3),
+            AMQPValue::LongLongInt(3),
+            AMQPValue::LongString("3".into()),
+        ] {
+            h.insert(ATTEMPTS.into(), v);
+            assert_eq!(get_u32(Some(&h), ATTEMPTS), Some(3));
+        }
+    }
+
+    #[test]
+    fn negative_or_absent_attempts_read_as_none() {
+        let mut h = FieldTable::default();
+        assert_eq!(get_u32(Some(&h), ATTEMPTS), None);
+        assert_eq!(get_u32(None, ATTEMPTS), None);
+        h.insert(ATTEMPTS.into(), AMQPValue::LongInt(-1));
+        assert_eq!(get_u32(Some(&h), ATTEMPTS), None);
+    }
+
+    #[test]
+    fn written_headers_read_back() {
+        let mut h = FieldTable::default();
+        set_u32(&mut h, ATTEMPTS, 7);
+        set_str(&mut h, ROUTING_KEY, "run.finished");
+        assert_eq!(get_u32(Some(&h), ATTEMPTS), Some(7));
+        assert_eq!(
+            get_str(Some(&h), ROUTING_KEY).as_deref(),
+            Some("run.finished")
+        );
+    }
+
+    #[test]
+    fn republished_headers_drop_broker_managed_ones_only() {
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), AMQPValue::FieldArray(vec![].into()));
+        h.insert(
+            "x-first-death-reason".into(),
+            AMQPValue::LongString("expired".into()),
+        );
+        set_str(&mut h, "trace-id", "abc");
+        set_u32(&mut h, ATTEMPTS, 1);
+        let r = republished(Some(&h));
+        assert!(!r.contains_key("x-death"));
+        assert!(!r.contains_key("x-first-death-reason"));
+        assert!(r.contains_key("trace-id"));
+        assert!(r.contains_key(ATTEMPTS));
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_ERROR_MESSAGE);
+        let cut = truncate_message(&long);
+        assert!(cut.len() <= MAX_ERROR_MESSAGE);
+        assert!(long.starts_with(cut));
+        assert_eq!(truncate_message("short"), "short");
+    }
+}

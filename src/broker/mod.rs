@@ -1,0 +1,216 @@
+//! RabbitMQ: the connection, the topology, confirmed publishing and the header names. The
+//! worker consumes through it; the ops CLI publishes and replays through it.
+
+pub mod headers;
+mod topology;
+
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use secrecy::ExposeSecret;
+
+pub use topology::{DelayQueue, Topology, delay_queue_name};
+
+use crate::settings::BrokerSettings;
+
+/// AMQP delivery mode of messages that survive a broker restart.
+pub const PERSISTENT: u8 = 2;
+/// Content type of every event body.
+pub const JSON: &str = "application/json";
+
+/// A broker operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("RabbitMQ: {op}: {source}")]
+    Amqp {
+        op: &'static str,
+        source: lapin::Error,
+    },
+    #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
+    ConsumerCancelled { queue: String },
+    #[error(
+        "RabbitMQ refused (nacked) the message published to {exchange:?} with key {routing_key:?}"
+    )]
+    Nacked {
+        exchange: String,
+        routing_key: String,
+    },
+    #[error(
+        "RabbitMQ could not route the message published to {exchange:?} with key {routing_key:?}: {reply}"
+    )]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+        reply: String,
+    },
+}
+
+impl BrokerError {
+    /// The broker refused a declaration (PRECONDITION_FAILED: a queue exists with other
+    /// arguments) or an access (ACCESS_REFUSED): reconnecting will not help, the configuration
+    /// must change.
+    pub fn is_refusal(&self) -> bool {
+        let BrokerError::Amqp { source, .. } = self else {
+            return false;
+        };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(e) if matches!(
+                e.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED)
+            )
+        )
+    }
+}
+
+fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
+    move |source| BrokerError::Amqp { op, source }
+}
+
+/// One connection with a channel in publisher-confirm mode.
+pub struct Broker {
+    connection: Connection,
+    publisher: Channel,
+}
+
+impl Broker {
+    /// Connects and opens the publishing channel. `name` shows in the management UI.
+    pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Self, BrokerError> {
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        let connection = Connection::connect(settings.url.expose_secret(), properties)
+            .await
+            .map_err(amqp("connect"))?;
+        let publisher = connection
+            .create_channel()
+            .await
+            .map_err(amqp("open channel"))?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(amqp("confirm.select"))?;
+        Ok(Broker {
+            connection,
+            publisher,
+        })
+    }
+
+    /// Declares the exchange and queues (idempotent).
+    pub async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
+        topology
+            .declare(&self.publisher)
+            .await
+            .map_err(amqp("declare topology"))
+    }
+
+    /// Publishes an event body to `exchange` with confirms and the mandatory flag: returns once
+    /// the broker has taken responsibility for the message, and fails if nothing is bound to
+    /// `routing_key`. `headers` are added to the message as given.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_content_type(JSON.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_headers(headers);
+        self.publish_with(exchange, routing_key, body, properties)
+            .await
+    }
+
+    /// Publishes straight into `queue` through the default exchange, with confirms and the
+    /// mandatory flag, keeping `properties` (made persistent).
+    pub async fn publish_to_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        self.publish_with("", queue, body, properties.with_delivery_mode(PERSISTENT))
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let confirmation = self
+            .publisher
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body,
+                properties,
+            )
+            .await
+            .map_err(amqp("basic.publish"))?
+            .await
+            .map_err(amqp("publisher confirm"))?;
+        match confirmation {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+                reply: format!("{} {}", returned.reply_code, returned.reply_text),
+            }),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            }),
+        }
+    }
+
+    /// Opens a channel with `prefetch` unacked deliveries at most and consumes `queue` with
+    /// manual acks.
+    pub async fn consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        prefetch: u16,
+    ) -> Result<(Channel, Consumer), BrokerError> {
+        let channel = self
+            .connection
+            .create_channel()
+            .await
+            .map_err(amqp("open channel"))?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await
+            .map_err(amqp("basic.qos"))?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                consumer_tag.into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("basic.consume"))?;
+        Ok((channel, consumer))
+    }
+
+    /// The publishing channel, for one-off operations (basic.get, queue.delete...).
+    pub fn channel(&self) -> &Channel {
+        &self.publisher
+    }
+
+    /// Closes the connection; unacked deliveries return to their queues.
+    pub async fn close(&self) -> Result<(), BrokerError> {
+        self.connection
+            .close(200, "OK".into())
+            .await
+            .map_err(amqp("close"))
+    }
+}

@@ -1,0 +1,148 @@
+//! The worker: consumes the work queue, runs one pass per experiment at a time (coalescing
+//! bursts of `run.finished`), routes failures by class (ack, delay, dead letter), reconnects
+//! after a broker outage, and shuts down gracefully on SIGTERM/SIGINT.
+//!
+//! - [`scheduler`]: which deliveries go into which pass (pure).
+//! - [`outcome`]: what happens to a delivery after its pass (pure).
+//! - `settle`: carries an outcome out on the broker.
+//! - `session`: one connection's consume loop.
+
+pub mod outcome;
+pub mod scheduler;
+mod session;
+mod settle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::broker::Topology;
+use crate::engine::Engine;
+use crate::settings::Settings;
+use outcome::RetryRules;
+use session::SessionError;
+
+/// First wait before reconnecting to the broker; doubles up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(500);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Runs the worker until `shutdown` is cancelled, then returns `Ok` once the passes in flight
+/// have finished (or `concurrency.shutdown_grace` has expired). Broker outages are waited out
+/// with backoff; only settings the broker refuses (a queue declared with other arguments, no
+/// access) end the worker with an error.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let engine = Engine::new(&settings).context("cannot build the pruning engine")?;
+    let host = hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".to_owned());
+    let ctx = session::Context {
+        engine: Arc::new(engine),
+        topology: Topology::from_settings(&settings),
+        rules: RetryRules {
+            max_attempts: settings.retry.max_attempts,
+            delay_steps: settings.retry.delays.len(),
+        },
+        max_in_flight: settings.concurrency.max_in_flight,
+        shutdown_grace: settings.concurrency.shutdown_grace,
+        identity: format!("{host}:{}", std::process::id()),
+        host,
+        broker: settings.broker,
+    };
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        match session::run(&ctx, &shutdown).await {
+            Ok(()) => break,
+            Err(SessionError::Declare(e)) if e.is_refusal() => {
+                error!(error = %e, "RabbitMQ refused the topology");
+                return Err(e).context("RabbitMQ refused the topology; check the broker settings");
+            }
+            Err(e) => {
+                if matches!(e, SessionError::Lost(_)) {
+                    backoff = Backoff::default();
+                }
+                let wait = backoff.next_delay();
+                warn!(error = %e, retry_in = ?wait, "RabbitMQ unavailable; reconnecting");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// A token cancelled on the first SIGTERM (what Kubernetes sends to start a graceful shutdown)
+/// or SIGINT. Must be called inside a tokio runtime.
+pub fn shutdown_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received: shutting down"),
+                    _ = tokio::signal::ctrl_c() => info!("SIGINT received: shutting down"),
+                },
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the worker");
+                    let _ = tokio::signal::ctrl_c().await;
+                    info!("SIGINT received: shutting down");
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            info!("interrupt received: shutting down");
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// Exponential reconnect delays with jitter (half to full delay), so a fleet of workers does
+/// not reconnect in step.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: FIRST_RECONNECT_DELAY,
+        }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(MAX_RECONNECT_DELAY);
+        delay.mul_f64(rand::random_range(0.5..=1.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_cap_with_jitter() {
+        let mut b = Backoff::default();
+        let mut ceiling = FIRST_RECONNECT_DELAY;
+        for _ in 0..12 {
+            let d = b.next_delay();
+            assert!(d <= ceiling && d >= ceiling / 2, "{d:?} vs {ceiling:?}");
+            ceiling = (ceiling * 2).min(MAX_RECONNECT_DELAY);
+        }
+        assert_eq!(b.next, MAX_RECONNECT_DELAY);
+    }
+}

@@ -1,0 +1,207 @@
+//! What happens to a delivery once it has been handled: the one place that decides between
+//! ack, delay and dead letter. Pure, so every case is unit tested; the consumer loop only
+//! carries the decision out (and is where metrics will hook in).
+
+use crate::domain::classify::ErrorClass;
+use crate::domain::event::EventError;
+use crate::engine::PruneError;
+
+/// Why handling a delivery failed, in the terms the dead-letter headers use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub class: ErrorClass,
+    /// Low-cardinality kind (`mlflow`, `invalid_message`...).
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Failure {
+    /// A message that breaks the contract (bad JSON, missing field, unknown routing key).
+    pub fn invalid_message(error: &EventError) -> Self {
+        let kind = match error {
+            EventError::UnknownRoutingKey(_) => "unknown_routing_key",
+            EventError::Json { .. } | EventError::Empty { .. } => "invalid_message",
+        };
+        Failure {
+            class: ErrorClass::Permanent,
+            kind,
+            message: error.to_string(),
+        }
+    }
+
+    /// A pass that failed.
+    pub fn pass(error: &PruneError) -> Self {
+        Failure {
+            class: error.class(),
+            kind: error.kind(),
+            message: error.to_string(),
+        }
+    }
+
+    /// A run.finished event naming a run of another experiment.
+    pub fn foreign_run(experiment_id: &str, run_id: &str) -> Self {
+        Failure {
+            class: ErrorClass::Permanent,
+            kind: "run_not_in_experiment",
+            message: format!("run {run_id} does not belong to experiment {experiment_id}"),
+        }
+    }
+}
+
+/// The limits transient failures are retried under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryRules {
+    /// Deliveries of one message, first included, before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Number of delay queues (`retry.delays`).
+    pub delay_steps: usize,
+}
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: acknowledge.
+    Ack,
+    /// Transient failure: re-publish to delay queue `step` with `attempts` recorded, then ack.
+    Delay {
+        failure: Failure,
+        attempts: u32,
+        step: usize,
+    },
+    /// Permanent failure or out of attempts: re-publish to the dead-letter queue, then ack.
+    DeadLetter { failure: Failure, attempts: u32 },
+}
+
+impl Outcome {
+    /// Low-cardinality name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ack => "ack",
+            Outcome::Delay { .. } => "delay",
+            Outcome::DeadLetter { .. } => "dead_letter",
+        }
+    }
+}
+
+/// Decides the outcome of `attempt` (1 for the first delivery) of a message.
+pub fn decide(result: Result<(), Failure>, attempt: u32, rules: RetryRules) -> Outcome {
+    let attempt = attempt.max(1);
+    match result {
+        Ok(()) => Outcome::Ack,
+        Err(failure) if failure.class == ErrorClass::Transient && attempt < rules.max_attempts => {
+            let last = rules.delay_steps.saturating_sub(1);
+            Outcome::Delay {
+                failure,
+                attempts: attempt,
+                step: (attempt as usize - 1).min(last),
+            }
+        }
+        Err(failure) => Outcome::DeadLetter {
+            failure,
+            attempts: attempt,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULES: RetryRules = RetryRules {
+        max_attempts: 5,
+        delay_steps: 3,
+    };
+
+    fn failure(class: ErrorClass) -> Failure {
+        Failure {
+            class,
+            kind: "mlflow",
+            message: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn success_is_acked_whatever_the_attempt() {
+        for attempt in [0, 1, 5, 99] {
+            assert_eq!(decide(Ok(()), attempt, RULES), Outcome::Ack);
+        }
+    }
+
+    #[test]
+    fn permanent_failure_is_dead_lettered_at_once() {
+        for attempt in [1, 2, 5, 9] {
+            assert_eq!(
+                decide(Err(failure(ErrorClass::Permanent)), attempt, RULES),
+                Outcome::DeadLetter {
+                    failure: failure(ErrorClass::Permanent),
+                    attempts: attempt
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn transient_failure_is_delayed_on_the_nth_step_until_the_last_attempt() {
+        let steps: Vec<_> = (1..5)
+            .map(|a| decide(Err(failure(ErrorClass::Transient)), a, RULES))
+            .collect();
+        let expected: Vec<_> = [(1, 0), (2, 1), (3, 2), (4, 2)]
+            .into_iter()
+            .map(|(attempts, step)| Outcome::Delay {
+                failure: failure(ErrorClass::Transient),
+                attempts,
+                step,
+            })
+            .collect();
+        assert_eq!(steps, expected);
+    }
+
+    #[test]
+    fn transient_failure_on_the_last_attempt_is_dead_lettered() {
+        for attempt in [5, 6, 100] {
+            assert_eq!(
+                decide(Err(failure(ErrorClass::Transient)), attempt, RULES),
+                Outcome::DeadLetter {
+                    failure: failure(ErrorClass::Transient),
+                    attempts: attempt
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn one_attempt_means_no_delay() {
+        let rules = RetryRules {
+            max_attempts: 1,
+            delay_steps: 1,
+        };
+        assert!(matches!(
+            decide(Err(failure(ErrorClass::Transient)), 1, rules),
+            Outcome::DeadLetter { attempts: 1, .. }
+        ));
+    }
+
+    #[test]
+    fn missing_attempt_counts_as_the_first() {
+        assert!(matches!(
+            decide(Err(failure(ErrorClass::Transient)), 0, RULES),
+            Outcome::Delay {
+                attempts: 1,
+                step: 0,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn invalid_messages_are_permanent() {
+        let err = crate::domain::event::Event::parse("nope", b"{}").unwrap_err();
+        let f = Failure::invalid_message(&err);
+        assert_eq!(
+            (f.class, f.kind),
+            (ErrorClass::Permanent, "unknown_routing_key")
+        );
+        let err = crate::domain::event::Event::parse("run.finished", b"{").unwrap_err();
+        assert_eq!(Failure::invalid_message(&err).kind, "invalid_message");
+    }
+}

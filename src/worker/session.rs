@@ -1,0 +1,236 @@
+//! One broker connection's life: declare, consume, schedule passes, settle deliveries, and on
+//! shutdown or connection loss drain the passes in flight.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::BasicCancelOptions;
+use tokio::task::{Id, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use super::outcome::{Failure, RetryRules, decide};
+use super::scheduler::{Batch, Job, Scheduler};
+use super::settle::{Received, Settler, Subject};
+use crate::broker::{Broker, BrokerError, Topology};
+use crate::domain::event::Event;
+use crate::engine::{Engine, PassReport, PruneError};
+use crate::settings::BrokerSettings;
+
+/// What a session needs; shared by every session of a worker.
+pub struct Context {
+    pub broker: BrokerSettings,
+    pub engine: Arc<Engine>,
+    pub topology: Topology,
+    pub rules: RetryRules,
+    pub max_in_flight: usize,
+    pub shutdown_grace: Duration,
+    /// `<host>:<pid>`, for the connection name and the consumer tag.
+    pub identity: String,
+    pub host: String,
+}
+
+/// Why a session ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The broker refused the topology (arguments differ from an existing queue...).
+    #[error("declaring the topology: {0}")]
+    Declare(BrokerError),
+    /// Could not connect or start consuming.
+    #[error("connecting: {0}")]
+    Connect(BrokerError),
+    /// The connection or the consumer went away after consuming had started.
+    #[error("connection lost: {0}")]
+    Lost(BrokerError),
+}
+
+/// Connects, consumes until `shutdown` (returns `Ok`) or until the connection fails.
+pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), SessionError> {
+    let name = format!(
+        "model-pruner worker {} on {}",
+        ctx.identity, ctx.topology.work_queue
+    );
+    let broker = Arc::new(
+        Broker::connect(&ctx.broker, &name)
+            .await
+            .map_err(SessionError::Connect)?,
+    );
+    broker
+        .declare(&ctx.topology)
+        .await
+        .map_err(SessionError::Declare)?;
+    let tag = format!(
+        "model-pruner-{}-{:08x}",
+        ctx.identity,
+        rand::random::<u32>()
+    );
+    let queue = ctx.topology.work_queue.as_str();
+    let (channel, mut consumer) = broker
+        .consume(queue, &tag, ctx.broker.prefetch)
+        .await
+        .map_err(SessionError::Connect)?;
+    info!(
+        queue,
+        prefetch = ctx.broker.prefetch,
+        max_in_flight = ctx.max_in_flight,
+        "consuming"
+    );
+
+    let settler = Arc::new(Settler {
+        broker: broker.clone(),
+        topology: ctx.topology.clone(),
+        host: ctx.host.clone(),
+    });
+    let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
+    // The experiment each task holds (none for an invalid message), to free it when done.
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut holding: HashMap<Id, Option<String>> = HashMap::new();
+
+    let ended = loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break Ok(()),
+            Some(done) = tasks.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        error!(error = %e, "a pass task failed; its deliveries stay unacked");
+                        e.id()
+                    }
+                };
+                if let Some(Some(experiment)) = holding.remove(&id) {
+                    scheduler.finish(&experiment);
+                }
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let received = Received::new(delivery);
+                    match Event::parse(&received.routing_key, &received.delivery.data) {
+                        Ok(event) => scheduler.push(Job { event, delivery: received }),
+                        Err(e) => {
+                            let outcome =
+                                decide(Err(Failure::invalid_message(&e)), received.attempt, ctx.rules);
+                            let settler = settler.clone();
+                            let task = tasks.spawn(async move {
+                                settler.settle(received, outcome, Subject::default()).await;
+                            });
+                            holding.insert(task.id(), None);
+                        }
+                    }
+                }
+                Some(Err(source)) => break Err(BrokerError::Amqp { op: "consume", source }),
+                None => break Err(BrokerError::ConsumerCancelled { queue: queue.to_owned() }),
+            },
+        }
+        while let Some(batch) = scheduler.next_batch() {
+            let experiment = batch.request.experiment_id.clone();
+            let task = tasks.spawn(run_batch(
+                ctx.engine.clone(),
+                settler.clone(),
+                ctx.rules,
+                batch,
+            ));
+            holding.insert(task.id(), Some(experiment));
+        }
+    };
+
+    match &ended {
+        Ok(()) => {
+            info!(
+                in_flight = scheduler.in_flight(),
+                waiting = scheduler.waiting(),
+                "shutting down: no new deliveries; waiting ones go back to the queue"
+            );
+            if let Err(e) = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await
+            {
+                warn!(error = %e, "basic.cancel failed");
+            }
+        }
+        Err(e) => warn!(
+            error = %e,
+            in_flight = scheduler.in_flight(),
+            "connection lost: finishing passes in flight; their deliveries will be redelivered"
+        ),
+    }
+    drain(&mut tasks, ctx.shutdown_grace).await;
+    drop(scheduler);
+    if ended.is_ok()
+        && let Err(e) = broker.close().await
+    {
+        warn!(error = %e, "closing the connection failed");
+    }
+    ended.map_err(SessionError::Lost)
+}
+
+/// Lets the passes in flight finish within `grace`; aborts the rest (their deliveries stay
+/// unacked, so the broker redelivers them).
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
+    if tasks.is_empty() {
+        return;
+    }
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, all_done).await.is_err() {
+        warn!(
+            remaining = tasks.len(),
+            grace = ?grace,
+            "shutdown grace expired: aborting the passes still running; their deliveries stay unacked"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Runs one pass and settles every delivery it covers.
+async fn run_batch(
+    engine: Arc<Engine>,
+    settler: Arc<Settler>,
+    rules: RetryRules,
+    batch: Batch<Received>,
+) {
+    let Batch { request, jobs } = batch;
+    let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
+    async move {
+        let result = engine.run_pass(&request).await;
+        for job in jobs {
+            let run_id = match &job.event {
+                Event::RunFinished(e) => Some(e.run_id.as_str()),
+                Event::ExperimentPrune(_) => None,
+            };
+            let outcome = decide(
+                job_result(&result, &request.experiment_id, run_id),
+                job.delivery.attempt,
+                rules,
+            );
+            let subject = Subject {
+                experiment_id: Some(&request.experiment_id),
+                run_id,
+            };
+            settler.settle(job.delivery, outcome, subject).await;
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// What a pass means for one of the events it covered: a run.finished event naming a run of
+/// another experiment fails on its own even when the pass succeeded for the others.
+fn job_result(
+    result: &Result<PassReport, PruneError>,
+    experiment_id: &str,
+    run_id: Option<&str>,
+) -> Result<(), Failure> {
+    match (result, run_id) {
+        (Ok(report), Some(run)) if report.foreign_run_ids.iter().any(|f| f == run) => {
+            Err(Failure::foreign_run(experiment_id, run))
+        }
+        (Ok(_), _) => Ok(()),
+        (Err(PruneError::RunNotInExperiment { .. }), Some(run)) => {
+            Err(Failure::foreign_run(experiment_id, run))
+        }
+        (Err(e), _) => Err(Failure::pass(e)),
+    }
+}

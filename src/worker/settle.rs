@@ -1,0 +1,263 @@
+//! Carries out an [`Outcome`]: ack, or re-publish (delay queue or dead-letter queue) with
+//! confirms and ack only once the broker has the copy, so a message is never lost.
+
+use std::sync::Arc;
+
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tracing::{error, info, warn};
+
+use super::outcome::{Failure, Outcome};
+use crate::broker::{Broker, JSON, Topology, headers};
+
+/// A delivery with what the worker read from its headers.
+#[derive(Debug)]
+pub struct Received {
+    pub delivery: Delivery,
+    /// The routing key the message was published with (see [`headers::ROUTING_KEY`]).
+    pub routing_key: String,
+    /// This delivery's attempt, 1 for the first.
+    pub attempt: u32,
+}
+
+impl Received {
+    pub fn new(delivery: Delivery) -> Self {
+        let h = delivery.properties.headers().as_ref();
+        let routing_key = headers::get_str(h, headers::ROUTING_KEY)
+            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
+        let attempt = headers::get_u32(h, headers::ATTEMPTS)
+            .unwrap_or(0)
+            .saturating_add(1);
+        Received {
+            delivery,
+            routing_key,
+            attempt,
+        }
+    }
+}
+
+/// Ids for the log line of a settled delivery.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Subject<'a> {
+    pub experiment_id: Option<&'a str>,
+    pub run_id: Option<&'a str>,
+}
+
+/// Settles deliveries on one broker connection.
+pub struct Settler {
+    pub broker: Arc<Broker>,
+    pub topology: Topology,
+    pub host: String,
+}
+
+impl Settler {
+    /// Applies `outcome` to `received` and logs it. Errors are logged, never returned: a
+    /// delivery that cannot be settled stays with the broker, which redelivers it.
+    pub async fn settle(&self, received: Received, outcome: Outcome, subject: Subject<'_>) {
+        let experiment_id = subject.experiment_id.unwrap_or("");
+        let run_id = subject.run_id.unwrap_or("");
+        let routing_key = received.routing_key.as_str();
+        let (queue, failure, attempts) = match &outcome {
+            Outcome::Ack => {
+                info!(
+                    experiment_id,
+                    run_id,
+                    routing_key,
+                    outcome = outcome.as_str(),
+                    "event handled"
+                );
+                return ack(&received.delivery).await;
+            }
+            Outcome::Delay {
+                failure,
+                attempts,
+                step,
+            } => (
+                self.topology.delay_queues[*step].name.as_str(),
+                failure,
+                *attempts,
+            ),
+            Outcome::DeadLetter { failure, attempts } => {
+                (self.topology.dead_letter_queue.as_str(), failure, *attempts)
+            }
+        };
+        let properties = republished_properties(
+            &received,
+            failure,
+            attempts,
+            OffsetDateTime::now_utc(),
+            &self.host,
+        );
+        let published = self
+            .broker
+            .publish_to_queue(queue, &received.delivery.data, properties)
+            .await;
+        if let Err(e) = published {
+            error!(
+                experiment_id, run_id, routing_key, queue, error = %e,
+                "could not re-publish the message; returned to the work queue"
+            );
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            if let Err(e) = received.delivery.acker.nack(requeue).await {
+                warn!(error = %e, "nack lost; the broker will redeliver the message");
+            }
+            return;
+        }
+        let (class, kind, message) = (failure.class.as_str(), failure.kind, &failure.message);
+        match outcome {
+            Outcome::Delay { .. } => warn!(
+                experiment_id, run_id, routing_key, outcome = outcome.as_str(), error_class = class,
+                error_kind = kind, attempts, queue, error = %message, "event delayed"
+            ),
+            _ => error!(
+                experiment_id, run_id, routing_key, outcome = outcome.as_str(), error_class = class,
+                error_kind = kind, attempts, error = %message, "event dead-lettered"
+            ),
+        }
+        ack(&received.delivery).await;
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "ack lost; the broker will redeliver the message");
+    }
+}
+
+/// The properties of a re-published copy: the original ones that matter, persistent, with
+/// the worker's headers updated. The body is left as it was.
+pub fn republished_properties(
+    received: &Received,
+    failure: &Failure,
+    attempts: u32,
+    now: OffsetDateTime,
+    host: &str,
+) -> BasicProperties {
+    let original = &received.delivery.properties;
+    let headers = failure_headers(
+        original.headers().as_ref(),
+        &received.routing_key,
+        failure,
+        attempts,
+        now,
+        host,
+    );
+    let mut p = BasicProperties::default()
+        .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
+        .with_headers(headers);
+    if let Some(v) = original.message_id() {
+        p = p.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        p = p.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        p = p.with_timestamp(*v);
+    }
+    if let Some(v) = original.app_id() {
+        p = p.with_app_id(v.clone());
+    }
+    p
+}
+
+/// The original headers (minus those the broker manages) plus the worker's: attempts, the
+/// original routing key, the failure, its first and last time, and who handled it.
+pub fn failure_headers(
+    original: Option<&FieldTable>,
+    routing_key: &str,
+    failure: &Failure,
+    attempts: u32,
+    now: OffsetDateTime,
+    host: &str,
+) -> FieldTable {
+    let now = now
+        .format(&Rfc3339)
+        .expect("a UTC time formats as RFC 3339");
+    let first = headers::get_str(original, headers::FIRST_FAILURE).unwrap_or_else(|| now.clone());
+    let mut h = headers::republished(original);
+    headers::set_u32(&mut h, headers::ATTEMPTS, attempts);
+    headers::set_str(&mut h, headers::ROUTING_KEY, routing_key);
+    headers::set_str(&mut h, headers::ERROR_CLASS, failure.class.as_str());
+    headers::set_str(&mut h, headers::ERROR_KIND, failure.kind);
+    headers::set_str(
+        &mut h,
+        headers::ERROR_MESSAGE,
+        headers::truncate_message(&failure.message),
+    );
+    headers::set_str(&mut h, headers::FIRST_FAILURE, &first);
+    headers::set_str(&mut h, headers::LAST_FAILURE, &now);
+    headers::set_str(&mut h, headers::WORKER_VERSION, env!("CARGO_PKG_VERSION"));
+    headers::set_str(&mut h, headers::WORKER_HOST, host);
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::classify::ErrorClass;
+
+    fn failure() -> Failure {
+        Failure {
+            class: ErrorClass::Transient,
+            kind: "mlflow",
+            message: "connection refused".into(),
+        }
+    }
+
+    #[test]
+    fn failure_headers_record_the_failure_and_keep_the_first_time() {
+        let t1 = OffsetDateTime::from_unix_timestamp(1_735_725_600).unwrap();
+        let t2 = OffsetDateTime::from_unix_timestamp(1_735_725_900).unwrap();
+        let first = failure_headers(None, "run.finished", &failure(), 1, t1, "h1");
+        let second = failure_headers(Some(&first), "run.finished", &failure(), 2, t2, "h2");
+        let s = |k| headers::get_str(Some(&second), k);
+        assert_eq!(headers::get_u32(Some(&second), headers::ATTEMPTS), Some(2));
+        assert_eq!(s(headers::ROUTING_KEY).as_deref(), Some("run.finished"));
+        assert_eq!(s(headers::ERROR_CLASS).as_deref(), Some("transient"));
+        assert_eq!(s(headers::ERROR_KIND).as_deref(), Some("mlflow"));
+        assert_eq!(
+            s(headers::ERROR_MESSAGE).as_deref(),
+            Some("connection refused")
+        );
+        assert_eq!(
+            s(headers::FIRST_FAILURE).as_deref(),
+            Some("2025-01-01T10:00:00Z")
+        );
+        assert_eq!(
+            s(headers::LAST_FAILURE).as_deref(),
+            Some("2025-01-01T10:05:00Z")
+        );
+        assert_eq!(s(headers::WORKER_HOST).as_deref(), Some("h2"));
+        assert_eq!(
+            s(headers::WORKER_VERSION).as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    #[test]
+    fn attempts_and_routing_key_come_from_the_headers_when_present() {
+        let mut h = FieldTable::default();
+        headers::set_u32(&mut h, headers::ATTEMPTS, 2);
+        headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
+        let mut d = Delivery::mock(1, "".into(), "work".into(), false, b"{}".to_vec());
+        d.properties = BasicProperties::default().with_headers(h);
+        let r = Received::new(d);
+        assert_eq!((r.routing_key.as_str(), r.attempt), ("experiment.prune", 3));
+
+        let r = Received::new(Delivery::mock(
+            1,
+            "x".into(),
+            "run.finished".into(),
+            false,
+            vec![],
+        ));
+        assert_eq!((r.routing_key.as_str(), r.attempt), ("run.finished", 1));
+    }
+}

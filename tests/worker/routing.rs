@@ -1,0 +1,155 @@
+//! Routing by error class: invalid messages and permanent failures are dead-lettered at once,
+//! transient failures are delayed and dead-lettered after the last attempt.
+
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use model_pruner::broker::headers;
+
+use crate::helpers::{TestApp, attempts, header, settings};
+
+#[tokio::test]
+async fn invalid_messages_are_dead_lettered_with_headers_and_the_worker_keeps_going() {
+    let mut s = settings();
+    // The engine is never called for these: an unreachable MLflow proves it.
+    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+    let mut app = TestApp::spawn(s).await;
+
+    app.publish("run.finished", b"{not json").await;
+    app.publish("run.finished", br#"{"experiment_id":"1"}"#)
+        .await;
+    let mut h = FieldTable::default();
+    headers::set_str(&mut h, headers::ROUTING_KEY, "model.deleted");
+    app.publish_to_work_queue(br#"{"experiment_id":"1"}"#, h)
+        .await;
+
+    let wait = Duration::from_secs(10);
+    let malformed = app.next_dead_letter(wait).await;
+    assert_eq!(malformed.data, b"{not json");
+    assert_eq!(
+        header(&malformed, headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(
+        header(&malformed, headers::ERROR_KIND).as_deref(),
+        Some("invalid_message")
+    );
+    assert_eq!(
+        header(&malformed, headers::ROUTING_KEY).as_deref(),
+        Some("run.finished")
+    );
+    assert_eq!(attempts(&malformed), Some(1));
+    assert_eq!(
+        header(&malformed, headers::WORKER_VERSION).as_deref(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(header(&malformed, headers::WORKER_HOST).is_some_and(|h| !h.is_empty()));
+    let first = header(&malformed, headers::FIRST_FAILURE).expect("first failure");
+    assert!(
+        time::OffsetDateTime::parse(&first, &time::format_description::well_known::Rfc3339).is_ok()
+    );
+    assert_eq!(header(&malformed, headers::LAST_FAILURE), Some(first));
+    assert_eq!(
+        malformed
+            .properties
+            .content_type()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(*malformed.properties.delivery_mode(), Some(2));
+
+    let missing = app.next_dead_letter(wait).await;
+    assert_eq!(missing.data, br#"{"experiment_id":"1"}"#);
+    assert_eq!(
+        header(&missing, headers::ERROR_KIND).as_deref(),
+        Some("invalid_message")
+    );
+    assert!(
+        header(&missing, headers::ERROR_MESSAGE).is_some_and(|m| m.contains("run_id")),
+        "{:?}",
+        header(&missing, headers::ERROR_MESSAGE)
+    );
+
+    let unknown = app.next_dead_letter(wait).await;
+    assert_eq!(
+        header(&unknown, headers::ERROR_KIND).as_deref(),
+        Some("unknown_routing_key")
+    );
+    assert_eq!(
+        header(&unknown, headers::ROUTING_KEY).as_deref(),
+        Some("model.deleted")
+    );
+    assert_eq!(
+        header(&unknown, headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+
+    app.stop(Duration::from_secs(10))
+        .await
+        .expect("worker stops cleanly");
+    let work = app.topology.work_queue.clone();
+    assert_eq!(app.queue_len(&work).await, 0, "every message was acked");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn unknown_experiment_is_dead_lettered_as_permanent() {
+    // Needs the MLflow of `scripts/stack.sh up` (settings or MODEL_PRUNER__MLFLOW__TRACKING_URI).
+    let app = TestApp::spawn(settings()).await;
+    let body = br#"{"experiment_id":"987654321987","run_id":"0123456789abcdef"}"#;
+    app.publish("run.finished", body).await;
+
+    let dead = app.next_dead_letter(Duration::from_secs(20)).await;
+    assert_eq!(dead.data, body);
+    assert_eq!(
+        header(&dead, headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(
+        header(&dead, headers::ERROR_KIND).as_deref(),
+        Some("unknown_experiment"),
+        "{:?}",
+        header(&dead, headers::ERROR_MESSAGE)
+    );
+    assert_eq!(attempts(&dead), Some(1));
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn unreachable_mlflow_delays_then_dead_letters_after_max_attempts() {
+    let mut s = settings();
+    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+    s.retry.max_attempts = 3;
+    let app = TestApp::spawn(s).await;
+    let body = br#"{"experiment_id":"5","policy":{"keep_top":1}}"#;
+    app.publish("experiment.prune", body).await;
+
+    // Two 1 s delays, then the third attempt dead-letters.
+    let dead = app.next_dead_letter(Duration::from_secs(30)).await;
+    assert_eq!(dead.data, body);
+    assert_eq!(attempts(&dead), Some(3));
+    assert_eq!(
+        header(&dead, headers::ERROR_CLASS).as_deref(),
+        Some("transient")
+    );
+    assert_eq!(
+        header(&dead, headers::ERROR_KIND).as_deref(),
+        Some("mlflow")
+    );
+    assert_eq!(
+        header(&dead, headers::ROUTING_KEY).as_deref(),
+        Some("experiment.prune")
+    );
+    let first = header(&dead, headers::FIRST_FAILURE).unwrap();
+    let last = header(&dead, headers::LAST_FAILURE).unwrap();
+    assert!(first < last, "first {first}, last {last}");
+
+    let delay = app.topology.delay_queues[0].name.clone();
+    assert_eq!(app.queue_len(&delay).await, 0);
+    assert_eq!(
+        app.queue_len(&app.topology.dead_letter_queue.clone()).await,
+        0
+    );
+    app.cleanup().await;
+}
