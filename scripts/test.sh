@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command (what README shows and .ci/run calls):
+# starts the local stack, exports its settings, runs the whole test suite.
+# Extra arguments go to `cargo nextest run` (e.g. a test-name filter).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[test] %s\n' "$*" >&2; }
+
+if [[ "${CI:-}" == "true" ]]; then
+  # CI runs in a throw-away clone: stop the MLflow/Garage it started when done.
+  trap 'scripts/stack.sh down || true' EXIT
+fi
+scripts/stack.sh up
+eval "$(scripts/stack.sh env)"
+
+if [[ "${CI:-}" == "true" ]]; then
+  log "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+  log "cargo clippy --all-targets -- -D warnings"
+  cargo clippy --all-targets -- -D warnings
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+log "cargo nextest run --workspace --all-targets --no-fail-fast $*"
+cargo nextest run --workspace --all-targets --no-fail-fast "$@"
