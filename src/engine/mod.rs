@@ -445,15 +445,20 @@ impl Engine {
                 remaining,
             });
         }
-        self.retry
+        match self
+            .retry
             .run("mlflow", "experiments/delete", || {
                 self.mlflow.delete_experiment(&report.experiment_id)
             })
             .await
-            .map_err(|source| PruneError::Mlflow {
+        {
+            // Another worker retired it between our read and this call.
+            Err(e) if e.is_not_found() => {}
+            other => other.map_err(|source| PruneError::Mlflow {
                 experiment_id: report.experiment_id.clone(),
                 source,
-            })?;
+            })?,
+        }
         info!("experiment deleted");
         Ok(())
     }

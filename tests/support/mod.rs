@@ -1,0 +1,6 @@
+//! Test support shared by the integration suites: fixtures that create MLflow experiments, runs
+//! and models through the real REST API, and objects in the real S3 store.
+#![allow(dead_code)] // Each suite uses a different part of the support code.
+
+pub mod mlflow_fixtures;
+pub mod store_fixtures;
