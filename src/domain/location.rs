@@ -108,7 +108,7 @@ impl LocationRules {
             });
         };
 
-        if !self.allowed_buckets.iter().any(|b| *b == bucket) {
+        if !self.allowed_buckets.contains(&bucket) {
             return Err(LocationError::BucketNotAllowed {
                 uri: uri.to_owned(),
                 bucket,
