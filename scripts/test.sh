@@ -26,5 +26,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+log "scripts/check-deploy.sh"
+scripts/check-deploy.sh
+
 log "cargo nextest run --workspace --all-targets --no-fail-fast $*"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
