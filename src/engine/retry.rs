@@ -16,17 +16,30 @@ use crate::store::StoreError;
 /// Errors that know whether retrying can help.
 pub trait Classified: Display {
     fn class(&self) -> ErrorClass;
+
+    /// A low-cardinality reason for logs and metrics (`timeout`, `throttled`...).
+    fn reason(&self) -> &'static str {
+        self.class().as_str()
+    }
 }
 
 impl Classified for MlflowError {
     fn class(&self) -> ErrorClass {
         MlflowError::class(self)
     }
+
+    fn reason(&self) -> &'static str {
+        crate::metrics::mlflow_reason(self)
+    }
 }
 
 impl Classified for StoreError {
     fn class(&self) -> ErrorClass {
         StoreError::class(self)
+    }
+
+    fn reason(&self) -> &'static str {
+        crate::metrics::store_reason(self)
     }
 }
 
@@ -70,8 +83,9 @@ impl RetryPolicy {
         RetryIf::start(self.delays(), op, |e: &E| {
             let retry = e.class() == ErrorClass::Transient;
             if retry {
-                tracing::warn!(target_system = target, operation = what, error = %e, "transient failure, retrying");
-                crate::metrics::retry(target);
+                let reason = e.reason();
+                tracing::warn!(target_system = target, operation = what, reason, error = %e, "transient failure, retrying");
+                crate::metrics::retry(target, reason);
             }
             retry
         })

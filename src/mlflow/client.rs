@@ -9,6 +9,7 @@ use url::Url;
 
 use super::error::MlflowError;
 use super::wire::ErrorBody;
+use crate::metrics::Target;
 use crate::settings::MlflowSettings;
 
 /// How much of a non-MLflow error body (an HTML page from a proxy, say) goes into the message.
@@ -150,15 +151,26 @@ impl MlflowClient {
                 request.basic_auth(username, password.as_ref().map(|p| p.expose_secret()))
             }
         };
+        let started = std::time::Instant::now();
+        let observe = |status: Option<u16>| {
+            crate::metrics::request(Target::Mlflow, operation, status, started.elapsed());
+        };
         let response = match request.send().await {
             Ok(response) => response,
-            Err(e) => return Err(MlflowError::from_transport(operation, target, e)),
+            Err(e) => {
+                observe(None);
+                return Err(MlflowError::from_transport(operation, target, e));
+            }
         };
         let status = response.status();
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(e) => return Err(MlflowError::from_transport(operation, target, e)),
+            Err(e) => {
+                observe(None);
+                return Err(MlflowError::from_transport(operation, target, e));
+            }
         };
+        observe(Some(status.as_u16()));
         tracing::trace!(operation, %target, status = status.as_u16(), "MLflow answered");
         if !status.is_success() {
             return Err(status_error(operation, target, status, &body));

@@ -77,6 +77,7 @@ impl ObjectStore {
             .quiet(true)
             .build()
             .map_err(|err| to_request_error(SdkError::from(err)))?;
+        let started = std::time::Instant::now();
         let output = self
             .client
             .delete_objects()
@@ -84,7 +85,9 @@ impl ObjectStore {
             .delete(delete)
             .send()
             .await
-            .map_err(to_request_error)?;
+            .map_err(to_request_error);
+        crate::metrics::store_request(DELETE, &output, started);
+        let output = output?;
         check_key_errors(bucket, prefix, output.errors())?;
         tracing::debug!(objects = batch.len(), "batch deleted");
         Ok(())

@@ -65,6 +65,7 @@ impl<'a> Listing<'a> {
         if self.done {
             return Ok(None);
         }
+        let started = std::time::Instant::now();
         let page = self
             .store
             .client
@@ -74,7 +75,9 @@ impl<'a> Listing<'a> {
             .set_continuation_token(self.token.take())
             .send()
             .await
-            .map_err(|err| StoreError::request(LIST, self.bucket, self.prefix, err))?;
+            .map_err(|err| StoreError::request(LIST, self.bucket, self.prefix, err));
+        crate::metrics::store_request(LIST, &page, started);
+        let page = page?;
         self.token = next_token(&page);
         self.done = self.token.is_none();
         Ok(Some(objects(&page)))

@@ -21,6 +21,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::Topology;
 use crate::engine::Engine;
+use crate::metrics;
 use crate::settings::Settings;
 use outcome::RetryRules;
 use session::SessionError;
@@ -34,6 +35,14 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 /// with backoff; only settings the broker refuses (a queue declared with other arguments, no
 /// access) end the worker with an error.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Up before the broker, so probes and scrapes see a worker that cannot connect.
+    let listen = settings.metrics.listen;
+    let server = metrics::Server::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
+    info!(address = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+    let readiness = Arc::new(metrics::Readiness::default());
+    let _server = server.spawn(readiness.clone());
     let engine = Engine::new(&settings).context("cannot build the pruning engine")?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -50,6 +59,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         identity: format!("{host}:{}", std::process::id()),
         host,
         broker: settings.broker,
+        readiness,
     };
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {

@@ -17,6 +17,7 @@ use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::domain::event::Event;
 use crate::engine::{Engine, PassReport, PruneError};
+use crate::metrics::{self, Readiness};
 use crate::settings::BrokerSettings;
 
 /// What a session needs; shared by every session of a worker.
@@ -30,6 +31,8 @@ pub struct Context {
     /// `<host>:<pid>`, for the connection name and the consumer tag.
     pub identity: String,
     pub host: String,
+    /// Told when consuming starts and stops, for `/readyz`.
+    pub readiness: Arc<Readiness>,
 }
 
 /// Why a session ended other than by shutdown.
@@ -77,6 +80,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         max_in_flight = ctx.max_in_flight,
         "consuming"
     );
+    ctx.readiness.set_consuming(true);
 
     let settler = Arc::new(Settler {
         broker: broker.clone(),
@@ -135,6 +139,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             holding.insert(task.id(), Some(experiment));
         }
     };
+    ctx.readiness.set_consuming(false);
 
     match &ended {
         Ok(()) => {
@@ -194,7 +199,9 @@ async fn run_batch(
     let Batch { request, jobs } = batch;
     let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
     async move {
+        let started = std::time::Instant::now();
         let result = engine.run_pass(&request).await;
+        metrics::pass_finished(&result, jobs.len(), started.elapsed());
         for job in jobs {
             let run_id = match &job.event {
                 Event::RunFinished(e) => Some(e.run_id.as_str()),

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, JSON, Topology, headers};
+use crate::metrics::{self, Finished};
 
 /// A delivery with what the worker read from its headers.
 #[derive(Debug)]
@@ -22,6 +23,8 @@ pub struct Received {
     pub routing_key: String,
     /// This delivery's attempt, 1 for the first.
     pub attempt: u32,
+    /// Counts the delivery as received and in flight until dropped.
+    pub metrics: metrics::Message,
 }
 
 impl Received {
@@ -33,6 +36,7 @@ impl Received {
             .unwrap_or(0)
             .saturating_add(1);
         Received {
+            metrics: metrics::Message::received(&routing_key),
             delivery,
             routing_key,
             attempt,
@@ -70,6 +74,7 @@ impl Settler {
                     outcome = outcome.as_str(),
                     "event handled"
                 );
+                received.metrics.finished(Finished::from(&outcome));
                 return ack(&received.delivery).await;
             }
             Outcome::Delay {
@@ -101,6 +106,7 @@ impl Settler {
                 experiment_id, run_id, routing_key, queue, error = %e,
                 "could not re-publish the message; returned to the work queue"
             );
+            received.metrics.finished(Finished::Retried);
             let requeue = BasicNackOptions {
                 requeue: true,
                 ..BasicNackOptions::default()
@@ -121,6 +127,7 @@ impl Settler {
                 error_kind = kind, attempts, error = %message, "event dead-lettered"
             ),
         }
+        received.metrics.finished(Finished::from(&outcome));
         ack(&received.delivery).await;
     }
 }

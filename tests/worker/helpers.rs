@@ -34,6 +34,8 @@ pub fn settings() -> Settings {
     s.retry.max_backoff = Duration::from_millis(50);
     s.mlflow.request_timeout = Duration::from_secs(5);
     s.concurrency.shutdown_grace = Duration::from_secs(5);
+    // A free port each: workers of parallel tests must not fight over metrics.listen.
+    s.metrics.listen = "127.0.0.1:0".parse().unwrap();
     s
 }
 
@@ -41,7 +43,7 @@ pub struct TestApp {
     pub topology: Topology,
     pub broker: Broker,
     shutdown: CancellationToken,
-    worker: Option<JoinHandle<anyhow::Result<()>>>,
+    workers: Vec<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -63,12 +65,14 @@ impl TestApp {
             topology,
             broker,
             shutdown: CancellationToken::new(),
-            worker: None,
+            workers: Vec::new(),
         }
     }
 
+    /// Starts a worker; call again (with the same queue names) for more workers.
     pub fn start(&mut self, settings: Settings) {
-        self.worker = Some(tokio::spawn(worker::run(settings, self.shutdown.clone())));
+        let worker = tokio::spawn(worker::run(settings, self.shutdown.clone()));
+        self.workers.push(worker);
     }
 
     /// Publishes an event to the exchange.
@@ -141,19 +145,22 @@ impl TestApp {
             .message_count()
     }
 
-    /// Cancels the worker and returns what `run` returned, failing if it takes over `within`.
+    /// Cancels the workers and returns what `run` returned (the first error, if any), failing
+    /// if they take over `within`.
     pub async fn stop(&mut self, within: Duration) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        let handle = self.worker.take().expect("a worker was started");
-        tokio::time::timeout(within, handle)
+        assert!(!self.workers.is_empty(), "a worker was started");
+        let all = futures::future::join_all(self.workers.drain(..));
+        tokio::time::timeout(within, all)
             .await
-            .expect("the worker stops in time")
-            .expect("the worker task does not panic")
+            .expect("the workers stop in time")
+            .into_iter()
+            .try_for_each(|r| r.expect("the worker task does not panic"))
     }
 
     /// Stops the worker if running, then deletes the queues and the exchange (best effort).
     pub async fn cleanup(mut self) {
-        if self.worker.is_some() {
+        if !self.workers.is_empty() {
             let _ = self.stop(Duration::from_secs(30)).await;
         }
         let channel = self.broker.channel();

@@ -1,0 +1,242 @@
+//! What `/readyz` answers. Ready means: consuming the work queue, and neither MLflow nor the
+//! store has gone [`UNANSWERED_FOR`] failing without one answer.
+//!
+//! A dependency not asked yet counts as ready ("unknown"), and so does one that answered the
+//! last time it was asked, however long ago: an idle worker is a healthy worker. A short run of
+//! failures is reported as "degraded" but keeps the worker ready, so one timeout does not flap
+//! the probe.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::Target;
+
+/// How long MLflow or the store may fail without one answer before the worker is unready.
+pub const UNANSWERED_FOR: Duration = Duration::from_secs(300);
+
+/// When a dependency last answered and since when it has been failing, in Unix milliseconds;
+/// 0 for never / not failing. Process-wide: every client of the process updates it.
+struct Dependency {
+    last_answer: AtomicU64,
+    failing_since: AtomicU64,
+}
+
+impl Dependency {
+    const fn new() -> Self {
+        Dependency {
+            last_answer: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+        }
+    }
+
+    fn seen(&self) -> Seen {
+        Seen {
+            last_answer: self.last_answer.load(Ordering::Relaxed),
+            failing_since: self.failing_since.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, answered: bool, now: Duration) {
+        let now = now.as_millis().max(1) as u64;
+        if answered {
+            self.last_answer.store(now, Ordering::Relaxed);
+            self.failing_since.store(0, Ordering::Relaxed);
+        } else {
+            // Only the first failure of a run of failures sets its start.
+            let _ =
+                self.failing_since
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+static MLFLOW: Dependency = Dependency::new();
+static STORE: Dependency = Dependency::new();
+
+/// Records a request's result: `answered` when the system answered below 500.
+pub(super) fn record(target: Target, answered: bool, now: Duration) {
+    match target {
+        Target::Mlflow => MLFLOW.record(answered, now),
+        Target::Store => STORE.record(answered, now),
+    }
+}
+
+/// One dependency as `/readyz` sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Seen {
+    last_answer: u64,
+    failing_since: u64,
+}
+
+/// The worker's own part of readiness: whether its broker session is consuming.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    consuming: AtomicBool,
+}
+
+/// What `/readyz` answers: 200 when `ready`, else 503, with `body` saying what is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadinessReport {
+    pub ready: bool,
+    pub body: String,
+}
+
+impl Readiness {
+    /// Set when the session starts consuming, cleared when it stops (shutdown or lost connection).
+    pub fn set_consuming(&self, consuming: bool) {
+        self.consuming.store(consuming, Ordering::Relaxed);
+    }
+
+    pub fn report(&self) -> ReadinessReport {
+        report(
+            self.consuming.load(Ordering::Relaxed),
+            [("mlflow", MLFLOW.seen()), ("store", STORE.seen())],
+            super::unix_now(),
+        )
+    }
+}
+
+fn report(consuming: bool, deps: [(&str, Seen); 2], now: Duration) -> ReadinessReport {
+    let mut lines = vec![(
+        "broker",
+        consuming,
+        if consuming {
+            "ok (consuming the work queue)".to_owned()
+        } else {
+            "not ready (not connected or not consuming; reconnecting)".to_owned()
+        },
+    )];
+    for (name, seen) in deps {
+        let (ok, text) = dependency(seen, now);
+        lines.push((name, ok, text));
+    }
+    let failing: Vec<&str> = lines.iter().filter(|l| !l.1).map(|l| l.0).collect();
+    let mut body = if failing.is_empty() {
+        "ready\n".to_owned()
+    } else {
+        format!("not ready: {}\n", failing.join(", "))
+    };
+    for (name, _, text) in &lines {
+        let _ = writeln!(body, "{name}: {text}");
+    }
+    ReadinessReport {
+        ready: failing.is_empty(),
+        body,
+    }
+}
+
+fn dependency(seen: Seen, now: Duration) -> (bool, String) {
+    let now = now.as_millis() as u64;
+    let ago = |t: u64| now.saturating_sub(t) / 1000;
+    let last = match seen.last_answer {
+        0 => "never answered".to_owned(),
+        t => format!("last answer {}s ago", ago(t)),
+    };
+    match seen.failing_since {
+        0 if seen.last_answer == 0 => (true, "unknown (not asked yet)".to_owned()),
+        0 => (true, format!("ok ({last})")),
+        since if now.saturating_sub(since) >= UNANSWERED_FOR.as_millis() as u64 => (
+            false,
+            format!("not ready (failing for {}s, {last})", ago(since)),
+        ),
+        since => (
+            true,
+            format!(
+                "degraded (failing for {}s, {last}; unready after {}s)",
+                ago(since),
+                UNANSWERED_FOR.as_secs()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Duration = Duration::from_secs(1_000_000);
+
+    fn at(secs_ago: u64) -> u64 {
+        (NOW.as_secs() - secs_ago) * 1000
+    }
+
+    fn deps(mlflow: Seen, store: Seen) -> [(&'static str, Seen); 2] {
+        [("mlflow", mlflow), ("store", store)]
+    }
+
+    #[test]
+    fn a_fresh_idle_worker_is_ready_with_unknown_dependencies() {
+        let r = report(true, deps(Seen::default(), Seen::default()), NOW);
+        assert!(r.ready, "{}", r.body);
+        assert_eq!(
+            r.body,
+            "ready\nbroker: ok (consuming the work queue)\n\
+             mlflow: unknown (not asked yet)\nstore: unknown (not asked yet)\n"
+        );
+    }
+
+    #[test]
+    fn not_consuming_is_not_ready_and_says_so() {
+        let r = report(false, deps(Seen::default(), Seen::default()), NOW);
+        assert!(!r.ready);
+        assert!(r.body.starts_with("not ready: broker\n"), "{}", r.body);
+    }
+
+    #[test]
+    fn an_answer_long_ago_is_still_ready() {
+        let old = Seen {
+            last_answer: at(86_400),
+            failing_since: 0,
+        };
+        let r = report(true, deps(old, old), NOW);
+        assert!(r.ready, "{}", r.body);
+        assert!(r.body.contains("mlflow: ok (last answer 86400s ago)"));
+    }
+
+    #[test]
+    fn short_failures_degrade_but_long_ones_make_the_worker_unready() {
+        let blip = Seen {
+            last_answer: at(600),
+            failing_since: at(30),
+        };
+        let r = report(true, deps(blip, Seen::default()), NOW);
+        assert!(r.ready, "{}", r.body);
+        assert!(
+            r.body.contains("mlflow: degraded (failing for 30s"),
+            "{}",
+            r.body
+        );
+
+        let down = Seen {
+            last_answer: 0,
+            failing_since: at(301),
+        };
+        let r = report(true, deps(Seen::default(), down), NOW);
+        assert!(!r.ready);
+        assert!(r.body.starts_with("not ready: store\n"), "{}", r.body);
+        assert!(
+            r.body
+                .contains("store: not ready (failing for 301s, never answered)"),
+            "{}",
+            r.body
+        );
+    }
+
+    #[test]
+    fn a_run_of_failures_starts_at_the_first_and_ends_with_an_answer() {
+        let dep = Dependency::new();
+        let t = Duration::from_secs;
+        dep.record(false, t(10));
+        dep.record(false, t(20));
+        assert_eq!(dep.seen().failing_since, 10_000);
+        dep.record(true, t(30));
+        assert_eq!(
+            dep.seen(),
+            Seen {
+                last_answer: 30_000,
+                failing_since: 0
+            }
+        );
+    }
+}

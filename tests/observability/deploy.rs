@@ -1,0 +1,86 @@
+//! The dashboard and the alert rules name only metrics the worker exports.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use crate::scrape::{Endpoint, settings};
+
+/// Every `model_pruner_*` name in `text`.
+fn names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("model_pruner_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+#[test]
+fn deploy_files_name_only_metrics_the_worker_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let files = [
+        "grafana/dashboards/model-pruner.json",
+        "prometheus/alerts.yml",
+        "prometheus/alerts.test.yml",
+    ];
+    let exported = model_pruner::metrics::exported_names();
+    let mut unknown = Vec::new();
+    let mut named = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        for name in names_in(&text) {
+            if !exported.contains(&name) {
+                unknown.push(format!("{file}: {name}"));
+            }
+            named.insert(name);
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "not exported by the worker: {unknown:#?}"
+    );
+    assert!(
+        named.len() >= 10,
+        "the files name too few metrics: {named:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_worker_exports_its_families_before_any_event() {
+    let s = settings();
+    let endpoint = Endpoint::of(&s);
+    let app = crate::app::TestApp::spawn(s).await;
+    endpoint
+        .wait("/healthz", "the listener answers", |status, _| {
+            status == 200
+        })
+        .await;
+    let scraped: BTreeSet<String> = endpoint
+        .metrics()
+        .await
+        .names()
+        .map(str::to_owned)
+        .collect();
+    for name in [
+        "model_pruner_build_info",
+        "model_pruner_messages_received_total",
+        "model_pruner_messages_finished_total",
+        "model_pruner_messages_in_flight",
+        "model_pruner_passes_total",
+        "model_pruner_pass_duration_seconds_count",
+        "model_pruner_runs_total",
+        "model_pruner_last_successful_pass_timestamp_seconds",
+    ] {
+        assert!(scraped.contains(name), "{name} missing from {scraped:#?}");
+    }
+    let exported = model_pruner::metrics::exported_names();
+    for name in &scraped {
+        assert!(exported.contains(name), "{name} not in exported_names()");
+    }
+    app.cleanup().await;
+}
