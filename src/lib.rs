@@ -9,7 +9,7 @@
 //! - [`broker`]: RabbitMQ: connection, topology, confirmed publishing and header names.
 //! - [`engine`]: one ranking-and-pruning pass, the step the worker, the CLI and tests all drive.
 //! - [`worker`]: the consume loop: per-experiment scheduling, routing by error class, shutdown.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`settings`]: typed settings from `config/default.toml`, a file and the environment.
 //! - [`telemetry`]: the tracing subscriber (JSON in production, readable on a terminal).
 //! - [`cli`]: the `model-pruner` command line.

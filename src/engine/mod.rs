@@ -389,6 +389,7 @@ impl Engine {
             reason = %plan.reason,
             "model deleted"
         );
+        crate::metrics::run_pruned(plan.locations.len(), freed.objects, freed.bytes);
         Ok(PrunedRun {
             run_id: plan.run_id.clone(),
             objects: freed.objects,

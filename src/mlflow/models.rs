@@ -14,7 +14,8 @@ use super::wire::{SearchLoggedModelsResponse, SearchModelVersionsResponse};
 const MODEL_VERSIONS_PAGE_SIZE: u32 = 1_000;
 
 impl MlflowClient {
-    /// Every logged model of the experiment (`POST logged-models/search`), all pages.
+    /// Every logged model of the experiment (`POST logged-models/search`), all pages. Models
+    /// deleted with `DELETE logged-models/{id}` are not listed.
     ///
     /// MLflow answers an empty list, not an error, for an experiment that does not exist.
     #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]

@@ -94,19 +94,13 @@ impl ObjectStore {
             .timeout_config(timeouts)
             .retry_config(RetryConfig::disabled());
         if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint_url(endpoint));
+            config = config.endpoint_url(endpoint.as_str());
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             batch: batch_size(settings.delete_batch_size),
         }
     }
-}
-
-/// The endpoint without the trailing `/` that `Url` adds to a bare host, so path-style requests
-/// go to `/bucket/key`, not `//bucket/key`.
-fn endpoint_url(endpoint: &url::Url) -> String {
-    endpoint.as_str().trim_end_matches('/').to_owned()
 }
 
 /// Settings validation keeps the batch in 1..=1000; clamp anyway so a bad value cannot turn
@@ -126,14 +120,6 @@ mod tests {
         assert_eq!(batch_size(250), 250);
         assert_eq!(batch_size(1000), 1000);
         assert_eq!(batch_size(5000), 1000);
-    }
-
-    #[test]
-    fn endpoint_loses_the_trailing_slash_of_a_bare_host() {
-        let url = url::Url::parse("http://127.0.0.1:9000").unwrap();
-        assert_eq!(endpoint_url(&url), "http://127.0.0.1:9000");
-        let url = url::Url::parse("https://s3.example.com/").unwrap();
-        assert_eq!(endpoint_url(&url), "https://s3.example.com");
     }
 
     #[test]
