@@ -62,11 +62,28 @@ fn code_suffix(code: &Option<String>) -> String {
     code.as_deref().map(|c| format!(" {c}")).unwrap_or_default()
 }
 
+/// A unique-constraint violation from the tracking server's database (SQLite, PostgreSQL,
+/// MySQL), which MLflow reports as a 400 when two clients write the same key concurrently.
+fn is_write_conflict(message: &str) -> bool {
+    [
+        "UNIQUE constraint failed",
+        "duplicate key value",
+        "Duplicate entry",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
 impl MlflowError {
     /// Whether retrying can help: by HTTP status for answers, transient for timeouts and broken
     /// connections, permanent for bodies we cannot read and for construction failures.
     pub fn class(&self) -> ErrorClass {
         match self {
+            // Two writers inserting the same tag or param at once: the loser's retry becomes
+            // an update (tags) or an identical re-log (params), both of which succeed.
+            MlflowError::Status { message, .. } if is_write_conflict(message) => {
+                ErrorClass::Transient
+            }
             MlflowError::Status { status, .. } => ErrorClass::from_http_status(*status),
             MlflowError::Timeout { .. }
             | MlflowError::Connect { .. }
@@ -180,6 +197,19 @@ mod tests {
         assert!(!err.is_not_found());
         assert_eq!(err.class(), ErrorClass::Permanent);
         assert_eq!(err.error_code(), Some(INVALID_PARAMETER_VALUE));
+    }
+
+    #[test]
+    fn concurrent_insert_of_the_same_tag_is_transient() {
+        for message in [
+            "(sqlite3.IntegrityError) UNIQUE constraint failed: tags.key, tags.run_uuid",
+            "(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint",
+            "(pymysql.err.IntegrityError) (1062, \"Duplicate entry 'x' for key 'PRIMARY'\")",
+        ] {
+            let body = serde_json::json!({"error_code": "BAD_REQUEST", "message": message});
+            let err = answer(400, &body.to_string());
+            assert_eq!(err.class(), ErrorClass::Transient, "{message}");
+        }
     }
 
     #[test]

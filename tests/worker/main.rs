@@ -1,9 +1,19 @@
-//! The worker against the real RabbitMQ (and MLflow where noted): routing by error class,
-//! topology, shutdown and reconnection. Each test uses its own exchange and queues.
+//! The worker against the real RabbitMQ (and MLflow and S3 where noted): routing by error
+//! class, topology, shutdown, reconnection, and end-to-end pruning under concurrency, crashes
+//! and store faults. Each test uses its own exchange, queues and experiment.
 
+#[path = "../support/mod.rs"]
+mod support;
+
+mod burst;
+mod crash;
+mod faults;
 mod helpers;
+mod outage;
+mod proxy;
 mod reconnect;
 mod routing;
 mod schemas;
 mod shutdown;
 mod topology;
+mod world;
