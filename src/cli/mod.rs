@@ -1,7 +1,10 @@
 //! The `model-pruner` command line: thin wrappers that load settings, build the engine or the
 //! worker and print results. Exit codes: 0 done, 1 the operation failed, 2 bad settings or usage.
 
+mod audit;
+mod dlq;
 mod plan;
+mod publish;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +41,26 @@ enum Command {
     /// Inspect the settings.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Publish an event to the exchange (persistent, mandatory, confirmed), as a training
+    /// pipeline would.
+    ///
+    /// Example: model-pruner publish run-finished --experiment-id 12 --run-id 9f1c2e
+    #[command(subcommand)]
+    Publish(publish::PublishCommand),
+    /// Inspect, replay or purge the dead-letter queue without losing or reordering messages.
+    ///
+    /// Example: model-pruner dlq list; model-pruner dlq replay --experiment-id 12
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Check an experiment's stored files against MLflow and its policy; exit 0 consistent,
+    /// 1 needs attention, 2 the audit failed.
+    ///
+    /// Reports files left by unfinished deletions, unprotected models stored beyond the top N
+    /// and objects that belong to no known run or model; --fix publishes the experiment.prune
+    /// that deletes the models beyond the top N.
+    ///
+    /// Example: model-pruner audit --experiment-id 12 --fix
+    Audit(audit::AuditArgs),
     /// Print an experiment's ranking and what a pass would delete; changes nothing.
     ///
     /// Example: model-pruner plan --experiment-id 12 --metric loss --direction min --keep-top 3
@@ -137,6 +160,9 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             crate::worker::run(settings, crate::worker::shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Publish(command) => publish::run(&settings, command).await,
+        Command::Dlq(command) => dlq::run(&settings, command).await,
+        Command::Audit(args) => Ok(audit::run(&settings, args).await),
         Command::Config(ConfigCommand::Check) => {
             print!("{}", settings.to_redacted_toml());
             Ok(ExitCode::SUCCESS)

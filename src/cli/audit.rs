@@ -1,0 +1,338 @@
+//! `model-pruner audit`: checks an experiment's stored files against MLflow and its retention
+//! policy, and with `--fix` publishes the `experiment.prune` that repairs what a pass can.
+//!
+//! Checks: files left under the model folders of runs or logged models marked deleted;
+//! unprotected models stored beyond the top N (the engine's own dry-run plan); objects under
+//! the experiment's root that belong to no run or logged model MLflow knows. Exit 0 consistent,
+//! 1 needs attention, 2 the audit itself failed.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use super::Target;
+use crate::domain::audit::{self, Finding};
+use crate::domain::event::{Event, ExperimentPrune};
+use crate::domain::location::{LocationRules, ModelLocation, Owner};
+use crate::domain::policy::PolicyOverrides;
+use crate::engine::inventory::{PARAM_DELETED, TAG_DELETED};
+use crate::engine::{Engine, PassKind};
+use crate::mlflow::{LoggedModel, MlflowClient, Run};
+use crate::settings::Settings;
+use crate::store::ObjectStore;
+
+/// Arguments of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Publish the experiment.prune that deletes the models stored beyond the top N (a worker
+    /// carries it out). Unfinished deletions and orphans are reported for manual removal.
+    #[arg(long)]
+    fix: bool,
+    /// With --fix: let the prune go past policy.max_deletions_per_pass. Without it, --fix
+    /// refuses to publish a prune the worker would refuse.
+    #[arg(long, requires = "fix")]
+    force: bool,
+}
+
+/// What the audit found.
+#[derive(Debug, Serialize)]
+struct Report {
+    experiment_id: String,
+    experiment_name: String,
+    root: String,
+    policy: Option<String>,
+    findings: Vec<Finding>,
+    /// Runs marked deleted whose model folders are empty, as they should be.
+    pruned_runs_verified: usize,
+    objects_checked: usize,
+    /// What --fix did, if asked.
+    fix: Option<String>,
+}
+
+/// Runs `audit`; errors are reported here and exit 2.
+pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
+    match audit(settings, &args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("model-pruner: audit failed: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
+    let experiment_id = args.target.experiment_id.as_str();
+    let mlflow = MlflowClient::new(&settings.mlflow).context("building the MLflow client")?;
+    let store = ObjectStore::new(&settings.store);
+    let rules = LocationRules {
+        allowed_buckets: settings.store.allowed_buckets.clone(),
+        artifacts_destination: settings.store.artifacts_destination.clone(),
+    };
+    let experiment = mlflow
+        .get_experiment(experiment_id)
+        .await
+        .with_context(|| format!("reading experiment {experiment_id}"))?;
+    let runs = mlflow.search_runs(experiment_id).await?;
+    let models = mlflow.search_logged_models(experiment_id).await?;
+
+    let mut findings = Vec::new();
+    let mut verified = 0;
+    for (owner, location) in marked_locations(settings, &rules, &runs, &models) {
+        let usage = store
+            .usage(&location.bucket, &location.prefix)
+            .await
+            .with_context(|| format!("measuring {location}"))?;
+        if usage.objects == 0 {
+            verified += 1;
+        } else {
+            findings.push(Finding::UnfinishedDeletion {
+                owner,
+                location: location.to_string(),
+                objects: usage.objects,
+                bytes: usage.bytes,
+            });
+        }
+    }
+
+    let engine = Engine::new(settings).context("building the MLflow client")?;
+    let plan = engine
+        .run_pass(&args.target.request(
+            PassKind::Sweep {
+                delete_experiment: false,
+                force: true,
+            },
+            true,
+        ))
+        .await;
+    let policy = match plan {
+        Ok(report) => {
+            for p in &report.planned {
+                let (mut objects, mut bytes) = (0, 0);
+                for (location, _) in &p.locations {
+                    let usage = store
+                        .usage(&location.bucket, &location.prefix)
+                        .await
+                        .with_context(|| format!("measuring {location}"))?;
+                    objects += usage.objects;
+                    bytes += usage.bytes;
+                }
+                findings.push(Finding::BeyondTopN {
+                    run_id: p.run_id.clone(),
+                    reason: p.reason.clone(),
+                    objects,
+                    bytes,
+                });
+            }
+            Some(report.policy.to_string())
+        }
+        Err(e) => {
+            findings.push(Finding::PlanFailed {
+                error: e.to_string(),
+            });
+            None
+        }
+    };
+
+    let root = audit::experiment_root(&rules, &experiment.artifact_location)
+        .with_context(|| format!("experiment {experiment_id}'s artifact location"))?;
+    let objects = store
+        .list(&root.bucket, &root.prefix)
+        .await
+        .with_context(|| format!("listing {root}"))?;
+    let run_ids: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    let model_ids: HashSet<&str> = models.iter().map(|m| m.model_id.as_str()).collect();
+    let keys = objects.iter().map(|o| (o.key.as_str(), o.size));
+    for orphan in audit::orphans(&root.prefix, keys, &run_ids, &model_ids) {
+        findings.push(Finding::Orphan {
+            location: format!("s3://{}/{}", root.bucket, orphan.prefix),
+            objects: orphan.objects,
+            bytes: orphan.bytes,
+        });
+    }
+
+    let mut report = Report {
+        experiment_id: experiment_id.to_owned(),
+        experiment_name: experiment.name,
+        root: root.to_string(),
+        policy,
+        findings,
+        pruned_runs_verified: verified,
+        objects_checked: objects.len(),
+        fix: None,
+    };
+    let manual = report.findings.iter().any(|f| !f.fixed_by_prune());
+    let mut fixed = false;
+    if args.fix {
+        let (message, published) = fix(settings, args, &report.findings).await?;
+        report.fix = Some(message);
+        fixed = published;
+    }
+    print(&report, args.json)?;
+    let consistent = report.findings.is_empty() || (fixed && !manual);
+    Ok(if consistent {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The model folders that must be empty: those of runs marked deleted (their classic model and
+/// linked logged models) and of logged models marked deleted. Folders that cannot be resolved
+/// are skipped: the engine would refuse them too, and `plan` reports them.
+fn marked_locations(
+    settings: &Settings,
+    rules: &LocationRules,
+    runs: &[Run],
+    models: &[LoggedModel],
+) -> Vec<(String, ModelLocation)> {
+    let is_true = |v: Option<&String>| v.is_some_and(|v| matches!(v.trim(), "1" | "true" | "True"));
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut add = |owner: &str, location: Option<ModelLocation>| {
+        if let Some(l) = location
+            && seen.insert(l.clone())
+        {
+            out.push((owner.to_owned(), l));
+        }
+    };
+    let logged = |m: &LoggedModel| {
+        rules
+            .resolve(&m.artifact_uri, "", Owner::LoggedModel(&m.model_id))
+            .ok()
+    };
+    for m in models.iter().filter(|m| is_true(m.tags.get(TAG_DELETED))) {
+        add(
+            &format!("logged model {} (marked deleted)", m.model_id),
+            logged(m),
+        );
+    }
+    for run in runs {
+        if !(is_true(run.tags.get(TAG_DELETED)) || is_true(run.params.get(PARAM_DELETED))) {
+            continue;
+        }
+        let owner = format!("run {} (marked deleted)", run.run_id);
+        if is_true(run.params.get(&settings.mlflow.model_uploaded_param)) {
+            let classic = rules.resolve(&run.artifact_uri, "model", Owner::Run(&run.run_id));
+            add(&owner, classic.ok());
+        }
+        for m in models.iter().filter(|m| {
+            m.source_run_id.as_deref() == Some(run.run_id.as_str())
+                || run.model_output_ids.contains(&m.model_id)
+        }) {
+            add(&owner, logged(m));
+        }
+    }
+    out
+}
+
+/// Publishes the repairing prune when a pass can repair something; returns what was done and
+/// whether the prune was published.
+async fn fix(
+    settings: &Settings,
+    args: &AuditArgs,
+    findings: &[Finding],
+) -> anyhow::Result<(String, bool)> {
+    let fixable = findings.iter().filter(|f| f.fixed_by_prune()).count();
+    if fixable == 0 {
+        return Ok(("nothing a prune can repair".into(), false));
+    }
+    let max = settings.policy.max_deletions_per_pass as usize;
+    if fixable > max && !args.force {
+        return Ok((
+            format!(
+                "not published: the prune would delete {fixable} models, more than \
+                 policy.max_deletions_per_pass = {max}; repeat with --fix --force"
+            ),
+            false,
+        ));
+    }
+    let t = &args.target;
+    let event = Event::ExperimentPrune(ExperimentPrune {
+        experiment_id: t.experiment_id.clone(),
+        policy: PolicyOverrides {
+            metric: t.metric.clone(),
+            direction: t.direction.clone(),
+            keep_top: t.keep_top.map(i64::from),
+        },
+        delete_experiment: false,
+        dry_run: false,
+        force: args.force,
+    });
+    super::publish::publish_event(settings, &event)
+        .await
+        .context("publishing the repairing experiment.prune")?;
+    Ok((
+        format!(
+            "published experiment.prune {} to exchange {:?}",
+            String::from_utf8_lossy(&event.to_body()),
+            settings.broker.exchange
+        ),
+        true,
+    ))
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "experiment {} ({}) at {} — policy: {}",
+        report.experiment_id,
+        report.experiment_name,
+        report.root,
+        report.policy.as_deref().unwrap_or("-")
+    )?;
+    for f in &report.findings {
+        let detail = match f {
+            Finding::UnfinishedDeletion {
+                owner,
+                location,
+                objects,
+                bytes,
+            } => format!("{owner}: {location} still holds {objects} objects, {bytes} bytes"),
+            Finding::BeyondTopN {
+                run_id,
+                reason,
+                objects,
+                bytes,
+            } => format!("run {run_id} ({reason}): {objects} objects, {bytes} bytes"),
+            Finding::Orphan {
+                location,
+                objects,
+                bytes,
+            } => format!("{location}: {objects} objects, {bytes} bytes of no known run or model"),
+            Finding::PlanFailed { error } => error.clone(),
+        };
+        writeln!(out, "{:<20} {detail}", f.label())?;
+    }
+    writeln!(
+        out,
+        "{} findings; {} objects checked; {} marked runs and models verified empty",
+        report.findings.len(),
+        report.objects_checked,
+        report.pruned_runs_verified
+    )?;
+    if report.findings.iter().any(|f| !f.fixed_by_prune()) {
+        writeln!(
+            out,
+            "unfinished deletions and orphans are not repaired by a prune: check and remove them \
+             by hand (e.g. aws s3 rm --recursive <location>)"
+        )?;
+    }
+    if let Some(fix) = &report.fix {
+        writeln!(out, "fix: {fix}")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! `model-pruner dlq`: list, replay and purge dead letters without losing or reordering any.
+//!
+//! Every command walks the dead letters present when it starts with `basic.get` *without* ack,
+//! holding each delivery until it is settled: a replayed one is acked only after the broker
+//! confirmed its copy on the exchange, a purged one is acked, and every other one stays unacked
+//! until the end, when one `basic.nack(multiple, requeue)` hands them all back. The dead-letter
+//! queue is a classic queue, where RabbitMQ requeues to the original position, so skipped
+//! messages keep their order; if the process dies, the broker requeues what it held the same
+//! way. At worst an interrupted replay leaves a duplicate (confirmed but not yet acked), which
+//! the worker handles idempotently.
+
+mod letter;
+mod walk;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use indicatif::{ProgressBar, ProgressStyle};
+use time::OffsetDateTime;
+
+use crate::broker::{Broker, BrokerError, headers};
+use crate::settings::Settings;
+use letter::table;
+pub use letter::{DeadLetter, Filter, Rate};
+use walk::{Walk, republish};
+
+/// The `dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters, oldest first, leaving them in place and in order.
+    ///
+    /// One line each: position, age since the last failure, routing key, experiment and run
+    /// (from the body), error class and kind, attempts, error message.
+    ///
+    /// Example: model-pruner dlq list --limit 20
+    List {
+        /// Dead letters to show, from the head of the queue.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send matching dead letters back to the exchange with their original routing key and a
+    /// fresh attempt count, once the cause is fixed.
+    ///
+    /// Each copy is confirmed by the broker before its dead letter is acked, so an interrupted
+    /// replay loses nothing (at worst one duplicate). Non-matching dead letters stay, in order.
+    /// Exit 1 if any matching message could not be replayed.
+    ///
+    /// Example: model-pruner dlq replay --error-class transient --rate 10/s
+    Replay {
+        /// Replay at most this many messages.
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        filter: Filter,
+        /// Show what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Maximum messages per second, e.g. 5 or 5/s.
+        #[arg(long, value_name = "N/s")]
+        rate: Option<Rate>,
+    },
+    /// Delete matching dead letters for good; the others stay, in order.
+    ///
+    /// Example: model-pruner dlq purge --experiment-id 12 --yes
+    Purge {
+        #[command(flatten)]
+        filter: Filter,
+        /// Confirm the deletion (not needed with --dry-run).
+        #[arg(long, required_unless_present = "dry_run")]
+        yes: bool,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Runs a `dlq` subcommand.
+pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let broker = Broker::connect(&settings.broker, "model-pruner dlq")
+        .await
+        .context("connecting to RabbitMQ")?;
+    let mut walk = Walk::start(&broker, &settings.broker.dead_letter_queue).await?;
+    let result = match command {
+        DlqCommand::List { limit, json } => list(&mut walk, limit, json).await,
+        DlqCommand::Replay {
+            limit,
+            filter,
+            dry_run,
+            rate,
+        } => {
+            let exchange = settings.broker.exchange.as_str();
+            replay(&mut walk, exchange, &filter, limit, dry_run, rate).await
+        }
+        DlqCommand::Purge {
+            filter, dry_run, ..
+        } => purge(&mut walk, &filter, dry_run).await,
+    };
+    let released = walk.release().await;
+    let _ = broker.close().await;
+    let code = result?;
+    released?;
+    Ok(code)
+}
+
+async fn list(walk: &mut Walk<'_>, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+    let now = OffsetDateTime::now_utc();
+    let mut letters = Vec::new();
+    while letters.len() < limit as usize {
+        let Some(delivery) = walk.next().await? else {
+            break;
+        };
+        letters.push(DeadLetter::read(walk.position(), &delivery, now));
+        walk.hold(delivery);
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&letters)?)?;
+    } else {
+        write!(out, "{}", table(&letters))?;
+        writeln!(
+            out,
+            "{} of {} dead letters in {:?} shown",
+            letters.len(),
+            walk.total,
+            walk.queue
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(
+    walk: &mut Walk<'_>,
+    exchange: &str,
+    filter: &Filter,
+    limit: Option<u32>,
+    dry_run: bool,
+    rate: Option<Rate>,
+) -> anyhow::Result<ExitCode> {
+    let progress = progress_bar(walk.total, if dry_run { "checked" } else { "replayed" });
+    let mut ticker = rate.map(|Rate(r)| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let (mut moved, mut skipped, mut failed) = (0u64, 0u64, 0u64);
+    let now = OffsetDateTime::now_utc();
+    while limit.is_none_or(|l| moved < u64::from(l)) {
+        let Some(delivery) = walk.next().await? else {
+            break;
+        };
+        progress.inc(1);
+        let letter = DeadLetter::read(walk.position(), &delivery, now);
+        if !filter.matches(&letter) {
+            skipped += 1;
+            walk.hold(delivery);
+            continue;
+        }
+        let Some(routing_key) = letter.routing_key.as_deref() else {
+            progress.suspend(|| {
+                eprintln!(
+                    "dead letter {}: no {} header, left in place",
+                    letter.position,
+                    headers::ROUTING_KEY
+                )
+            });
+            failed += 1;
+            walk.hold(delivery);
+            continue;
+        };
+        if dry_run {
+            moved += 1;
+            walk.hold(delivery);
+            continue;
+        }
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        match republish(walk.channel, exchange, routing_key, &delivery).await {
+            Ok(()) => {
+                walk.ack(&delivery).await?;
+                moved += 1;
+            }
+            Err(e @ (BrokerError::Unroutable { .. } | BrokerError::Nacked { .. })) => {
+                progress.suspend(|| eprintln!("dead letter {}: {e}", letter.position));
+                failed += 1;
+                walk.hold(delivery);
+            }
+            // The channel is gone: what it held returns to the queue on its own.
+            Err(e) => {
+                progress.abandon();
+                failed += 1;
+                eprintln!("replayed {moved}, skipped {skipped}, failed {failed}");
+                return Err(e).context("replaying dead letters");
+            }
+        }
+    }
+    progress.finish_and_clear();
+    let verb = if dry_run { "would replay" } else { "replayed" };
+    println!(
+        "{verb} {moved} to exchange {exchange:?}, skipped {skipped} (not matching), failed {failed}"
+    );
+    Ok(if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn purge(walk: &mut Walk<'_>, filter: &Filter, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let progress = progress_bar(walk.total, "checked");
+    let (mut removed, mut kept) = (0u64, 0u64);
+    let now = OffsetDateTime::now_utc();
+    while let Some(delivery) = walk.next().await? {
+        progress.inc(1);
+        let letter = DeadLetter::read(walk.position(), &delivery, now);
+        if !filter.matches(&letter) {
+            kept += 1;
+            walk.hold(delivery);
+        } else if dry_run {
+            removed += 1;
+            walk.hold(delivery);
+        } else {
+            walk.ack(&delivery).await?;
+            removed += 1;
+        }
+    }
+    progress.finish_and_clear();
+    let verb = if dry_run { "would remove" } else { "removed" };
+    println!(
+        "{verb} {removed} dead letters, {kept} left in {:?}",
+        walk.queue
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress_bar(total: u64, verb: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {verb} ({{per_sec}}, {{eta}} left)");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}

@@ -1,0 +1,173 @@
+//! One pass over the messages of a queue, each held unacked until settled, and the confirmed
+//! re-publication of a dead letter.
+
+use anyhow::Context;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation};
+
+use crate::broker::{Broker, BrokerError, JSON, PERSISTENT, headers};
+
+/// Prefix of the headers the worker writes (attempts, routing key, failure): dropped on replay.
+const WORKER_HEADERS: &str = "model-pruner-";
+
+/// Publishes a copy of a dead letter to the exchange with its original routing key: the
+/// original properties, persistent, without the failure headers (a fresh attempt count), with
+/// confirms and the mandatory flag.
+pub async fn republish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    delivery: &Delivery,
+) -> Result<(), BrokerError> {
+    let amqp = |op| move |source| BrokerError::Amqp { op, source };
+    let original = &delivery.properties;
+    let mut fresh = FieldTable::default();
+    for (k, v) in headers::republished(original.headers().as_ref()).inner() {
+        if !k.as_str().starts_with(WORKER_HEADERS) {
+            fresh.insert(k.clone(), v.clone());
+        }
+    }
+    let mut properties = BasicProperties::default()
+        .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(fresh);
+    if let Some(v) = original.message_id() {
+        properties = properties.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        properties = properties.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        properties = properties.with_timestamp(*v);
+    }
+    if let Some(v) = original.app_id() {
+        properties = properties.with_app_id(v.clone());
+    }
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await
+        .map_err(amqp("basic.publish"))?
+        .await
+        .map_err(amqp("publisher confirm"))?;
+    match confirmation {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            reply: format!("{} {}", returned.reply_code, returned.reply_text),
+        }),
+        Confirmation::Nack(_) => Err(BrokerError::Nacked {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+        }),
+    }
+}
+
+/// One pass over the messages a queue held when it started, each delivery held unacked until
+/// it is acked or [`Walk::release`] requeues all held ones at once.
+pub struct Walk<'a> {
+    pub channel: &'a Channel,
+    pub queue: String,
+    /// Messages in the queue at the start; the walk stops there, so messages that arrive
+    /// meanwhile (or that it requeues itself) are not visited twice.
+    pub total: u64,
+    seen: u64,
+    /// The latest delivery still held; a multiple nack up to it requeues every held one.
+    last_held: Option<Delivery>,
+}
+
+impl<'a> Walk<'a> {
+    pub async fn start(broker: &'a Broker, queue: &str) -> anyhow::Result<Walk<'a>> {
+        let channel = broker.channel();
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "dead-letter queue {queue:?} does not exist (check broker.dead_letter_queue)"
+                )
+            })?;
+        Ok(Walk {
+            channel,
+            queue: queue.to_owned(),
+            total: declared.message_count().into(),
+            seen: 0,
+            last_held: None,
+        })
+    }
+
+    /// The next message, unacked; `None` once the messages present at the start are visited.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
+        if self.seen >= self.total {
+            return Ok(None);
+        }
+        let got = self
+            .channel
+            .basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .with_context(|| format!("basic.get on {:?}", self.queue))?;
+        Ok(got.map(|m| {
+            self.seen += 1;
+            m.delivery
+        }))
+    }
+
+    /// 1-based position of the last message returned by [`Walk::next`].
+    pub fn position(&self) -> u64 {
+        self.seen
+    }
+
+    pub fn hold(&mut self, delivery: Delivery) {
+        self.last_held = Some(delivery);
+    }
+
+    pub async fn ack(&self, delivery: &Delivery) -> anyhow::Result<()> {
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .context("basic.ack")?
+            .then_some(())
+            .context("basic.ack: the delivery was already settled or its channel closed")
+    }
+
+    /// Requeues every held message with one multiple nack; RabbitMQ puts each back where it
+    /// was in the classic queue.
+    pub async fn release(&mut self) -> anyhow::Result<()> {
+        let Some(last) = self.last_held.take() else {
+            return Ok(());
+        };
+        last.acker
+            .nack(BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            })
+            .await
+            .context("basic.nack (requeue)")?
+            .then_some(())
+            .context("basic.nack (requeue): the channel closed; the broker requeues on its own")
+    }
+}

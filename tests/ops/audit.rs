@@ -1,0 +1,111 @@
+//! `audit`: planted inconsistencies are reported, `--fix` has a worker prune what a pass can
+//! repair, and a consistent experiment exits 0.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::{TestApp, outcome, run_cli, same_queues, settings};
+use crate::support::mlflow_fixtures::RunSpec;
+use crate::support::store_fixtures;
+use crate::world::World;
+
+/// The kinds of the findings, sorted.
+fn kinds(report: &Value) -> Vec<String> {
+    let mut k: Vec<String> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n() {
+    let world = World::new();
+    let tags = [("model_pruner.keep_top", "1")];
+    let exp = world
+        .mlflow
+        .experiment_with_tags("ops-audit", &tags)
+        .await
+        .unwrap();
+    let runs = world.ranked_runs(&exp, &[0.9, 0.5, 0.7]).await;
+    // A run marked deleted whose files are still there, and an object of no known run.
+    let marked = world
+        .model_run(
+            &exp,
+            RunSpec::new("marked")
+                .metric("accuracy", 0.1)
+                .tag("model_pruner.deleted", "true"),
+        )
+        .await;
+    let (bucket, root) = exp
+        .artifact_location
+        .strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+        .expect("an s3:// experiment location");
+    let orphan = format!("{root}/stray-folder/file.bin");
+    store_fixtures::put_object(&world.s3, bucket, &orphan, b"x".to_vec())
+        .await
+        .unwrap();
+
+    let mut app = TestApp::new(settings()).await;
+    let s = &app.settings;
+    let audit = ["audit", "--experiment-id", exp.id.as_str(), "--json"];
+    let (code, stdout, err) = outcome(&run_cli(s, &audit).await);
+    assert_eq!(code, 1, "{stdout}{err}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        kinds(&report),
+        [
+            "beyond_top_n",
+            "beyond_top_n",
+            "orphan",
+            "unfinished_deletion"
+        ],
+        "{stdout}"
+    );
+    let text = report.to_string();
+    assert!(text.contains(&marked.run.run_id), "{text}");
+    assert!(text.contains("stray-folder/"), "{text}");
+    assert!(text.contains(&runs[1].run.run_id) && text.contains(&runs[2].run.run_id));
+
+    // --fix publishes the prune; the unfinished deletion and the orphan still need a human.
+    app.start(same_queues(&app.settings));
+    let fix = ["audit", "--experiment-id", exp.id.as_str(), "--fix"];
+    let (code, stdout, err) = outcome(&run_cli(&app.settings, &fix).await);
+    assert_eq!(code, 1, "{stdout}{err}");
+    assert!(
+        stdout.contains("fix: published experiment.prune"),
+        "{stdout}"
+    );
+    world
+        .wait_pruned(&runs, &[0], Duration::from_secs(60))
+        .await;
+    let (code, stdout, _) = outcome(&run_cli(&app.settings, &audit).await);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        kinds(&report),
+        ["orphan", "unfinished_deletion"],
+        "{stdout}"
+    );
+
+    // Removed by hand: consistent, and the pruned runs are verified empty.
+    world.delete_prefix(&marked.bucket, &marked.prefix).await;
+    world.delete_prefix(bucket, &orphan).await;
+    let (code, stdout, _) = outcome(&run_cli(&app.settings, &audit).await);
+    assert_eq!(code, 0, "{stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["pruned_runs_verified"], 3, "{stdout}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn audit_of_an_unknown_experiment_is_an_error() {
+    let s = settings();
+    let (code, _, err) = outcome(&run_cli(&s, &["audit", "--experiment-id", "987654321"]).await);
+    assert_eq!(code, 2, "{err}");
+}

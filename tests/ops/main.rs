@@ -1,0 +1,11 @@
+//! The ops commands (`publish`, `dlq`, `audit`) run as the real binary against the real
+//! RabbitMQ, MLflow and S3. Each test uses its own exchange, queues and experiment.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod audit;
+mod dlq;
+mod helpers;
+mod publish;
+mod world;

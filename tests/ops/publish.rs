@@ -1,0 +1,119 @@
+//! `publish`: a confirmed, routed, persistent event, or a clear failure and exit code.
+
+use lapin::ExchangeKind;
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use model_pruner::broker::Broker;
+use model_pruner::domain::event::Event;
+
+use crate::helpers::{TestApp, outcome, run_cli, settings};
+
+#[tokio::test]
+async fn published_events_follow_the_contract_and_reach_the_work_queue() {
+    let app = TestApp::new(settings()).await;
+    let s = &app.settings;
+
+    let out = run_cli(
+        s,
+        &[
+            "publish",
+            "run-finished",
+            "--experiment-id",
+            "12",
+            "--run-id",
+            "9f1c",
+            "--metric",
+            "loss",
+            "--direction",
+            "min",
+            "--keep-top",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&out).0, 0, "{:?}", outcome(&out));
+    let out = run_cli(
+        s,
+        &[
+            "publish",
+            "prune-experiment",
+            "--experiment-id",
+            "12",
+            "--keep-top",
+            "0",
+            "--delete-experiment",
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&out).0, 0, "{:?}", outcome(&out));
+
+    let got = app.drain(&app.topology.work_queue).await;
+    assert_eq!(got.len(), 2);
+    for d in &got {
+        assert_eq!(*d.properties.delivery_mode(), Some(2), "persistent");
+        let event = Event::parse(d.routing_key.as_str(), &d.data).expect("contract");
+        assert_eq!(event.experiment_id(), "12");
+    }
+    let Ok(Event::RunFinished(e)) = Event::parse("run.finished", &got[0].data) else {
+        panic!("run.finished first");
+    };
+    assert_eq!((e.run_id.as_str(), e.policy.keep_top), ("9f1c", Some(3)));
+    let Ok(Event::ExperimentPrune(e)) = Event::parse("experiment.prune", &got[1].data) else {
+        panic!("experiment.prune second");
+    };
+    assert!(e.delete_experiment && e.force && !e.dry_run);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn unrouted_or_missing_exchange_fails_with_exit_1() {
+    let s = settings();
+    let args = ["publish", "prune-experiment", "--experiment-id", "12"];
+    let (code, _, err) = outcome(&run_cli(&s, &args).await);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not exist"), "{err}");
+
+    // The exchange exists but no queue is bound: the broker returns the message.
+    let broker = Broker::connect(&s.broker, "ops tests").await.unwrap();
+    broker
+        .channel()
+        .exchange_declare(
+            s.broker.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = outcome(&run_cli(&s, &args).await);
+    let _ = broker
+        .channel()
+        .exchange_delete(
+            s.broker.exchange.as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("could not route"), "{err}");
+}
+
+#[tokio::test]
+async fn an_event_breaking_the_contract_is_a_usage_error() {
+    let s = settings();
+    let out = run_cli(
+        &s,
+        &[
+            "publish",
+            "run-finished",
+            "--experiment-id",
+            " ",
+            "--run-id",
+            "r",
+        ],
+    )
+    .await;
+    assert_eq!(outcome(&out).0, 2);
+    let out = run_cli(&s, &["publish", "run-finished", "--experiment-id", "1"]).await;
+    assert_eq!(outcome(&out).0, 2, "missing --run-id");
+}
