@@ -13,6 +13,8 @@ if [[ "${CI:-}" == "true" ]]; then
 fi
 scripts/stack.sh up
 eval "$(scripts/stack.sh env)"
+# Workers started by tests bind their metrics listener to a free port, never 9464.
+export MODEL_PRUNER__METRICS__LISTEN=127.0.0.1:0
 
 if [[ "${CI:-}" == "true" ]]; then
   log "cargo fmt --all -- --check"
@@ -28,6 +30,8 @@ fi
 
 log "scripts/check-deploy.sh"
 scripts/check-deploy.sh
+log "scripts/check-monitoring.sh"
+SKIP_CARGO=1 scripts/check-monitoring.sh
 
 log "cargo nextest run --workspace --all-targets --no-fail-fast $*"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"
