@@ -135,7 +135,9 @@ impl Broker {
             .await
     }
 
-    async fn publish_with(
+    /// Publishes with `properties` as given, the mandatory flag and a publisher confirm: an
+    /// unroutable or nacked message is an error.
+    pub async fn publish_with(
         &self,
         exchange: &str,
         routing_key: &str,

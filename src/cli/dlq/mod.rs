@@ -181,7 +181,7 @@ async fn replay(
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
-        match republish(walk.channel, exchange, routing_key, &delivery).await {
+        match republish(walk.broker, exchange, routing_key, &delivery).await {
             Ok(()) => {
                 walk.ack(&delivery).await?;
                 moved += 1;

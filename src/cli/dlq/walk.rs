@@ -3,11 +3,9 @@
 
 use anyhow::Context;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 
 use crate::broker::{Broker, BrokerError, JSON, PERSISTENT, headers};
 
@@ -18,12 +16,11 @@ const WORKER_HEADERS: &str = "model-pruner-";
 /// original properties, persistent, without the failure headers (a fresh attempt count), with
 /// confirms and the mandatory flag.
 pub async fn republish(
-    channel: &Channel,
+    broker: &Broker,
     exchange: &str,
     routing_key: &str,
     delivery: &Delivery,
 ) -> Result<(), BrokerError> {
-    let amqp = |op| move |source| BrokerError::Amqp { op, source };
     let original = &delivery.properties;
     let mut fresh = FieldTable::default();
     for (k, v) in headers::republished(original.headers().as_ref()).inner() {
@@ -47,38 +44,15 @@ pub async fn republish(
     if let Some(v) = original.app_id() {
         properties = properties.with_app_id(v.clone());
     }
-    let confirmation = channel
-        .basic_publish(
-            exchange.into(),
-            routing_key.into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &delivery.data,
-            properties,
-        )
+    broker
+        .publish_with(exchange, routing_key, &delivery.data, properties)
         .await
-        .map_err(amqp("basic.publish"))?
-        .await
-        .map_err(amqp("publisher confirm"))?;
-    match confirmation {
-        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-            reply: format!("{} {}", returned.reply_code, returned.reply_text),
-        }),
-        Confirmation::Nack(_) => Err(BrokerError::Nacked {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-        }),
-    }
 }
 
 /// One pass over the messages a queue held when it started, each delivery held unacked until
 /// it is acked or [`Walk::release`] requeues all held ones at once.
 pub struct Walk<'a> {
+    pub broker: &'a Broker,
     pub channel: &'a Channel,
     pub queue: String,
     /// Messages in the queue at the start; the walk stops there, so messages that arrive
@@ -108,6 +82,7 @@ impl<'a> Walk<'a> {
                 )
             })?;
         Ok(Walk {
+            broker,
             channel,
             queue: queue.to_owned(),
             total: declared.message_count().into(),
