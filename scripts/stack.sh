@@ -35,6 +35,7 @@ MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
 S3_URL="http://$HOST:$S3_PORT"
 
 GARAGE_CONF="$STACK/garage/garage.toml"
+GARAGE_NODE_ID=""
 LOGS="$STACK/logs"
 RUN="$STACK/run"
 
@@ -122,7 +123,8 @@ start_daemon() {
   shift 2
   mkdir -p "$RUN" "$LOGS"
   printf '\n==== %s: starting %s\n' "$(date -Is)" "$*" >>"$logfile"
-  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null &
+  # Close the lock fds (8, 9) so the daemon does not hold our flock forever.
+  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null 8>&- 9>&- &
   echo $! >"$RUN/$name.pid"
   log "$name started (pid $!, log $logfile)"
 }
@@ -301,14 +303,23 @@ EOF
 gcli() { "$GARAGE" -c "$GARAGE_CONF" "$@"; }
 
 garage_s3_up() { [[ "$(http_code "$S3_URL/")" != 000 ]]; }
-garage_rpc_up() { gcli status; }
+# The CLI must be told the node id. It reads it from metadata_dir by default, but
+# the node answering on the port may have been started by another checkout, so
+# ask the admin API (same fixed token) which node runs there.
+garage_rpc_up() {
+  local id
+  id="$(curl -s --max-time 3 -H "Authorization: Bearer $GARAGE_ADMIN_TOKEN" \
+    "http://$HOST:$GARAGE_ADMIN_PORT/v2/GetClusterStatus" |
+    grep -o '"id": *"[0-9a-f]\{64\}"' | head -n1 | grep -o '[0-9a-f]\{64\}')" || return 1
+  GARAGE_NODE_ID="$id"
+  export GARAGE_RPC_HOST="$id@$HOST:$GARAGE_RPC_PORT"
+  gcli status
+}
 
 garage_bootstrap() {
   # Layout: assign this node a role and apply, once.
   if ! gcli layout show 2>/dev/null | grep -Eq 'Current cluster layout version: [1-9]'; then
-    local node_id
-    node_id="$(gcli node id -q 2>/dev/null | head -n1 | cut -d@ -f1)"
-    [[ -n "$node_id" ]] || die "could not read the Garage node id"
+    local node_id="$GARAGE_NODE_ID"
     log "garage: assigning layout to node ${node_id:0:16}"
     {
       gcli layout assign -z dc1 -c 1G "$node_id"
