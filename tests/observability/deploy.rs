@@ -54,7 +54,7 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
 async fn a_fresh_worker_exports_its_families_before_any_event() {
     let s = settings();
     let endpoint = Endpoint::of(&s);
-    let app = crate::app::TestApp::spawn(s).await;
+    let app = crate::support::app::TestApp::spawn(s).await;
     endpoint
         .wait("/healthz", "the listener answers", |status, _| {
             status == 200
@@ -82,5 +82,5 @@ async fn a_fresh_worker_exports_its_families_before_any_event() {
     for name in &scraped {
         assert!(exported.contains(name), "{name} not in exported_names()");
     }
-    app.cleanup().await;
+    app.finish().await;
 }

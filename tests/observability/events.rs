@@ -2,8 +2,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::app::TestApp;
+use lapin::types::FieldTable;
+use model_pruner::broker::headers;
+
 use crate::scrape::{DEADLINE, Endpoint, alone_in_process, delta, settings};
+use crate::support::app::TestApp;
 use crate::support::mlflow_fixtures::{Mlflow, RunSpec};
 use crate::support::store_fixtures;
 
@@ -26,7 +29,9 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
     let kind = ("kind", "unknown");
     let dead = [kind, ("outcome", "dead_lettered")];
 
-    app.publish_to_work_queue("model.deleted", br#"{"experiment_id":"1"}"#)
+    let mut h = FieldTable::default();
+    headers::set_str(&mut h, headers::ROUTING_KEY, "model.deleted");
+    app.publish_to_work_queue(br#"{"experiment_id":"1"}"#, h)
         .await;
     app.next_dead_letter(DEADLINE).await;
     let in_flight = before.value("model_pruner_messages_in_flight", &[]);
@@ -49,7 +54,7 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
         assert_eq!(d("model_pruner_passes_total", &[]), 0.0, "no pass ran");
         assert_eq!(d("model_pruner_requests_total", &[]), 0.0, "nothing asked");
     }
-    app.cleanup().await;
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -93,7 +98,7 @@ async fn an_unknown_experiment_fails_its_pass_and_counts_the_mlflow_answer() {
     let (status, ready) = endpoint.get("/readyz").await.unwrap();
     assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("mlflow: ok (last answer"), "{ready}");
-    app.cleanup().await;
+    app.finish().await;
 }
 
 #[tokio::test]
@@ -163,6 +168,6 @@ async fn a_sweep_counts_its_ranking_and_what_it_deleted() {
 
     let (_, ready) = endpoint.get("/readyz").await.unwrap();
     assert!(ready.contains("store: ok (last answer"), "{ready}");
-    app.cleanup().await;
+    app.finish().await;
     let _ = exp.delete().await;
 }

@@ -6,7 +6,6 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-mod app;
 mod deploy;
 mod events;
 mod readiness;

@@ -6,7 +6,17 @@ use std::time::Duration;
 
 use model_pruner::settings::Settings;
 
-pub use crate::app::settings;
+use crate::support::app;
+
+/// Settings with unique names, quick retries and a free loopback port for `/metrics`;
+/// `MODEL_PRUNER__*` from the environment apply.
+pub fn settings() -> Settings {
+    let mut s = app::settings("mp-obs", Duration::from_secs(1));
+    // A port the OS just handed out and took back; the worker binds it right after.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    s.metrics.listen = probe.local_addr().unwrap();
+    s
+}
 
 /// How long a test waits for a metric or a readiness change.
 pub const DEADLINE: Duration = Duration::from_secs(30);

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::helpers::{TestApp, outcome, run_cli, same_queues, settings};
 use crate::support::mlflow_fixtures::RunSpec;
 use crate::support::store_fixtures;
-use crate::world::World;
+use crate::support::world::{Layout, World};
 
 /// The kinds of the findings, sorted.
 fn kinds(report: &Value) -> Vec<String> {
@@ -24,21 +24,25 @@ fn kinds(report: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n() {
-    let world = World::new();
+    let world = World::new("ops");
     let tags = [("model_pruner.keep_top", "1")];
     let exp = world
         .mlflow
         .experiment_with_tags("ops-audit", &tags)
         .await
         .unwrap();
-    let runs = world.ranked_runs(&exp, &[0.9, 0.5, 0.7]).await;
+    let runs = world
+        .ranked_runs_with_files(&exp, Layout::Classic, &[0.9, 0.5, 0.7], |_| 2)
+        .await;
     // A run marked deleted whose files are still there, and an object of no known run.
     let marked = world
         .model_run(
             &exp,
+            Layout::Classic,
             RunSpec::new("marked")
                 .metric("accuracy", 0.1)
                 .tag("model_pruner.deleted", "true"),
+            2,
         )
         .await;
     let (bucket, root) = exp
@@ -52,7 +56,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
         .unwrap();
 
     let mut app = TestApp::new(settings()).await;
-    let s = &app.settings;
+    let s = app.settings();
     let audit = ["audit", "--experiment-id", exp.id.as_str(), "--json"];
     let (code, stdout, err) = outcome(&run_cli(s, &audit).await);
     assert_eq!(code, 1, "{stdout}{err}");
@@ -73,9 +77,9 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     assert!(text.contains(&runs[1].run.run_id) && text.contains(&runs[2].run.run_id));
 
     // --fix publishes the prune; the unfinished deletion and the orphan still need a human.
-    app.start(same_queues(&app.settings));
+    app.start(same_queues(app.settings()));
     let fix = ["audit", "--experiment-id", exp.id.as_str(), "--fix"];
-    let (code, stdout, err) = outcome(&run_cli(&app.settings, &fix).await);
+    let (code, stdout, err) = outcome(&run_cli(app.settings(), &fix).await);
     assert_eq!(code, 1, "{stdout}{err}");
     assert!(
         stdout.contains("fix: published experiment.prune"),
@@ -84,7 +88,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     world
         .wait_pruned(&runs, &[0], Duration::from_secs(60))
         .await;
-    let (code, stdout, _) = outcome(&run_cli(&app.settings, &audit).await);
+    let (code, stdout, _) = outcome(&run_cli(app.settings(), &audit).await);
     assert_eq!(code, 1);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -96,7 +100,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     // Removed by hand: consistent, and the pruned runs are verified empty.
     world.delete_prefix(&marked.bucket, &marked.prefix).await;
     world.delete_prefix(bucket, &orphan).await;
-    let (code, stdout, _) = outcome(&run_cli(&app.settings, &audit).await);
+    let (code, stdout, _) = outcome(&run_cli(app.settings(), &audit).await);
     assert_eq!(code, 0, "{stdout}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["pruned_runs_verified"], 3, "{stdout}");

@@ -10,7 +10,7 @@ use model_pruner::domain::policy::PolicyOverrides;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, bodies, cli, header, outcome, run_cli, same_queues, settings};
-use crate::world::World;
+use crate::support::world::{Layout, World};
 
 fn letter(experiment: &str, run: usize) -> String {
     format!(r#"{{"experiment_id":"{experiment}","run_id":"r{run:02}"}}"#)
@@ -28,14 +28,16 @@ fn run_ids(bodies: &[String]) -> Vec<String> {
 
 #[tokio::test]
 async fn replay_after_a_fixed_fault_processes_the_dead_letters_the_worker_wrote() {
-    let world = World::new();
+    let world = World::new("ops");
     let exp = world.mlflow.experiment("ops-dlq").await.unwrap();
-    let runs = world.ranked_runs(&exp, &[0.9, 0.5, 0.7]).await;
+    let runs = world
+        .ranked_runs_with_files(&exp, Layout::Classic, &[0.9, 0.5, 0.7], |_| 2)
+        .await;
     let mut app = TestApp::new(settings()).await;
     let dlq = app.topology.dead_letter_queue.clone();
 
     // An unreachable MLflow: every attempt fails transiently until the message is dead.
-    let mut broken = same_queues(&app.settings);
+    let mut broken = same_queues(app.settings());
     broken.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
     app.start(broken);
     let finished = Event::RunFinished(RunFinished {
@@ -56,9 +58,9 @@ async fn replay_after_a_fixed_fault_processes_the_dead_letters_the_worker_wrote(
     });
     app.publish("experiment.prune", &other.to_body()).await;
     app.wait_len(&dlq, 2, Duration::from_secs(60)).await;
-    app.stop().await;
+    let _ = app.stop(Duration::from_secs(30)).await;
 
-    let (code, stdout, err) = outcome(&run_cli(&app.settings, &["dlq", "list", "--json"]).await);
+    let (code, stdout, err) = outcome(&run_cli(app.settings(), &["dlq", "list", "--json"]).await);
     assert_eq!(code, 0, "{err}");
     let listed: Vec<Value> = serde_json::from_str(&stdout).expect("a JSON array");
     assert_eq!(listed.len(), 2, "{stdout}");
@@ -76,7 +78,7 @@ async fn replay_after_a_fixed_fault_processes_the_dead_letters_the_worker_wrote(
             .is_some_and(|m| !m.is_empty())
     );
     assert!(ours["age_seconds"].as_i64().is_some_and(|a| a >= 0));
-    let (code, table, _) = outcome(&run_cli(&app.settings, &["dlq", "list"]).await);
+    let (code, table, _) = outcome(&run_cli(app.settings(), &["dlq", "list"]).await);
     assert_eq!(code, 0);
     assert!(
         table.contains(&exp.id) && table.contains("transient/"),
@@ -84,9 +86,9 @@ async fn replay_after_a_fixed_fault_processes_the_dead_letters_the_worker_wrote(
     );
     assert!(table.contains("2 of 2 dead letters"), "{table}");
 
-    app.start(same_queues(&app.settings));
+    app.start(same_queues(app.settings()));
     let args = ["dlq", "replay", "--experiment-id", exp.id.as_str()];
-    let (code, stdout, err) = outcome(&run_cli(&app.settings, &args).await);
+    let (code, stdout, err) = outcome(&run_cli(app.settings(), &args).await);
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(
         stdout.contains("replayed 1") && stdout.contains("skipped 1"),
@@ -109,7 +111,7 @@ async fn an_interrupted_replay_loses_nothing() {
         app.dead_letter("run.finished", &letter("e", i), "transient", "mlflow")
             .await;
     }
-    let mut child = cli(&app.settings, &["dlq", "replay", "--rate", "2/s"])
+    let mut child = cli(app.settings(), &["dlq", "replay", "--rate", "2/s"])
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(2300)).await;
@@ -146,7 +148,7 @@ async fn list_leaves_every_dead_letter_in_place_and_in_order() {
             .await;
     }
     let (code, stdout, _) =
-        outcome(&run_cli(&app.settings, &["dlq", "list", "--limit", "3"]).await);
+        outcome(&run_cli(app.settings(), &["dlq", "list", "--limit", "3"]).await);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("r02") && !stdout.contains("r03"),
@@ -155,7 +157,7 @@ async fn list_leaves_every_dead_letter_in_place_and_in_order() {
     assert!(stdout.contains("3 of 5 dead letters"), "{stdout}");
     assert!(stdout.contains("planted by a test"), "{stdout}");
 
-    let (code, stdout, _) = outcome(&run_cli(&app.settings, &["dlq", "list", "--json"]).await);
+    let (code, stdout, _) = outcome(&run_cli(app.settings(), &["dlq", "list", "--json"]).await);
     assert_eq!(code, 0);
     let listed: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     let positions: Vec<_> = listed
@@ -178,7 +180,7 @@ async fn purge_removes_only_matching_dead_letters_and_keeps_the_order() {
         app.dead_letter("run.finished", &letter(experiment, i), "permanent", "x")
             .await;
     }
-    let s = &app.settings;
+    let s = app.settings();
     let (code, _, _) = outcome(&run_cli(s, &["dlq", "purge", "--experiment-id", "a"]).await);
     assert_eq!(code, 2, "--yes is required");
     let args = ["dlq", "purge", "--experiment-id", "a", "--dry-run"];
@@ -208,7 +210,7 @@ async fn replay_by_error_class_sends_fresh_copies_and_keeps_the_rest_in_order() 
         app.dead_letter("experiment.prune", &letter("e", i), class, "x")
             .await;
     }
-    let s = &app.settings;
+    let s = app.settings();
     let args = ["dlq", "replay", "--error-class", "permanent", "--dry-run"];
     let (code, stdout, _) = outcome(&run_cli(s, &args).await);
     assert_eq!(code, 0);

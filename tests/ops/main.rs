@@ -8,4 +8,3 @@ mod audit;
 mod dlq;
 mod helpers;
 mod publish;
-mod world;

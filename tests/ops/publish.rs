@@ -11,7 +11,7 @@ use crate::helpers::{TestApp, outcome, run_cli, settings};
 #[tokio::test]
 async fn published_events_follow_the_contract_and_reach_the_work_queue() {
     let app = TestApp::new(settings()).await;
-    let s = &app.settings;
+    let s = app.settings();
 
     let out = run_cli(
         s,

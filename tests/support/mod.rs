@@ -1,6 +1,10 @@
 //! Test support shared by the integration suites: fixtures that create MLflow experiments, runs
-//! and models through the real REST API, and objects in the real S3 store.
+//! and models through the real REST API, and objects in the real S3 store; a worker app on
+//! isolated broker names; the RabbitMQ management API; and one test's MLflow/S3 world.
 #![allow(dead_code)] // Each suite uses a different part of the support code.
 
+pub mod app;
+pub mod management;
 pub mod mlflow_fixtures;
 pub mod store_fixtures;
+pub mod world;

@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use model_pruner::broker::headers;
-use model_pruner::settings::Settings;
 
-use crate::helpers::{TestApp, header, settings};
-use crate::world::{World, run_finished, wait_drained};
+use crate::helpers::{TestApp, header, run_finished, same_queues, settings, wait_drained};
+use crate::support::world::{Layout, World};
 
 #[tokio::test]
 async fn a_burst_of_run_finished_events_prunes_to_the_top_three_and_is_all_acked() {
@@ -21,11 +20,11 @@ async fn two_workers_on_one_queue_keep_exactly_the_top_three() {
 }
 
 async fn burst(workers: usize) {
-    let world = World::new();
+    let world = World::new("worker");
     let exp = world.experiment().await;
     // Run i has accuracy 0.1 * (i + 1): the top 3 are runs 5, 6 and 7.
     let values: Vec<f64> = (0..8).map(|i| 0.1 * f64::from(i + 1)).collect();
-    let runs = world.ranked_runs(&exp, &values, |_| 3).await;
+    let runs = world.ranked_runs(&exp, Layout::Classic, &values).await;
 
     let base = settings();
     let mut app = TestApp::without_worker(&base).await;
@@ -65,14 +64,4 @@ async fn burst(workers: usize) {
     }
     app.cleanup().await;
     exp.delete().await.expect("delete experiment");
-}
-
-/// Fresh settings that consume the same queues as `base`.
-fn same_queues(base: &Settings) -> Settings {
-    let mut s = settings();
-    s.broker.exchange = base.broker.exchange.clone();
-    s.broker.work_queue = base.broker.work_queue.clone();
-    s.broker.dead_letter_queue = base.broker.dead_letter_queue.clone();
-    s.broker.delay_queue_prefix = base.broker.delay_queue_prefix.clone();
-    s
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use model_pruner::settings::Settings;
 
-use crate::helpers::{TestApp, settings};
+use crate::helpers::{TestApp, prune, settings, wait_drained};
 use crate::proxy::{Action, DELETE_OBJECTS, Proxy};
-use crate::world::{World, prune, wait_drained};
+use crate::support::world::{Layout, World};
 
 /// The worker binary on the queues of `s`, talking to the store through `store`.
 fn spawn_worker(s: &Settings, store: &url::Url) -> Child {
@@ -55,12 +55,17 @@ fn spawn_worker(s: &Settings, store: &url::Url) -> Child {
 
 #[tokio::test]
 async fn a_prune_cut_by_sigkill_is_redelivered_and_completed_by_the_next_worker() {
-    let world = World::new();
+    let world = World::new("worker");
     let exp = world.experiment().await;
     // Runs 4 and 5 rank best and keep 3 files; the four losers hold 400 files each.
     let values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
     let runs = world
-        .ranked_runs(&exp, &values, |i| if i >= 4 { 3 } else { 400 })
+        .ranked_runs_with_files(
+            &exp,
+            Layout::Classic,
+            &values,
+            |i| if i >= 4 { 3 } else { 400 },
+        )
         .await;
     let initial: u64 = 4 * 400;
 

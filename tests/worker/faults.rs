@@ -7,10 +7,10 @@ use std::time::Duration;
 use model_pruner::broker::headers;
 use model_pruner::settings::Settings;
 
-use crate::helpers::{TestApp, attempts, header, settings};
+use crate::helpers::{TestApp, attempts, header, prune, settings};
 use crate::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::mlflow_fixtures::ExperimentFixture;
-use crate::world::{ModelRun, World, prune};
+use crate::support::world::{Layout, ModelRun, World};
 
 /// Runs ranked 0.1, 0.2, ... with 3 files each, and settings whose store is `proxy`.
 async fn scene(
@@ -20,7 +20,7 @@ async fn scene(
 ) -> (ExperimentFixture, Vec<ModelRun>, Settings) {
     let exp = world.experiment().await;
     let values: Vec<f64> = (1..=runs).map(|i| 0.1 * i as f64).collect();
-    let models = world.ranked_runs(&exp, &values, |_| 3).await;
+    let models = world.ranked_runs(&exp, Layout::Classic, &values).await;
     let mut s = settings();
     s.store.endpoint = Some(proxy.url());
     (exp, models, s)
@@ -28,7 +28,7 @@ async fn scene(
 
 #[tokio::test]
 async fn transient_delete_failures_are_retried_in_process_and_the_prune_completes() {
-    let world = World::new();
+    let world = World::new("worker");
     let proxy = Proxy::store().await;
     proxy.rule(DELETE_OBJECTS, Action::Fail(503, "SlowDown"), Some(2));
     let (exp, runs, mut s) = scene(&world, &proxy, 5).await;
@@ -59,7 +59,7 @@ async fn transient_delete_failures_are_retried_in_process_and_the_prune_complete
 
 #[tokio::test]
 async fn lasting_delete_failures_are_dead_lettered_as_transient_after_max_attempts() {
-    let world = World::new();
+    let world = World::new("worker");
     let proxy = Proxy::store().await;
     proxy.rule(DELETE_OBJECTS, Action::Fail(500, "InternalError"), None);
     // Three runs, keep two: one DeleteObjects per attempt.
@@ -92,7 +92,7 @@ async fn lasting_delete_failures_are_dead_lettered_as_transient_after_max_attemp
 
 #[tokio::test]
 async fn a_refused_delete_is_dead_lettered_at_once_without_retry() {
-    let world = World::new();
+    let world = World::new("worker");
     let proxy = Proxy::store().await;
     proxy.rule(DELETE_OBJECTS, Action::Fail(403, "AccessDenied"), None);
     let (exp, runs, mut s) = scene(&world, &proxy, 3).await;

@@ -16,4 +16,3 @@ mod routing;
 mod schemas;
 mod shutdown;
 mod topology;
-mod world;

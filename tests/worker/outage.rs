@@ -3,55 +3,25 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::helpers::{TestApp, settings};
-use crate::world::{World, management, run_finished, wait_drained};
-
-/// Names of the broker connections whose client-given name contains `needle`, once listed.
-async fn connections(http: &reqwest::Client, needle: &str) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (url, user, pass) = management(&["connections"]);
-        let list: Vec<Value> = http
-            .get(url)
-            .basic_auth(user, Some(pass))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("management API")
-            .json()
-            .await
-            .expect("connections as JSON");
-        let names: Vec<String> = list
-            .iter()
-            .filter(|c| {
-                c["client_properties"]["connection_name"]
-                    .as_str()
-                    .is_some_and(|n| n.contains(needle))
-            })
-            .filter_map(|c| c["name"].as_str().map(str::to_owned))
-            .collect();
-        if !names.is_empty() {
-            return names;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker connection not listed"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+use crate::helpers::{TestApp, run_finished, settings, wait_drained};
+use crate::support::management::Management;
+use crate::support::world::{Layout, World};
 
 #[tokio::test]
 async fn events_published_around_a_forced_connection_close_are_all_processed() {
-    let http = reqwest::Client::new();
-    let world = World::new();
+    let management = Management::from_env();
+    let world = World::new("worker");
     let exp = world.experiment().await;
     let values = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6];
-    let runs = world.ranked_runs(&exp, &values, |_| 3).await;
+    let runs = world.ranked_runs(&exp, Layout::Classic, &values).await;
     let app = TestApp::spawn(settings()).await;
-    let names = connections(&http, &format!("on {}", app.topology.work_queue)).await;
+    let names = management
+        .wait_connections(
+            &format!("on {}", app.topology.work_queue),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("management API");
 
     let events: Vec<Vec<u8>> = (0..20)
         .map(|i| run_finished(&exp, &runs[i % runs.len()], 2))
@@ -60,14 +30,7 @@ async fn events_published_around_a_forced_connection_close_are_all_processed() {
         app.publish("run.finished", body).await;
     }
     for name in names {
-        let (url, user, pass) = management(&["connections", &name]);
-        http.delete(url)
-            .basic_auth(user, Some(pass))
-            .header("X-Reason", "model-pruner outage test")
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .expect("connection closed by the broker");
+        management.close(&name, "model-pruner outage test").await;
     }
     for body in &events[10..] {
         app.publish("run.finished", body).await;
