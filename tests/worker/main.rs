@@ -12,6 +12,7 @@ mod helpers;
 mod outage;
 mod proxy;
 mod reconnect;
+mod restart;
 mod routing;
 mod schemas;
 mod shutdown;
