@@ -1,4 +1,4 @@
-//! Run endpoints: search, get, set a tag, log a param.
+//! Run endpoints: search, and writing params and tags in one batch.
 
 use reqwest::Method;
 use serde::de::IgnoredAny;
@@ -7,7 +7,7 @@ use serde_json::json;
 use super::client::{Call, MlflowClient, all_pages};
 use super::error::MlflowError;
 use super::types::Run;
-use super::wire::{GetRunResponse, SearchRunsResponse};
+use super::wire::SearchRunsResponse;
 
 /// MLflow rejects `runs/search` with `max_results` above this.
 const RUNS_SEARCH_MAX_RESULTS: u32 = 50_000;
@@ -36,38 +36,25 @@ impl MlflowClient {
         Ok(runs.into_iter().map(Run::from).collect())
     }
 
-    /// The run, deleted or not.
-    #[tracing::instrument(level = "debug", skip_all, fields(%run_id), err(level = "debug", Display))]
-    pub async fn get_run(&self, run_id: &str) -> Result<Run, MlflowError> {
-        let call = Call::new("runs/get", format!("run {run_id}"));
-        let url = self.url(&["runs", "get"]);
-        let response: GetRunResponse = self.get(call, url, &[("run_id", run_id)]).await?;
-        Ok(response.run.into())
-    }
-
-    /// Sets (or overwrites) a tag on the run.
-    #[tracing::instrument(skip_all, fields(%run_id, %key), err(level = "debug", Display))]
-    pub async fn set_run_tag(
+    /// Logs params and sets tags on the run in one `runs/log-batch` request, which MLflow
+    /// applies in one transaction. Re-logging a param with the same value succeeds, so this is
+    /// safe to repeat; a different value is a permanent 400 `INVALID_PARAMETER_VALUE`.
+    #[tracing::instrument(skip_all, fields(%run_id), err(level = "debug", Display))]
+    pub async fn log_batch(
         &self,
         run_id: &str,
-        key: &str,
-        value: &str,
+        params: &[(&str, &str)],
+        tags: &[(&str, &str)],
     ) -> Result<(), MlflowError> {
-        let call = Call::new("runs/set-tag", format!("run {run_id} (tag {key})"));
-        let url = self.url(&["runs", "set-tag"]);
-        let body = json!({ "run_id": run_id, "key": key, "value": value });
-        let _: IgnoredAny = self.send(call, Method::POST, url, &body).await?;
-        Ok(())
-    }
-
-    /// Logs a param on the run. Re-logging the same value succeeds (MLflow answers 200), so
-    /// this is safe to repeat; a different value is a permanent 400 `INVALID_PARAMETER_VALUE`
-    /// ("Changing param values is not allowed").
-    #[tracing::instrument(skip_all, fields(%run_id, %key), err(level = "debug", Display))]
-    pub async fn log_param(&self, run_id: &str, key: &str, value: &str) -> Result<(), MlflowError> {
-        let call = Call::new("runs/log-parameter", format!("run {run_id} (param {key})"));
-        let url = self.url(&["runs", "log-parameter"]);
-        let body = json!({ "run_id": run_id, "key": key, "value": value });
+        let call = Call::new("runs/log-batch", format!("run {run_id}"));
+        let url = self.url(&["runs", "log-batch"]);
+        let pairs = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(key, value)| json!({ "key": key, "value": value }))
+                .collect::<Vec<_>>()
+        };
+        let body = json!({ "run_id": run_id, "params": pairs(params), "tags": pairs(tags) });
         let _: IgnoredAny = self.send(call, Method::POST, url, &body).await?;
         Ok(())
     }

@@ -75,11 +75,6 @@ impl From<WireExperiment> for Experiment {
 // ---- runs ----
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct GetRunResponse {
-    pub run: WireRun,
-}
-
-#[derive(Debug, Deserialize)]
 pub(crate) struct SearchRunsResponse {
     #[serde(default)]
     pub runs: Vec<WireRun>,
@@ -327,6 +322,12 @@ fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `runs/get`'s shape: one run, as MLflow serialises it.
+    #[derive(Debug, Deserialize)]
+    struct GetRunResponse {
+        run: WireRun,
+    }
 
     fn run(json: &str) -> Run {
         serde_json::from_str::<GetRunResponse>(json)
