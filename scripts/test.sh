@@ -33,5 +33,8 @@ scripts/check-deploy.sh
 log "scripts/check-monitoring.sh"
 SKIP_CARGO=1 scripts/check-monitoring.sh
 
+log "benchmark smoke run (tiny sizes; no timing is asserted)"
+cargo test --bench pruner -- --smoke --out target/bench/smoke
+
 log "cargo nextest run --workspace --all-targets --no-fail-fast $*"
 cargo nextest run --workspace --all-targets --no-fail-fast "$@"

@@ -1,0 +1,99 @@
+//! Test data: MLflow experiments of finished runs with classic models (`model_uploaded = 1`,
+//! files under `artifacts/model/`), the objects of those models, and object-only copies of the
+//! same layout for the raw store baseline. Everything is created concurrently.
+
+use anyhow::Context as _;
+use aws_sdk_s3::Client;
+use futures::{StreamExt as _, TryStreamExt as _};
+
+use crate::mlflow_fixtures::{ExperimentFixture, Mlflow, RunSpec};
+use crate::store_fixtures::put_object;
+
+pub const BUCKET: &str = "mlflow";
+/// MLflow requests in flight while seeding (one server process with a sqlite backend).
+const MLFLOW_CONCURRENCY: usize = 8;
+
+/// A seeded experiment: its runs, best first by `accuracy`.
+pub struct Seeded {
+    pub experiment: ExperimentFixture,
+    pub run_ids: Vec<String>,
+    /// `<experiment id>/`: everything the experiment stores in the bucket.
+    pub prefix: String,
+}
+
+/// Creates an experiment with `runs` finished runs whose `accuracy` is distinct, each with a
+/// classic model of `files` objects.
+pub async fn experiment(
+    mlflow: &Mlflow,
+    s3: &Client,
+    name: &str,
+    runs: usize,
+    files: usize,
+    upload_concurrency: usize,
+) -> anyhow::Result<Seeded> {
+    let experiment = mlflow.experiment(name).await?;
+    let specs = (0..runs).map(|i| {
+        RunSpec::new(format!("run-{i:05}"))
+            .metric("accuracy", 1.0 - i as f64 / runs as f64)
+            .param("model_uploaded", "1")
+    });
+    let fixtures: Vec<_> = futures::stream::iter(specs)
+        .map(|spec| experiment.run(spec))
+        .buffered(MLFLOW_CONCURRENCY)
+        .try_collect()
+        .await
+        .with_context(|| format!("seeding runs of {}", experiment.name))?;
+    let mut keys = Vec::with_capacity(runs * files);
+    for run in &fixtures {
+        let prefix = model_prefix(&run.artifact_uri)?;
+        keys.extend(file_keys(&prefix, files));
+    }
+    upload(s3, keys, upload_concurrency).await?;
+    Ok(Seeded {
+        prefix: format!("{}/", experiment.id),
+        run_ids: fixtures.into_iter().map(|r| r.run_id).collect(),
+        experiment,
+    })
+}
+
+/// `runs` run folders of `files` objects each under `root` (`{root}{run}/artifacts/model/...`,
+/// the layout of an experiment's classic models), objects only.
+pub async fn raw_layout(
+    s3: &Client,
+    root: &str,
+    runs: usize,
+    files: usize,
+    upload_concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    let prefixes: Vec<String> = (0..runs)
+        .map(|_| format!("{root}{:032x}/artifacts/model/", rand::random::<u128>()))
+        .collect();
+    let keys = prefixes.iter().flat_map(|p| file_keys(p, files)).collect();
+    upload(s3, keys, upload_concurrency).await?;
+    Ok(prefixes)
+}
+
+/// The key prefix of a run's classic model: `s3://mlflow/<exp>/<run>/artifacts` to
+/// `<exp>/<run>/artifacts/model/`.
+fn model_prefix(artifact_uri: &str) -> anyhow::Result<String> {
+    let path = artifact_uri
+        .strip_prefix(&format!("s3://{BUCKET}/"))
+        .with_context(|| format!("artifact URI outside s3://{BUCKET}: {artifact_uri}"))?;
+    Ok(format!("{}/model/", path.trim_end_matches('/')))
+}
+
+/// The files of one model, as `store_fixtures::upload_files` names them.
+fn file_keys(prefix: &str, files: usize) -> impl Iterator<Item = String> + '_ {
+    (0..files).map(move |i| format!("{prefix}data/part-{i:05}.bin"))
+}
+
+async fn upload(s3: &Client, keys: Vec<String>, concurrency: usize) -> anyhow::Result<()> {
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let body = format!("model file {key}\n").into_bytes();
+            put_object(s3, BUCKET, &key, body).await
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await
+}
