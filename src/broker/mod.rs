@@ -6,6 +6,7 @@ mod topology;
 
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
@@ -201,6 +202,24 @@ impl Broker {
             .await
             .map_err(amqp("basic.consume"))?;
         Ok((channel, consumer))
+    }
+
+    /// Messages ready in `queue` (not those delivered and unacked); an error if it does not
+    /// exist.
+    pub async fn ready_messages(&self, queue: &str) -> Result<u32, BrokerError> {
+        let declared = self
+            .publisher
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(amqp("passive queue.declare"))?;
+        Ok(declared.message_count())
     }
 
     /// The publishing channel, for one-off operations (basic.get, queue.delete...).

@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use model_pruner::broker::{Broker, Topology, headers};
 use model_pruner::settings::Settings;
@@ -211,18 +209,9 @@ impl TestApp {
     /// Ready messages in `queue` (unacked ones are not counted).
     pub async fn queue_len(&self, queue: &str) -> u32 {
         self.broker
-            .channel()
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .ready_messages(queue)
             .await
             .expect("passive queue.declare")
-            .message_count()
     }
 
     /// Waits until `queue` holds `n` ready messages.

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use model_pruner::broker::Broker;
 use model_pruner::settings::Settings;
 use secrecy::SecretString;
@@ -108,18 +106,9 @@ async fn ready(settings: &Settings, queue: &str) -> u32 {
         .await
         .expect("connect to the private node");
     let count = broker
-        .channel()
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+        .ready_messages(queue)
         .await
-        .expect("passive queue.declare")
-        .message_count();
+        .expect("passive queue.declare");
     let _ = broker.close().await;
     count
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 
@@ -65,27 +65,14 @@ pub struct Walk<'a> {
 
 impl<'a> Walk<'a> {
     pub async fn start(broker: &'a Broker, queue: &str) -> anyhow::Result<Walk<'a>> {
-        let channel = broker.channel();
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "dead-letter queue {queue:?} does not exist (check broker.dead_letter_queue)"
-                )
-            })?;
+        let total = broker.ready_messages(queue).await.with_context(|| {
+            format!("dead-letter queue {queue:?} does not exist (check broker.dead_letter_queue)")
+        })?;
         Ok(Walk {
             broker,
-            channel,
+            channel: broker.channel(),
             queue: queue.to_owned(),
-            total: declared.message_count().into(),
+            total: total.into(),
             seen: 0,
             last_held: None,
         })
