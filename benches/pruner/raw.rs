@@ -43,12 +43,7 @@ pub async fn bulk(s3: &Client, root: &str) -> anyhow::Result<Timed> {
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let keys = page?
-                    .contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned))
-                    .collect::<Vec<_>>();
-                if pages_tx.send(keys).await.is_err() {
+                if pages_tx.send(page_keys(&page?)).await.is_err() {
                     break;
                 }
             }
@@ -81,12 +76,7 @@ pub async fn per_prefix(s3: &Client, prefixes: &[String]) -> anyhow::Result<Time
                 .into_paginator()
                 .send();
             while let Some(page) = pages.next().await {
-                let keys = page?
-                    .contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned))
-                    .collect();
-                total += delete_keys(s3, keys).await?;
+                total += delete_keys(s3, page_keys(&page?)).await?;
             }
             anyhow::Ok(total)
         })
@@ -144,4 +134,12 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The keys of one ListObjectsV2 page.
+fn page_keys(page: &aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output) -> Vec<String> {
+    page.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect()
 }

@@ -18,7 +18,6 @@ use super::Target;
 use crate::domain::audit::{self, Finding};
 use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation, Owner};
-use crate::domain::policy::PolicyOverrides;
 use crate::engine::inventory::{PARAM_DELETED, TAG_DELETED};
 use crate::engine::{Engine, PassKind};
 use crate::mlflow::{LoggedModel, MlflowClient, Run};
@@ -258,11 +257,7 @@ async fn fix(
     let t = &args.target;
     let event = Event::ExperimentPrune(ExperimentPrune {
         experiment_id: t.experiment_id.clone(),
-        policy: PolicyOverrides {
-            metric: t.metric.clone(),
-            direction: t.direction.clone(),
-            keep_top: t.keep_top.map(i64::from),
-        },
+        policy: t.policy.overrides(),
         delete_experiment: false,
         dry_run: false,
         force: args.force,

@@ -77,15 +77,8 @@ enum Command {
     Prune {
         #[command(flatten)]
         target: Target,
-        /// Soft-delete the experiment in MLflow once all its unprotected models are gone.
-        #[arg(long)]
-        delete_experiment: bool,
-        /// Report what would be deleted; delete and mark nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Go past policy.max_deletions_per_pass.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        flags: SweepFlags,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -100,12 +93,9 @@ enum ConfigCommand {
     Check,
 }
 
-/// An experiment and optional policy overrides.
+/// Policy overrides given on the command line; each wins over experiment tags and settings.
 #[derive(Debug, Args)]
-struct Target {
-    /// MLflow experiment id.
-    #[arg(long)]
-    experiment_id: String,
+struct PolicyArgs {
     /// Main metric (overrides experiment tags and settings).
     #[arg(long)]
     metric: Option<String>,
@@ -117,20 +107,50 @@ struct Target {
     keep_top: Option<u32>,
 }
 
+impl PolicyArgs {
+    fn overrides(&self) -> PolicyOverrides {
+        PolicyOverrides {
+            metric: self.metric.clone(),
+            direction: self.direction.clone(),
+            keep_top: self.keep_top.map(i64::from),
+        }
+    }
+}
+
+/// An experiment and optional policy overrides.
+#[derive(Debug, Args)]
+struct Target {
+    /// MLflow experiment id.
+    #[arg(long)]
+    experiment_id: String,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
 impl Target {
     fn request(&self, kind: PassKind, dry_run: bool) -> PassRequest {
         PassRequest {
             experiment_id: self.experiment_id.clone(),
-            policy: PolicyOverrides {
-                metric: self.metric.clone(),
-                direction: self.direction.clone(),
-                keep_top: self.keep_top.map(i64::from),
-            },
+            policy: self.policy.overrides(),
             run_ids: vec![],
             kind,
             dry_run,
         }
     }
+}
+
+/// How a sweep runs: the flags of an experiment.prune event.
+#[derive(Debug, Args)]
+struct SweepFlags {
+    /// Soft-delete the experiment in MLflow once all its unprotected models are gone.
+    #[arg(long)]
+    delete_experiment: bool,
+    /// Plan only: report what would be deleted, delete and mark nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Go past policy.max_deletions_per_pass.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Entry point of the binary.
@@ -185,23 +205,21 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         }
         Command::Prune {
             target,
-            delete_experiment,
-            dry_run,
-            force,
+            flags,
             json,
         } => {
             let engine = Engine::new(&settings).context("building the MLflow client")?;
             let report = engine
                 .run_pass(&target.request(
                     PassKind::Sweep {
-                        delete_experiment,
-                        force,
+                        delete_experiment: flags.delete_experiment,
+                        force: flags.force,
                     },
-                    dry_run,
+                    flags.dry_run,
                 ))
                 .await
                 .with_context(|| format!("pruning experiment {}", target.experiment_id))?;
-            let freed = if dry_run {
+            let freed = if flags.dry_run {
                 plan::measure(&engine, &report).await?
             } else {
                 Usage {

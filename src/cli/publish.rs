@@ -13,9 +13,9 @@ use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 
+use super::{PolicyArgs, SweepFlags, Target};
 use crate::broker::{Broker, BrokerError};
 use crate::domain::event::{Event, ExperimentPrune, RunFinished};
-use crate::domain::policy::PolicyOverrides;
 use crate::settings::Settings;
 
 /// The events `publish` sends.
@@ -35,15 +35,8 @@ pub enum PublishCommand {
         /// MLflow run id of the run that ended.
         #[arg(long)]
         run_id: String,
-        /// Main metric (overrides experiment tags and the worker's settings).
-        #[arg(long)]
-        metric: Option<String>,
-        /// max keeps the highest values, min the lowest.
-        #[arg(long, value_parser = ["max", "min"])]
-        direction: Option<String>,
-        /// Models to keep.
-        #[arg(long)]
-        keep_top: Option<u32>,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Ask a worker to sweep a whole experiment, optionally retiring it afterwards.
     ///
@@ -51,21 +44,10 @@ pub enum PublishCommand {
     ///
     /// Example: model-pruner publish prune-experiment --experiment-id 12 --keep-top 0 --delete-experiment
     PruneExperiment {
-        /// MLflow experiment id.
-        #[arg(long)]
-        experiment_id: String,
-        /// Models to keep.
-        #[arg(long)]
-        keep_top: Option<u32>,
-        /// Soft-delete the experiment in MLflow once all its unprotected models are gone.
-        #[arg(long)]
-        delete_experiment: bool,
-        /// The worker only logs its plan; it deletes and marks nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Go past policy.max_deletions_per_pass.
-        #[arg(long)]
-        force: bool,
+        #[command(flatten)]
+        target: Target,
+        #[command(flatten)]
+        flags: SweepFlags,
     },
 }
 
@@ -75,34 +57,21 @@ impl PublishCommand {
             PublishCommand::RunFinished {
                 experiment_id,
                 run_id,
-                metric,
-                direction,
-                keep_top,
+                policy,
             } => Event::RunFinished(RunFinished {
                 experiment_id,
                 run_id,
-                policy: PolicyOverrides {
-                    metric,
-                    direction,
-                    keep_top: keep_top.map(i64::from),
-                },
+                policy: policy.overrides(),
             }),
-            PublishCommand::PruneExperiment {
-                experiment_id,
-                keep_top,
-                delete_experiment,
-                dry_run,
-                force,
-            } => Event::ExperimentPrune(ExperimentPrune {
-                experiment_id,
-                policy: PolicyOverrides {
-                    keep_top: keep_top.map(i64::from),
-                    ..PolicyOverrides::default()
-                },
-                delete_experiment,
-                dry_run,
-                force,
-            }),
+            PublishCommand::PruneExperiment { target, flags } => {
+                Event::ExperimentPrune(ExperimentPrune {
+                    policy: target.policy.overrides(),
+                    experiment_id: target.experiment_id,
+                    delete_experiment: flags.delete_experiment,
+                    dry_run: flags.dry_run,
+                    force: flags.force,
+                })
+            }
         }
     }
 }

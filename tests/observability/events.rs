@@ -4,6 +4,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::types::FieldTable;
 use model_pruner::broker::headers;
+use model_pruner::settings::Settings;
 
 use crate::scrape::{DEADLINE, Endpoint, alone_in_process, delta, settings};
 use crate::support::app::TestApp;
@@ -14,16 +15,22 @@ const FINISHED: &str = "model_pruner_messages_finished_total";
 const DEAD_LETTERS: &str = "model_pruner_dead_letters_total";
 const METRIC: &str = "accuracy";
 
-#[tokio::test]
-async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_permanent() {
-    let mut s = settings();
-    // The engine is never called for an invalid message: an unreachable MLflow proves it.
-    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+/// Starts a worker with `s` and waits until `/readyz` says it consumes.
+async fn consuming_worker(s: Settings) -> (Endpoint, TestApp) {
     let endpoint = Endpoint::of(&s);
     let app = TestApp::spawn(s).await;
     endpoint
         .wait("/readyz", "the worker consumes", |status, _| status == 200)
         .await;
+    (endpoint, app)
+}
+
+#[tokio::test]
+async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_permanent() {
+    let mut s = settings();
+    // The engine is never called for an invalid message: an unreachable MLflow proves it.
+    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+    let (endpoint, app) = consuming_worker(s).await;
     let before = endpoint.metrics().await;
     // Routing keys outside the contract share the kind "unknown": no label per typo.
     let kind = ("kind", "unknown");
@@ -60,11 +67,7 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
 #[tokio::test]
 async fn an_unknown_experiment_fails_its_pass_and_counts_the_mlflow_answer() {
     let s = settings();
-    let endpoint = Endpoint::of(&s);
-    let app = TestApp::spawn(s).await;
-    endpoint
-        .wait("/readyz", "the worker consumes", |status, _| status == 200)
-        .await;
+    let (endpoint, app) = consuming_worker(s).await;
     let before = endpoint.metrics().await;
     let kind = ("kind", "run.finished");
     let dead = [kind, ("outcome", "dead_lettered")];
@@ -106,7 +109,6 @@ async fn a_sweep_counts_its_ranking_and_what_it_deleted() {
     let mut s = settings();
     s.policy.metric = METRIC.into();
     s.policy.keep_top = 1;
-    let endpoint = Endpoint::of(&s);
     let mlflow = Mlflow::from_env().expect("MLflow settings");
     let s3 = store_fixtures::client().expect("S3 settings");
     let exp = mlflow
@@ -130,10 +132,7 @@ async fn a_sweep_counts_its_ranking_and_what_it_deleted() {
         uploaded.push(files);
     }
 
-    let app = TestApp::spawn(s).await;
-    endpoint
-        .wait("/readyz", "the worker consumes", |status, _| status == 200)
-        .await;
+    let (endpoint, app) = consuming_worker(s).await;
     let before = endpoint.metrics().await;
     let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     let ok = [("kind", "experiment.prune"), ("outcome", "ok")];
