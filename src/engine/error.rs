@@ -50,10 +50,11 @@ pub enum PruneError {
         experiment_id: String,
         source: MlflowError,
     },
-    #[error("experiment {experiment_id}, run {run_id}: {source}")]
+    #[error("experiment {experiment_id}, run(s) {}: {source}", run_ids.join(", "))]
     Store {
         experiment_id: String,
-        run_id: String,
+        /// The runs whose files the failed request was about.
+        run_ids: Vec<String>,
         source: StoreError,
     },
     #[error(

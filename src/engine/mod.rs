@@ -6,15 +6,15 @@
 //! all files of a run are gone, and marked runs are no longer candidates. A pass interrupted at
 //! any point is completed by the next one.
 
+mod batch;
 mod error;
 pub mod inventory;
+mod prune;
 mod report;
 mod retry;
 
 use std::collections::HashSet;
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tracing::{info, instrument};
 
 pub use error::PruneError;
@@ -22,15 +22,13 @@ pub use report::{PassReport, PlannedDeletion, PrunedRun};
 pub use retry::RetryPolicy;
 
 use crate::domain::event::Event;
-use crate::domain::location::{LocationRules, ModelLocation, Owner};
+use crate::domain::location::{LocationRules, Owner};
 use crate::domain::policy::{self, PolicyOverrides};
 use crate::domain::ranking;
 use crate::mlflow::{MlflowClient, MlflowError};
 use crate::settings::{PolicySettings, Settings};
-use crate::store::{ObjectStore, Usage};
-use inventory::{
-    InventoryOptions, PARAM_DELETED, StoredModel, TAG_DELETED, TAG_DELETED_AT, TAG_REASON,
-};
+use crate::store::ObjectStore;
+use inventory::{InventoryOptions, StoredModel};
 
 /// What kind of pass to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,20 +241,7 @@ impl Engine {
             return Ok(report);
         }
 
-        // Futures built up front: a stream closure over borrowed data would make the pass's
-        // future fail the `Send` bound the worker's spawned tasks need (rust-lang/rust#102211).
-        let permits = tokio::sync::Semaphore::new(self.parallel_deletions);
-        let deletions = report.planned.iter().map(|p| {
-            let permits = &permits;
-            async move {
-                let _permit = permits
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                self.prune_run(experiment_id, p).await
-            }
-        });
-        report.pruned = futures::future::try_join_all(deletions).await?;
+        report.pruned = self.prune(experiment_id, &report.planned).await?;
 
         if let PassKind::Sweep {
             delete_experiment: true,
@@ -328,88 +313,6 @@ impl Engine {
                 })
             })
             .collect()
-    }
-
-    /// Deletes every file of the run's models, then marks the logged models and the run.
-    #[instrument(skip_all, fields(experiment_id, run_id = %plan.run_id), err)]
-    async fn prune_run(
-        &self,
-        experiment_id: &str,
-        plan: &PlannedDeletion,
-    ) -> Result<PrunedRun, PruneError> {
-        let mut freed = Usage::default();
-        for (location, _) in &plan.locations {
-            let usage = self
-                .delete_location(experiment_id, &plan.run_id, location)
-                .await?;
-            freed.objects += usage.objects;
-            freed.bytes += usage.bytes;
-        }
-
-        let now = OffsetDateTime::now_utc()
-            .format(&Rfc3339)
-            .expect("the current time formats as RFC 3339");
-        let tags = [
-            (TAG_DELETED, "true"),
-            (TAG_DELETED_AT, now.as_str()),
-            (TAG_REASON, plan.reason.as_str()),
-        ];
-        let mlflow_err = |source| PruneError::Mlflow {
-            experiment_id: experiment_id.to_owned(),
-            source,
-        };
-        for model_id in plan.locations.iter().filter_map(|(_, id)| id.as_deref()) {
-            self.retry
-                .run("mlflow", "logged-models/tags", || {
-                    self.mlflow.set_logged_model_tags(model_id, &tags)
-                })
-                .await
-                .map_err(mlflow_err)?;
-        }
-        // The run's own mark comes last: it is what takes the run out of later passes. One
-        // runs/log-batch writes the param and the tags in one request (one transaction in
-        // MLflow) instead of four: MLflow's writes bound the pruning rate.
-        let params: &[(&str, &str)] = if self.log_deleted_param {
-            &[(PARAM_DELETED, "1")]
-        } else {
-            &[]
-        };
-        self.retry
-            .run("mlflow", "runs/log-batch", || {
-                self.mlflow.log_batch(&plan.run_id, params, &tags)
-            })
-            .await
-            .map_err(mlflow_err)?;
-        info!(
-            objects = freed.objects,
-            bytes = freed.bytes,
-            reason = %plan.reason,
-            "model deleted"
-        );
-        crate::metrics::run_pruned(plan.locations.len(), freed.objects, freed.bytes);
-        Ok(PrunedRun {
-            run_id: plan.run_id.clone(),
-            objects: freed.objects,
-            bytes: freed.bytes,
-        })
-    }
-
-    async fn delete_location(
-        &self,
-        experiment_id: &str,
-        run_id: &str,
-        location: &ModelLocation,
-    ) -> Result<Usage, PruneError> {
-        self.retry
-            .run("store", "delete_prefix", || {
-                self.store.delete_prefix(&location.bucket, &location.prefix)
-            })
-            .await
-            .map_err(|source| PruneError::Store {
-                experiment_id: experiment_id.to_owned(),
-                run_id: run_id.to_owned(),
-                source,
-            })
     }
 
     /// Soft-deletes the experiment once no run holds an unprotected model or is unfinished.

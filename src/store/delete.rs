@@ -1,79 +1,41 @@
-//! Deleting a prefix: list a page, delete it in DeleteObjects batches while the next page is
-//! being listed. At most two pages (2000 keys) are held, whatever the size of the prefix.
+//! Batch deletion: one quiet DeleteObjects request for up to 1,000 keys.
 
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use super::error::{Reason, is_already_gone, is_transient_code};
-use super::list::Listing;
-use super::{ObjectInfo, ObjectStore, StoreError, Usage};
+use super::{ObjectInfo, ObjectStore, StoreError};
 use crate::domain::classify::ErrorClass;
 
 const DELETE: &str = "DeleteObjects";
 
 impl ObjectStore {
-    /// Deletes every object under `prefix` (used as given; callers pass a trailing `/`) and
-    /// returns what was deleted. Keys that vanish meanwhile count as deleted, so deleting a
-    /// prefix again succeeds with nothing deleted. An empty prefix is refused.
+    /// Deletes `objects` with one request (S3 takes at most [`super::MAX_DELETE_BATCH`] keys; callers
+    /// send [`ObjectStore::batch_size`] at most). Keys already gone count as deleted, so sending
+    /// the same batch again succeeds. Errors name the folder the keys have in common.
     #[tracing::instrument(
-        name = "store.delete_prefix",
+        name = "store.delete_objects",
         skip_all,
-        fields(bucket = %bucket, prefix = %prefix),
+        fields(bucket = %bucket, objects = objects.len()),
         err(level = "warn")
     )]
-    pub async fn delete_prefix(&self, bucket: &str, prefix: &str) -> Result<Usage, StoreError> {
-        if prefix.is_empty() {
-            return Err(StoreError::new(DELETE, bucket, prefix, Reason::EmptyPrefix));
-        }
-        let mut listing = Listing::new(self, bucket, prefix);
-        let mut deleted = Usage::default();
-        let mut page = listing.next().await?;
-        while let Some(objects) = page {
-            // The continuation token points past this page's keys, so deleting them while the
-            // next page is listed does not disturb the listing.
-            let (next, done) =
-                tokio::join!(listing.next(), self.delete_page(bucket, prefix, &objects));
-            deleted += done?;
-            page = next?;
-        }
-        tracing::debug!(
-            objects = deleted.objects,
-            bytes = deleted.bytes,
-            "prefix deleted"
-        );
-        Ok(deleted)
-    }
-
-    /// Deletes one listed page, `self.batch` keys per request.
-    async fn delete_page(
+    pub async fn delete_objects(
         &self,
         bucket: &str,
-        prefix: &str,
         objects: &[ObjectInfo],
-    ) -> Result<Usage, StoreError> {
-        let mut deleted = Usage::default();
-        for batch in objects.chunks(self.batch) {
-            self.delete_batch(bucket, prefix, batch).await?;
-            deleted += Usage::of(batch);
-        }
-        Ok(deleted)
-    }
-
-    /// One quiet DeleteObjects request: the store answers only with the keys it failed on.
-    async fn delete_batch(
-        &self,
-        bucket: &str,
-        prefix: &str,
-        batch: &[ObjectInfo],
     ) -> Result<(), StoreError> {
-        let to_request_error = |err| StoreError::request(DELETE, bucket, prefix, err);
-        let objects = batch
+        let folder = common_folder(objects);
+        if objects.is_empty() {
+            return Ok(());
+        }
+        let to_request_error = |err| StoreError::request(DELETE, bucket, folder, err);
+        let identifiers = objects
             .iter()
             .map(|object| ObjectIdentifier::builder().key(&object.key).build())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|err| to_request_error(SdkError::from(err)))?;
         let delete = Delete::builder()
-            .set_objects(Some(objects))
+            .set_objects(Some(identifiers))
             .quiet(true)
             .build()
             .map_err(|err| to_request_error(SdkError::from(err)))?;
@@ -87,11 +49,27 @@ impl ObjectStore {
             .await
             .map_err(to_request_error);
         crate::metrics::store_request(DELETE, &output, started);
-        let output = output?;
-        check_key_errors(bucket, prefix, output.errors())?;
-        tracing::debug!(objects = batch.len(), "batch deleted");
-        Ok(())
+        check_key_errors(bucket, folder, output?.errors())
     }
+}
+
+/// The deepest folder (ending in `/`) holding every key, for error messages; empty for keys
+/// with nothing in common.
+fn common_folder(objects: &[ObjectInfo]) -> &str {
+    let Some((first, rest)) = objects.split_first() else {
+        return "";
+    };
+    let mut common = first.key.as_str();
+    for object in rest {
+        let shared = common
+            .char_indices()
+            .zip(object.key.chars())
+            .take_while(|((_, a), b)| a == b)
+            .last()
+            .map_or(0, |((at, c), _)| at + c.len_utf8());
+        common = &common[..shared];
+    }
+    common.rfind('/').map_or("", |slash| &common[..=slash])
 }
 
 /// Fails on the per-key errors of a DeleteObjects response, ignoring keys already gone. One
@@ -172,6 +150,28 @@ mod tests {
         assert_eq!(err.class(), ErrorClass::Permanent);
         let err = check(&[key_error("a", "AccessDenied")]).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Permanent);
+    }
+
+    fn object(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.to_owned(),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_folder_the_keys_share() {
+        let keys = |keys: &[&str]| keys.iter().map(|k| object(k)).collect::<Vec<_>>();
+        assert_eq!(common_folder(&[]), "");
+        assert_eq!(
+            common_folder(&keys(&["1/a/artifacts/model/f"])),
+            "1/a/artifacts/model/"
+        );
+        assert_eq!(common_folder(&keys(&["1/ab/m/f", "1/ac/m/f"])), "1/");
+        assert_eq!(common_folder(&keys(&["1/a/m/f", "1/a/m/g/h"])), "1/a/m/");
+        assert_eq!(common_folder(&keys(&["1/a", "2/a"])), "");
+        assert_eq!(common_folder(&keys(&["é/a/x", "é/b/x"])), "é/");
+        assert_eq!(common_folder(&keys(&["1/éa/x", "1/éb/x", "1/è"])), "1/");
     }
 
     #[test]

@@ -69,8 +69,8 @@ pub enum Reason {
         failed: usize,
         class: ErrorClass,
     },
-    /// Refused without a request: an empty prefix would delete the whole bucket.
-    #[error("refused: an empty prefix would delete the whole bucket")]
+    /// Refused without a request: an empty prefix would list (and so delete) the whole bucket.
+    #[error("refused: an empty prefix would cover the whole bucket")]
     EmptyPrefix,
 }
 
@@ -303,12 +303,12 @@ mod tests {
 
     #[test]
     fn an_empty_prefix_is_refused_permanently() {
-        let err = StoreError::new("DeleteObjects", "mlflow", "", Reason::EmptyPrefix);
+        let err = StoreError::new("ListObjectsV2", "mlflow", "", Reason::EmptyPrefix);
         assert_eq!(err.class(), ErrorClass::Permanent);
         assert_eq!(
             err.to_string(),
-            "S3 DeleteObjects in bucket mlflow under (empty prefix) failed: \
-             refused: an empty prefix would delete the whole bucket"
+            "S3 ListObjectsV2 in bucket mlflow under (empty prefix) failed: \
+             refused: an empty prefix would cover the whole bucket"
         );
     }
 }

@@ -2,7 +2,7 @@
 
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 
-use super::{ObjectInfo, ObjectStore, StoreError, Usage};
+use super::{ObjectInfo, ObjectStore, Reason, StoreError, Usage};
 
 const LIST: &str = "ListObjectsV2";
 
@@ -40,8 +40,48 @@ impl ObjectStore {
     }
 }
 
-/// The pages of one prefix, fetched one request at a time (at most 1000 objects each).
-pub(super) struct Listing<'a> {
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub objects: Vec<ObjectInfo>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<String>,
+}
+
+impl ObjectStore {
+    /// One ListObjectsV2 request: up to 1,000 objects under `prefix` (used as given; callers
+    /// pass a trailing `/`), from `token` on. Failed calls can be repeated with the same token.
+    /// An empty prefix is refused: it would cover the whole bucket.
+    pub async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        if prefix.is_empty() {
+            return Err(StoreError::new(LIST, bucket, prefix, Reason::EmptyPrefix));
+        }
+        let started = std::time::Instant::now();
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|err| StoreError::request(LIST, bucket, prefix, err));
+        crate::metrics::store_request(LIST, &page, started);
+        let page = page?;
+        Ok(Page {
+            objects: objects(&page),
+            next: next_token(&page),
+        })
+    }
+}
+
+/// The pages of one prefix, fetched one request at a time.
+struct Listing<'a> {
     store: &'a ObjectStore,
     bucket: &'a str,
     prefix: &'a str,
@@ -50,7 +90,7 @@ pub(super) struct Listing<'a> {
 }
 
 impl<'a> Listing<'a> {
-    pub(super) fn new(store: &'a ObjectStore, bucket: &'a str, prefix: &'a str) -> Self {
+    fn new(store: &'a ObjectStore, bucket: &'a str, prefix: &'a str) -> Self {
         Self {
             store,
             bucket,
@@ -61,26 +101,17 @@ impl<'a> Listing<'a> {
     }
 
     /// The next page, `None` after the last one.
-    pub(super) async fn next(&mut self) -> Result<Option<Vec<ObjectInfo>>, StoreError> {
+    async fn next(&mut self) -> Result<Option<Vec<ObjectInfo>>, StoreError> {
         if self.done {
             return Ok(None);
         }
-        let started = std::time::Instant::now();
         let page = self
             .store
-            .client
-            .list_objects_v2()
-            .bucket(self.bucket)
-            .prefix(self.prefix)
-            .set_continuation_token(self.token.take())
-            .send()
-            .await
-            .map_err(|err| StoreError::request(LIST, self.bucket, self.prefix, err));
-        crate::metrics::store_request(LIST, &page, started);
-        let page = page?;
-        self.token = next_token(&page);
+            .list_page(self.bucket, self.prefix, self.token.as_deref())
+            .await?;
+        self.token = page.next;
         self.done = self.token.is_none();
-        Ok(Some(objects(&page)))
+        Ok(Some(page.objects))
     }
 }
 

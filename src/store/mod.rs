@@ -1,10 +1,11 @@
-//! The object store (S3, MinIO, Garage) holding the model files: measures and deletes everything
-//! under a prefix. The only module that talks to S3.
+//! The object store (S3, MinIO, Garage) holding the model files: lists folders and deletes keys
+//! in batches. The only module that talks to S3.
 //!
 //! # Layout
 //! - `mod.rs`: [`ObjectStore`], built from [`StoreSettings`], and the result types.
-//! - `list.rs`: paginated listing ([`ObjectStore::list`], [`ObjectStore::usage`]).
-//! - `delete.rs`: [`ObjectStore::delete_prefix`], listing and batch deletion in a pipeline.
+//! - `list.rs`: paginated listing ([`ObjectStore::list_page`], [`ObjectStore::list`],
+//!   [`ObjectStore::usage`]).
+//! - `delete.rs`: [`ObjectStore::delete_objects`], one batch of keys per request.
 //! - `error.rs`: [`StoreError`] and its transient/permanent classification.
 
 mod delete;
@@ -23,6 +24,7 @@ use secrecy::ExposeSecret;
 use crate::settings::StoreSettings;
 
 pub use error::{Cause, Reason, StoreError};
+pub use list::Page;
 
 /// S3 caps DeleteObjects at 1000 keys per request.
 pub const MAX_DELETE_BATCH: usize = 1000;
@@ -100,6 +102,11 @@ impl ObjectStore {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             batch: batch_size(settings.delete_batch_size),
         }
+    }
+
+    /// Keys per DeleteObjects request, from `store.delete_batch_size`.
+    pub fn batch_size(&self) -> usize {
+        self.batch
     }
 }
 

@@ -147,3 +147,33 @@ async fn a_model_of_2500_files_is_deleted_completely() {
     assert!(w.marked(&big).await);
     assert_eq!(w.objects(&best).await, 1);
 }
+
+#[tokio::test]
+async fn batches_spanning_several_runs_delete_every_file_and_credit_each_run() {
+    let mut w = World::new();
+    // 4 keys a request: the losers' 3 files each straddle batch boundaries.
+    w.settings.store.delete_batch_size = 4;
+    w.settings.concurrency.parallel_deletions = 2;
+    let exp = w.experiment().await;
+    let values: Vec<Option<f64>> = (1..=7).map(|i| Some(0.1 * f64::from(i))).collect();
+    let runs = w.ranked_runs(&exp, Layout::Classic, &values).await;
+    let report = handle(&w.engine(), run_finished(&exp, &runs[6], keep(2)))
+        .await
+        .unwrap();
+    let pruned: Vec<(&str, u64)> = report
+        .pruned
+        .iter()
+        .map(|p| (p.run_id.as_str(), p.objects))
+        .collect();
+    let expected: Vec<(&str, u64)> = report
+        .planned
+        .iter()
+        .map(|p| (p.run_id.as_str(), 3))
+        .collect();
+    assert_eq!(pruned.len(), 5);
+    assert_eq!(
+        pruned, expected,
+        "every loser, in plan order, with its own files"
+    );
+    w.assert_kept(&runs, &[5, 6]).await;
+}
