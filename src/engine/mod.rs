@@ -12,6 +12,7 @@ pub mod inventory;
 mod prune;
 mod report;
 mod retry;
+mod walk;
 
 use std::collections::HashSet;
 

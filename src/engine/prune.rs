@@ -1,9 +1,10 @@
 //! Deleting the planned runs' files and marking the runs: the pass's I/O, driven as one pipeline.
-//! Folders are listed page by page, the keys of several runs are packed into full DeleteObjects
-//! batches ([`Batcher`]), and each run is marked in MLflow as soon as its last key is gone.
-//! Listings, deletions and marks each keep up to `concurrency.parallel_deletions` requests in
-//! flight, and listing pauses while that many batches wait to be sent, so memory stays bounded
-//! (a few batches of keys) whatever the size of the experiment.
+//! The folders are listed in a few walks over key ranges ([`walk`](super::walk)), the keys of
+//! several runs are packed into full DeleteObjects batches ([`Batcher`]), and each run is marked
+//! in MLflow as soon as its last key is gone. Listings, deletions and marks each keep up to
+//! `concurrency.parallel_deletions` requests in flight, and listing pauses while that many
+//! batches wait to be sent, so memory stays bounded (a few batches of keys) whatever the size of
+//! the experiment.
 
 use std::collections::VecDeque;
 
@@ -15,16 +16,9 @@ use tracing::info;
 
 use super::batch::{Batch, Batcher};
 use super::inventory::{PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON};
+use super::walk::{self, Walk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun};
-use crate::domain::location::ModelLocation;
 use crate::store::{Page, Usage};
-
-/// One folder of one planned run, listed from `token` on.
-struct Listing<'p> {
-    run: usize,
-    location: &'p ModelLocation,
-    token: Option<String>,
-}
 
 impl Engine {
     /// Deletes every file of the planned runs, then marks each run and its logged models.
@@ -40,19 +34,11 @@ impl Engine {
             self.store.batch_size(),
             planned.iter().map(|p| p.locations.len()),
         );
-        // Collected, not a lazy iterator: its closures held across an await would make the
-        // pass's future fail the `Send` bound of the worker's tasks (rust-lang/rust#102211).
-        let mut folders: VecDeque<Listing> = planned
+        let folders = planned
             .iter()
             .enumerate()
-            .flat_map(|(run, p)| {
-                p.locations.iter().map(move |(location, _)| Listing {
-                    run,
-                    location,
-                    token: None,
-                })
-            })
-            .collect();
+            .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
+        let mut walks: VecDeque<Walk> = walk::plan(folders, width).into();
         let mut lists = FuturesUnordered::new();
         let mut batches: VecDeque<Batch> = VecDeque::new();
         let mut deletes = FuturesUnordered::new();
@@ -63,11 +49,11 @@ impl Engine {
         loop {
             while lists.len() < width
                 && batches.len() < width
-                && let Some(listing) = folders.pop_front()
+                && let Some(walk) = walks.pop_front()
             {
-                lists.push(self.list_page(experiment_id, planned, listing));
+                lists.push(self.list_page(experiment_id, planned, walk));
             }
-            if folders.is_empty() && lists.is_empty() {
+            if walks.is_empty() && lists.is_empty() {
                 // Nothing more will be listed: send the partly filled batches too.
                 batches.extend(batcher.flush());
             }
@@ -83,14 +69,14 @@ impl Engine {
             }
             tokio::select! {
                 Some(listed) = lists.next() => {
-                    let (listing, page) = listed?;
-                    batches.extend(batcher.add(listing.run, &listing.location.bucket, page.objects));
-                    match page.next {
-                        Some(token) => {
-                            let next = Listing { token: Some(token), ..listing };
-                            lists.push(self.list_page(experiment_id, planned, next));
-                        }
-                        None => to_mark.extend(batcher.listing_done(listing.run)),
+                    let (mut walk, page) = listed?;
+                    let step = walk.page(page.objects, page.more);
+                    for (run, objects) in step.taken {
+                        batches.extend(batcher.add(run, walk.bucket(), objects));
+                    }
+                    to_mark.extend(step.finished.into_iter().filter_map(|run| batcher.listing_done(run)));
+                    if walk.request().is_some() {
+                        lists.push(self.list_page(experiment_id, planned, walk));
                     }
                 }
                 Some(deleted) = deletes.next() => to_mark.extend(batcher.deleted(&deleted?)),
@@ -103,28 +89,33 @@ impl Engine {
         Ok(pruned.into_iter().map(|(_, run)| run).collect())
     }
 
-    /// Lists one page of a folder, retrying transient failures with the same token.
-    async fn list_page<'p>(
+    /// Lists the next page of a walk, retrying transient failures.
+    async fn list_page(
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-        listing: Listing<'p>,
-    ) -> Result<(Listing<'p>, Page), PruneError> {
-        let location = listing.location;
+        walk: Walk,
+    ) -> Result<(Walk, Page), PruneError> {
+        let request = walk
+            .request()
+            .expect("a walk is listed only while it has folders left");
         let page = self
             .retry
             .run("store", "ListObjectsV2", || {
-                let token = listing.token.as_deref();
                 self.store
-                    .list_page(&location.bucket, &location.prefix, token)
+                    .list_page(request.bucket, request.prefix, request.start_after)
             })
             .await
             .map_err(|source| PruneError::Store {
                 experiment_id: experiment_id.to_owned(),
-                run_ids: vec![planned[listing.run].run_id.clone()],
+                run_ids: walk
+                    .current_run()
+                    .map(|run| planned[run].run_id.clone())
+                    .into_iter()
+                    .collect(),
                 source,
             })?;
-        Ok((listing, page))
+        Ok((walk, page))
     }
 
     /// Deletes one batch, retrying transient failures (keys already gone count as deleted).

@@ -31,6 +31,7 @@ pub fn store_reason(error: &StoreError) -> &'static str {
     }
     match (&*error.reason, error.status()) {
         (Reason::KeysNotDeleted { .. }, _) => "key_errors",
+        (Reason::BadListing { .. }, _) => "bad_listing",
         (Reason::EmptyPrefix, _) => "refused",
         (Reason::Request { .. }, Some(status)) => by_status(status),
         (Reason::Request { .. }, None) => "transport",

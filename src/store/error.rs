@@ -69,6 +69,10 @@ pub enum Reason {
         failed: usize,
         class: ErrorClass,
     },
+    /// ListObjectsV2 answered with a page S3 never sends: keys out of order, or an empty page
+    /// announcing more. Paging on would skip keys or never end.
+    #[error("the listing is unusable: {detail}")]
+    BadListing { detail: String },
     /// Refused without a request: an empty prefix would list (and so delete) the whole bucket.
     #[error("refused: an empty prefix would cover the whole bucket")]
     EmptyPrefix,
@@ -88,7 +92,7 @@ impl StoreError {
     pub fn class(&self) -> ErrorClass {
         match &*self.reason {
             Reason::Request { class, .. } | Reason::KeysNotDeleted { class, .. } => *class,
-            Reason::EmptyPrefix => ErrorClass::Permanent,
+            Reason::BadListing { .. } | Reason::EmptyPrefix => ErrorClass::Permanent,
         }
     }
 
@@ -97,7 +101,7 @@ impl StoreError {
         match &*self.reason {
             Reason::Request { code, .. } => code.as_deref(),
             Reason::KeysNotDeleted { code, .. } => Some(code),
-            Reason::EmptyPrefix => None,
+            Reason::BadListing { .. } | Reason::EmptyPrefix => None,
         }
     }
 
@@ -105,7 +109,7 @@ impl StoreError {
     pub fn status(&self) -> Option<u16> {
         match &*self.reason {
             Reason::Request { status, .. } => *status,
-            Reason::KeysNotDeleted { .. } | Reason::EmptyPrefix => None,
+            Reason::KeysNotDeleted { .. } | Reason::BadListing { .. } | Reason::EmptyPrefix => None,
         }
     }
 

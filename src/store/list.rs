@@ -1,10 +1,21 @@
-//! Paginated listing with ListObjectsV2 continuation tokens.
+//! Paginated listing with ListObjectsV2. Pages are chained with `start-after` (the last key
+//! seen) rather than continuation tokens, so a caller can also skip ahead to any key; every page
+//! is checked to be in key order, which skipping relies on.
 
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 
 use super::{ObjectInfo, ObjectStore, Reason, StoreError, Usage};
 
 const LIST: &str = "ListObjectsV2";
+
+/// One page of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// At most 1,000 objects, in key order.
+    pub objects: Vec<ObjectInfo>,
+    /// Whether more keys follow the last one.
+    pub more: bool,
+}
 
 impl ObjectStore {
     /// Objects and bytes under `prefix`, used as given (callers pass a trailing `/`).
@@ -15,11 +26,9 @@ impl ObjectStore {
         err(level = "warn")
     )]
     pub async fn usage(&self, bucket: &str, prefix: &str) -> Result<Usage, StoreError> {
-        let mut listing = Listing::new(self, bucket, prefix);
         let mut usage = Usage::default();
-        while let Some(page) = listing.next().await? {
-            usage += Usage::of(&page);
-        }
+        self.for_each_page(bucket, prefix, |page| usage += Usage::of(&page))
+            .await?;
         Ok(usage)
     }
 
@@ -31,104 +40,65 @@ impl ObjectStore {
         err(level = "warn")
     )]
     pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        let mut listing = Listing::new(self, bucket, prefix);
         let mut all = Vec::new();
-        while let Some(page) = listing.next().await? {
-            all.extend(page);
-        }
+        self.for_each_page(bucket, prefix, |page| all.extend(page))
+            .await?;
         Ok(all)
     }
-}
 
-/// One page of a listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    pub objects: Vec<ObjectInfo>,
-    /// Where the next page starts; `None` on the last page.
-    pub next: Option<String>,
-}
+    async fn for_each_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        mut each: impl FnMut(Vec<ObjectInfo>),
+    ) -> Result<(), StoreError> {
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(bucket, prefix, after.as_deref()).await?;
+            after = page.objects.last().map(|o| o.key.clone());
+            each(page.objects);
+            if !page.more {
+                return Ok(());
+            }
+        }
+    }
 
-impl ObjectStore {
     /// One ListObjectsV2 request: up to 1,000 objects under `prefix` (used as given; callers
-    /// pass a trailing `/`), from `token` on. Failed calls can be repeated with the same token.
-    /// An empty prefix is refused: it would cover the whole bucket.
+    /// pass a trailing `/`) whose keys sort after `start_after`. Failed calls can simply be
+    /// repeated. An empty prefix is refused: it would cover the whole bucket. A page out of
+    /// order, or announcing more keys without giving any, is a permanent error.
     pub async fn list_page(
         &self,
         bucket: &str,
         prefix: &str,
-        token: Option<&str>,
+        start_after: Option<&str>,
     ) -> Result<Page, StoreError> {
+        let error = |reason| StoreError::new(LIST, bucket, prefix, reason);
         if prefix.is_empty() {
-            return Err(StoreError::new(LIST, bucket, prefix, Reason::EmptyPrefix));
+            return Err(error(Reason::EmptyPrefix));
         }
         let started = std::time::Instant::now();
-        let page = self
+        let output = self
             .client
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
-            .set_continuation_token(token.map(str::to_owned))
+            .set_start_after(start_after.map(str::to_owned))
             .send()
             .await
             .map_err(|err| StoreError::request(LIST, bucket, prefix, err));
-        crate::metrics::store_request(LIST, &page, started);
-        let page = page?;
-        Ok(Page {
-            objects: objects(&page),
-            next: next_token(&page),
-        })
+        crate::metrics::store_request(LIST, &output, started);
+        let page = page(&output?);
+        check_order(start_after, &page).map_err(error)?;
+        Ok(page)
     }
 }
 
-/// The pages of one prefix, fetched one request at a time.
-struct Listing<'a> {
-    store: &'a ObjectStore,
-    bucket: &'a str,
-    prefix: &'a str,
-    token: Option<String>,
-    done: bool,
-}
-
-impl<'a> Listing<'a> {
-    fn new(store: &'a ObjectStore, bucket: &'a str, prefix: &'a str) -> Self {
-        Self {
-            store,
-            bucket,
-            prefix,
-            token: None,
-            done: false,
-        }
-    }
-
-    /// The next page, `None` after the last one.
-    async fn next(&mut self) -> Result<Option<Vec<ObjectInfo>>, StoreError> {
-        if self.done {
-            return Ok(None);
-        }
-        let page = self
-            .store
-            .list_page(self.bucket, self.prefix, self.token.as_deref())
-            .await?;
-        self.token = page.next;
-        self.done = self.token.is_none();
-        Ok(Some(page.objects))
-    }
-}
-
-/// The token of the following page; none when the listing is complete. A truncated page without
-/// a token (a broken store) ends the listing rather than restarting it from the beginning.
-fn next_token(page: &ListObjectsV2Output) -> Option<String> {
-    if page.is_truncated() != Some(true) {
-        return None;
-    }
-    page.next_continuation_token()
-        .filter(|token| !token.is_empty())
-        .map(str::to_owned)
-}
-
-/// The objects of a page. Sizes are never negative; a missing one counts as 0.
-fn objects(page: &ListObjectsV2Output) -> Vec<ObjectInfo> {
-    page.contents()
+/// The page's objects, and whether more follow. Sizes are never negative; a missing one counts
+/// as 0; objects without a key are skipped.
+fn page(output: &ListObjectsV2Output) -> Page {
+    let objects = output
+        .contents()
         .iter()
         .filter_map(|object| {
             Some(ObjectInfo {
@@ -136,7 +106,35 @@ fn objects(page: &ListObjectsV2Output) -> Vec<ObjectInfo> {
                 size: object.size().unwrap_or(0).try_into().unwrap_or(0),
             })
         })
-        .collect()
+        .collect();
+    Page {
+        objects,
+        more: output.is_truncated() == Some(true),
+    }
+}
+
+/// Keys strictly increasing, all after `start_after`, and no empty page announcing more: what
+/// S3 promises, and what chaining pages by their last key needs to end and to miss nothing.
+fn check_order(start_after: Option<&str>, page: &Page) -> Result<(), Reason> {
+    let mut previous = start_after;
+    for object in &page.objects {
+        if previous.is_some_and(|p| object.key.as_str() <= p) {
+            return Err(Reason::BadListing {
+                detail: format!(
+                    "key {} listed after {}: not in key order",
+                    object.key,
+                    previous.unwrap_or_default()
+                ),
+            });
+        }
+        previous = Some(&object.key);
+    }
+    if page.more && page.objects.is_empty() {
+        return Err(Reason::BadListing {
+            detail: "an empty page announced more keys".to_owned(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,39 +143,38 @@ mod tests {
 
     use super::*;
 
-    fn page(truncated: Option<bool>, token: Option<&str>) -> ListObjectsV2Output {
+    fn output(truncated: Option<bool>) -> ListObjectsV2Output {
         ListObjectsV2Output::builder()
             .set_is_truncated(truncated)
-            .set_next_continuation_token(token.map(str::to_owned))
             .contents(Object::builder().key("p/a").size(3).build())
             .contents(Object::builder().key("p/b").build())
             .contents(Object::builder().size(7).build())
             .build()
     }
 
-    #[test]
-    fn a_truncated_page_continues_with_its_token() {
-        assert_eq!(
-            next_token(&page(Some(true), Some("t1"))).as_deref(),
-            Some("t1")
-        );
+    fn keys(keys: &[&str], more: bool) -> Page {
+        Page {
+            objects: keys
+                .iter()
+                .map(|k| ObjectInfo {
+                    key: (*k).to_owned(),
+                    size: 1,
+                })
+                .collect(),
+            more,
+        }
     }
 
     #[test]
-    fn a_complete_page_ends_the_listing_even_with_a_token() {
-        assert_eq!(next_token(&page(Some(false), Some("t1"))), None);
-        assert_eq!(next_token(&page(None, Some("t1"))), None);
-    }
-
-    #[test]
-    fn a_truncated_page_without_token_ends_the_listing() {
-        assert_eq!(next_token(&page(Some(true), None)), None);
-        assert_eq!(next_token(&page(Some(true), Some(""))), None);
+    fn only_a_truncated_page_has_more() {
+        assert!(page(&output(Some(true))).more);
+        assert!(!page(&output(Some(false))).more);
+        assert!(!page(&output(None)).more);
     }
 
     #[test]
     fn objects_without_key_are_skipped_and_missing_sizes_count_as_zero() {
-        let objects = objects(&page(None, None));
+        let objects = page(&output(None)).objects;
         assert_eq!(
             objects,
             vec![
@@ -197,6 +194,35 @@ mod tests {
                 objects: 2,
                 bytes: 3
             }
+        );
+    }
+
+    #[test]
+    fn pages_in_key_order_after_the_start_pass() {
+        assert!(check_order(None, &keys(&["a/1", "a/10", "a/2"], true)).is_ok());
+        assert!(check_order(Some("a/0"), &keys(&["a/1"], false)).is_ok());
+        assert!(check_order(Some("a/9"), &keys(&[], false)).is_ok());
+        assert!(check_order(Some("a/é"), &keys(&["a/ê"], false)).is_ok());
+    }
+
+    #[test]
+    fn keys_out_of_order_or_not_after_the_start_are_refused() {
+        let err = check_order(None, &keys(&["a/2", "a/1"], false)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the listing is unusable: key a/1 listed after a/2: not in key order"
+        );
+        assert!(check_order(None, &keys(&["a/1", "a/1"], false)).is_err());
+        assert!(check_order(Some("a/1"), &keys(&["a/1"], false)).is_err());
+        assert!(check_order(Some("a/5"), &keys(&["a/2"], false)).is_err());
+    }
+
+    #[test]
+    fn an_empty_page_announcing_more_is_refused() {
+        let err = check_order(Some("a/1"), &keys(&[], true)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the listing is unusable: an empty page announced more keys"
         );
     }
 }
