@@ -29,11 +29,13 @@ impl MlflowClient {
                 "page_token": page_token,
             });
             let page: SearchRunsResponse = self.send(call, Method::POST, url, &body).await?;
-            Ok((page.runs, page.next_page_token))
+            // Converted page by page: the wire form of earlier pages is freed early.
+            let runs = page.runs.into_iter().map(Run::from).collect::<Vec<_>>();
+            Ok((runs, page.next_page_token))
         })
         .await?;
         tracing::debug!(runs = runs.len(), "searched runs");
-        Ok(runs.into_iter().map(Run::from).collect())
+        Ok(runs)
     }
 
     /// Logs params and sets tags on the run in one `runs/log-batch` request, which MLflow
