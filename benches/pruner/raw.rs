@@ -63,7 +63,7 @@ pub async fn bulk(s3: &Client, root: &str) -> anyhow::Result<Timed> {
 }
 
 /// Per run: for each model folder, list it and delete its keys (one DeleteObjects), up to
-/// [`RAW_CONCURRENCY`] folders at once: the engine's request shape without MLflow.
+/// [`RAW_CONCURRENCY`] folders at once: folder-by-folder deletion, for comparison.
 pub async fn per_prefix(s3: &Client, prefixes: &[String]) -> anyhow::Result<Timed> {
     let started = Instant::now();
     let deleted: Vec<u64> = futures::stream::iter(prefixes)

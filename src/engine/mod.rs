@@ -5,6 +5,14 @@
 //! Every step is idempotent: files already gone count as deleted, marks are only written after
 //! all files of a run are gone, and marked runs are no longer candidates. A pass interrupted at
 //! any point is completed by the next one.
+//!
+//! # Layout
+//! - `mod.rs`: [`Engine::run_pass`]: read MLflow, rank, resolve every location, then prune.
+//! - `prune.rs`: the deletion pipeline: list folders, delete keys in batches, mark runs.
+//! - `walk.rs`, `batch.rs`: its pure parts: which keys each listing takes, how keys of several
+//!   runs are packed into batches and when a run's files are all gone.
+//! - `inventory.rs`: MLflow's answers turned into ranking facts and stored models.
+//! - `retry.rs`, `report.rs`, `error.rs`: in-process retries, the pass report, [`PruneError`].
 
 mod batch;
 mod error;

@@ -9,7 +9,7 @@
 //! store module checks that every page is in order, which the folder bookkeeping relies on.
 
 use crate::domain::location::ModelLocation;
-use crate::store::ObjectInfo;
+use crate::store::{ObjectInfo, common_folder};
 
 /// One folder to empty, and the run (index in the pass's plan) it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,20 +167,9 @@ fn walk(bucket: &str, folders: Vec<Folder>) -> Walk {
 /// The deepest folder holding every prefix, or the first folder's own prefix when they share
 /// none (never empty: folders are never empty).
 fn common_root(folders: &[Folder]) -> String {
-    let first = folders[0].prefix.as_str();
-    let mut common = first;
-    for folder in &folders[1..] {
-        let shared = common
-            .char_indices()
-            .zip(folder.prefix.chars())
-            .take_while(|((_, a), b)| a == b)
-            .last()
-            .map_or(0, |((at, c), _)| at + c.len_utf8());
-        common = &common[..shared];
-    }
-    match common.rfind('/') {
-        Some(slash) => common[..=slash].to_owned(),
-        None => first.to_owned(),
+    match common_folder(folders.iter().map(|f| f.prefix.as_str())) {
+        "" => folders[0].prefix.clone(),
+        root => root.to_owned(),
     }
 }
 

@@ -4,7 +4,7 @@ use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 
 use super::error::{Reason, is_already_gone, is_transient_code};
-use super::{ObjectInfo, ObjectStore, StoreError};
+use super::{ObjectInfo, ObjectStore, StoreError, common_folder};
 use crate::domain::classify::ErrorClass;
 
 const DELETE: &str = "DeleteObjects";
@@ -24,7 +24,7 @@ impl ObjectStore {
         bucket: &str,
         objects: &[ObjectInfo],
     ) -> Result<(), StoreError> {
-        let folder = common_folder(objects);
+        let folder = common_folder(objects.iter().map(|o| o.key.as_str()));
         if objects.is_empty() {
             return Ok(());
         }
@@ -51,25 +51,6 @@ impl ObjectStore {
         crate::metrics::store_request(DELETE, &output, started);
         check_key_errors(bucket, folder, output?.errors())
     }
-}
-
-/// The deepest folder (ending in `/`) holding every key, for error messages; empty for keys
-/// with nothing in common.
-fn common_folder(objects: &[ObjectInfo]) -> &str {
-    let Some((first, rest)) = objects.split_first() else {
-        return "";
-    };
-    let mut common = first.key.as_str();
-    for object in rest {
-        let shared = common
-            .char_indices()
-            .zip(object.key.chars())
-            .take_while(|((_, a), b)| a == b)
-            .last()
-            .map_or(0, |((at, c), _)| at + c.len_utf8());
-        common = &common[..shared];
-    }
-    common.rfind('/').map_or("", |slash| &common[..=slash])
 }
 
 /// Fails on the per-key errors of a DeleteObjects response, ignoring keys already gone. One
@@ -150,28 +131,6 @@ mod tests {
         assert_eq!(err.class(), ErrorClass::Permanent);
         let err = check(&[key_error("a", "AccessDenied")]).unwrap_err();
         assert_eq!(err.class(), ErrorClass::Permanent);
-    }
-
-    fn object(key: &str) -> ObjectInfo {
-        ObjectInfo {
-            key: key.to_owned(),
-            size: 1,
-        }
-    }
-
-    #[test]
-    fn errors_name_the_folder_the_keys_share() {
-        let keys = |keys: &[&str]| keys.iter().map(|k| object(k)).collect::<Vec<_>>();
-        assert_eq!(common_folder(&[]), "");
-        assert_eq!(
-            common_folder(&keys(&["1/a/artifacts/model/f"])),
-            "1/a/artifacts/model/"
-        );
-        assert_eq!(common_folder(&keys(&["1/ab/m/f", "1/ac/m/f"])), "1/");
-        assert_eq!(common_folder(&keys(&["1/a/m/f", "1/a/m/g/h"])), "1/a/m/");
-        assert_eq!(common_folder(&keys(&["1/a", "2/a"])), "");
-        assert_eq!(common_folder(&keys(&["é/a/x", "é/b/x"])), "é/");
-        assert_eq!(common_folder(&keys(&["1/éa/x", "1/éb/x", "1/è"])), "1/");
     }
 
     #[test]

@@ -110,6 +110,24 @@ impl ObjectStore {
     }
 }
 
+/// The deepest folder (ending in `/`) holding every key; empty for keys with nothing in common.
+pub fn common_folder<'k>(keys: impl IntoIterator<Item = &'k str>) -> &'k str {
+    let mut keys = keys.into_iter();
+    let Some(mut common) = keys.next() else {
+        return "";
+    };
+    for key in keys {
+        let shared = common
+            .char_indices()
+            .zip(key.chars())
+            .take_while(|((_, a), b)| a == b)
+            .last()
+            .map_or(0, |((at, c), _)| at + c.len_utf8());
+        common = &common[..shared];
+    }
+    common.rfind('/').map_or("", |slash| &common[..=slash])
+}
+
 /// Settings validation keeps the batch in 1..=1000; clamp anyway so a bad value cannot turn
 /// into an endless loop (0) or requests S3 refuses (> 1000).
 fn batch_size(configured: u16) -> usize {
@@ -127,6 +145,20 @@ mod tests {
         assert_eq!(batch_size(250), 250);
         assert_eq!(batch_size(1000), 1000);
         assert_eq!(batch_size(5000), 1000);
+    }
+
+    #[test]
+    fn the_common_folder_ends_at_a_slash() {
+        assert_eq!(common_folder([]), "");
+        assert_eq!(
+            common_folder(["1/a/artifacts/model/f"]),
+            "1/a/artifacts/model/"
+        );
+        assert_eq!(common_folder(["1/ab/m/f", "1/ac/m/f"]), "1/");
+        assert_eq!(common_folder(["1/a/m/f", "1/a/m/g/h"]), "1/a/m/");
+        assert_eq!(common_folder(["1/a", "2/a"]), "");
+        assert_eq!(common_folder(["é/a/x", "é/b/x"]), "é/");
+        assert_eq!(common_folder(["1/éa/x", "1/éb/x", "1/è"]), "1/");
     }
 
     #[test]
