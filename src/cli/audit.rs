@@ -20,7 +20,7 @@ use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation, Owner};
 use crate::engine::inventory::{PARAM_DELETED, TAG_DELETED};
 use crate::engine::{Engine, PassKind};
-use crate::mlflow::{LoggedModel, MlflowClient, Run};
+use crate::mlflow::{LoggedModel, MlflowClient, Run, RunFields};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
 
@@ -80,7 +80,12 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
         .get_experiment(experiment_id)
         .await
         .with_context(|| format!("reading experiment {experiment_id}"))?;
-    let runs = mlflow.search_runs(experiment_id).await?;
+    let fields = RunFields {
+        metrics: &[],
+        params: &[&settings.mlflow.model_uploaded_param, PARAM_DELETED],
+        tags: &[TAG_DELETED],
+    };
+    let runs = mlflow.search_runs(experiment_id, &fields).await?;
     let models = mlflow.search_logged_models(experiment_id).await?;
 
     let mut findings = Vec::new();

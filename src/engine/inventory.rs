@@ -43,6 +43,16 @@ pub struct InventoryOptions<'a> {
     pub model_uploaded_param: &'a str,
 }
 
+/// The run tags the inventory reads.
+pub const RUN_TAGS: [&str; 2] = [TAG_DELETED, TAG_KEEP];
+
+impl InventoryOptions<'_> {
+    /// The run params the inventory reads.
+    pub fn params(&self) -> [&str; 2] {
+        [self.model_uploaded_param, PARAM_DELETED]
+    }
+}
+
 fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE"))
 }

@@ -34,10 +34,10 @@ use crate::domain::event::Event;
 use crate::domain::location::{LocationRules, Owner};
 use crate::domain::policy::{self, PolicyOverrides};
 use crate::domain::ranking;
-use crate::mlflow::{MlflowClient, MlflowError};
+use crate::mlflow::{MlflowClient, MlflowError, RunFields};
 use crate::settings::{PolicySettings, Settings};
 use crate::store::ObjectStore;
-use inventory::{InventoryOptions, StoredModel};
+use inventory::{InventoryOptions, RUN_TAGS, StoredModel};
 
 /// What kind of pass to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,10 +168,20 @@ impl Engine {
             experiment_id: experiment_id.to_owned(),
             source,
         };
+        let options = InventoryOptions {
+            metric: &policy.metric,
+            model_uploaded_param: &self.model_uploaded_param,
+        };
+        let params = options.params();
+        let fields = RunFields {
+            metrics: &[options.metric],
+            params: &params,
+            tags: &RUN_TAGS,
+        };
         let runs = self
             .retry
             .run("mlflow", "runs/search", || {
-                self.mlflow.search_runs(experiment_id)
+                self.mlflow.search_runs(experiment_id, &fields)
             })
             .await
             .map_err(mlflow_err)?;
@@ -203,15 +213,7 @@ impl Engine {
             .await
             .map_err(mlflow_err)?;
 
-        let inventory = inventory::build(
-            runs,
-            &logged_models,
-            &versions,
-            &InventoryOptions {
-                metric: &policy.metric,
-                model_uploaded_param: &self.model_uploaded_param,
-            },
-        );
+        let inventory = inventory::build(runs, &logged_models, &versions, &options);
         let ranking =
             ranking::rank(inventory.facts, &policy).map_err(|source| PruneError::Ranking {
                 experiment_id: experiment_id.to_owned(),

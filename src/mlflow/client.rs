@@ -349,7 +349,12 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
         let client = MlflowClient::new(&settings(&format!("http://{addr}"))).unwrap();
-        let err = client.search_runs("12").await.unwrap_err();
+        let fields = crate::mlflow::RunFields {
+            metrics: &[],
+            params: &[],
+            tags: &[],
+        };
+        let err = client.search_runs("12", &fields).await.unwrap_err();
         assert!(matches!(err, MlflowError::Timeout { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Transient);
         server.abort();

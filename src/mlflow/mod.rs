@@ -24,4 +24,4 @@ mod wire;
 
 pub use client::MlflowClient;
 pub use error::MlflowError;
-pub use types::{Experiment, LoggedModel, ModelVersion, Run};
+pub use types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};

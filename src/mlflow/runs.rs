@@ -6,18 +6,23 @@ use serde_json::json;
 
 use super::client::{Call, MlflowClient, all_pages};
 use super::error::MlflowError;
-use super::types::Run;
+use super::types::{Run, RunFields};
 use super::wire::SearchRunsResponse;
 
 /// MLflow rejects `runs/search` with `max_results` above this.
 const RUNS_SEARCH_MAX_RESULTS: u32 = 50_000;
 
 impl MlflowClient {
-    /// Every run of the experiment, active and deleted (`run_view_type` `ALL`), all pages.
+    /// Every run of the experiment, active and deleted (`run_view_type` `ALL`), all pages, with
+    /// the metrics, params and tags named in `fields`.
     ///
     /// MLflow answers an empty list, not an error, for an experiment that does not exist.
     #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
-    pub async fn search_runs(&self, experiment_id: &str) -> Result<Vec<Run>, MlflowError> {
+    pub async fn search_runs(
+        &self,
+        experiment_id: &str,
+        fields: &RunFields<'_>,
+    ) -> Result<Vec<Run>, MlflowError> {
         let max_results = self.page_size.min(RUNS_SEARCH_MAX_RESULTS);
         let runs = all_pages(|page_token| async move {
             let call = Call::new("runs/search", format!("experiment {experiment_id}"));
@@ -29,8 +34,9 @@ impl MlflowClient {
                 "page_token": page_token,
             });
             let page: SearchRunsResponse = self.send(call, Method::POST, url, &body).await?;
-            // Converted page by page: the wire form of earlier pages is freed early.
-            let runs = page.runs.into_iter().map(Run::from).collect::<Vec<_>>();
+            // Converted page by page: only the wanted fields outlive the page.
+            let runs = page.runs.into_iter().map(|r| r.into_run(fields));
+            let runs = runs.collect::<Vec<_>>();
             Ok((runs, page.next_page_token))
         })
         .await?;

@@ -15,7 +15,8 @@ pub struct Experiment {
     pub tags: BTreeMap<String, String>,
 }
 
-/// A run with its latest metric values, params, tags and the logged models it output.
+/// A run with its latest metric values, params and tags (those asked for, see [`RunFields`]) and
+/// the logged models it output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
     pub run_id: String,
@@ -37,6 +38,15 @@ pub struct Run {
     pub tags: BTreeMap<String, String>,
     /// Ids of the MLflow 3 logged models this run output (`outputs.model_outputs`).
     pub model_output_ids: Vec<String>,
+}
+
+/// The metrics, params and tags of each run a caller keeps from `runs/search`. MLflow sends
+/// them all; a run logging hundreds of hyperparameters would otherwise hold kilobytes each.
+#[derive(Debug, Clone, Copy)]
+pub struct RunFields<'a> {
+    pub metrics: &'a [&'a str],
+    pub params: &'a [&'a str],
+    pub tags: &'a [&'a str],
 }
 
 /// An MLflow 3 logged model. Its artifacts live under the experiment, not under the run.

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use super::types::{Experiment, LoggedModel, ModelVersion, Run};
+use super::types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};
 
 /// The tag older servers keep the run name in, before `info.run_name` existed.
 const RUN_NAME_TAG: &str = "mlflow.runName";
@@ -142,11 +142,15 @@ pub(crate) struct ModelOutput {
     pub model_id: String,
 }
 
-impl From<WireRun> for Run {
-    fn from(r: WireRun) -> Self {
-        let tags = to_map(r.data.tags);
+impl WireRun {
+    /// The run, with only the metrics, params and tags named in `fields`.
+    pub fn into_run(self, fields: &RunFields) -> Run {
+        let r = self;
         let run_name = non_empty(r.info.run_name)
-            .or_else(|| tags.get(RUN_NAME_TAG).cloned())
+            .or_else(|| {
+                let tag = r.data.tags.iter().find(|t| t.key == RUN_NAME_TAG);
+                tag.map(|t| t.value.clone())
+            })
             .unwrap_or_default();
         Run {
             run_id: non_empty(r.info.run_id)
@@ -163,10 +167,11 @@ impl From<WireRun> for Run {
                 .data
                 .metrics
                 .into_iter()
+                .filter(|m| fields.metrics.contains(&m.key.as_str()))
                 .map(|m| (m.key, m.value))
                 .collect(),
-            params: to_map(r.data.params),
-            tags,
+            params: only(r.data.params, fields.params),
+            tags: only(r.data.tags, fields.tags),
             model_output_ids: r
                 .outputs
                 .model_outputs
@@ -175,6 +180,15 @@ impl From<WireRun> for Run {
                 .collect(),
         }
     }
+}
+
+/// The pairs whose key is one of `keys`.
+fn only(pairs: Vec<KeyValue>, keys: &[&str]) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .filter(|kv| keys.contains(&kv.key.as_str()))
+        .map(|kv| (kv.key, kv.value))
+        .collect()
 }
 
 // ---- logged models ----
@@ -329,11 +343,17 @@ mod tests {
         run: WireRun,
     }
 
+    const FIELDS: RunFields = RunFields {
+        metrics: &["nan", "inf", "ninf", "text", "int", "max", "acc"],
+        params: &["p"],
+        tags: &["mlflow.runName"],
+    };
+
     fn run(json: &str) -> Run {
         serde_json::from_str::<GetRunResponse>(json)
             .unwrap()
             .run
-            .into()
+            .into_run(&FIELDS)
     }
 
     #[test]
@@ -402,6 +422,32 @@ mod tests {
         assert_eq!(run.metric("acc"), Some(0.5));
         assert_eq!(run.params["p"], "1");
         assert_eq!(run.model_output_ids, ["m-a4b9"]);
+    }
+
+    #[test]
+    fn only_the_named_metrics_params_and_tags_are_kept() {
+        let run = serde_json::from_str::<GetRunResponse>(
+            r#"{"run": {"info": {"run_id": "r"}, "data": {
+                "metrics": [{"key": "acc", "value": 0.5}, {"key": "lr", "value": 0.1}],
+                "params": [{"key": "p", "value": "1"}, {"key": "batch", "value": "32"}],
+                "tags": [{"key": "mlflow.runName", "value": "named"},
+                    {"key": "mlflow.user", "value": "u"}]}}}"#,
+        )
+        .unwrap()
+        .run;
+        let fields = RunFields {
+            metrics: &["acc"],
+            params: &[],
+            tags: &["mlflow.user"],
+        };
+        let run = run.into_run(&fields);
+        assert_eq!(run.metrics.keys().collect::<Vec<_>>(), ["acc"]);
+        assert!(run.params.is_empty());
+        assert_eq!(run.tags.keys().collect::<Vec<_>>(), ["mlflow.user"]);
+        assert_eq!(
+            run.run_name, "named",
+            "the name tag is read before filtering"
+        );
     }
 
     #[test]
