@@ -76,7 +76,9 @@ impl Engine {
                     }
                     to_mark.extend(step.finished.into_iter().filter_map(|run| batcher.listing_done(run)));
                     if walk.request().is_some() {
-                        lists.push(self.list_page(experiment_id, planned, walk));
+                        // Back in line: its next page waits, like a new walk, while `width`
+                        // batches wait to be sent.
+                        walks.push_front(walk);
                     }
                 }
                 Some(deleted) = deletes.next() => to_mark.extend(batcher.deleted(&deleted?)),
