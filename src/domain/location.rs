@@ -80,6 +80,32 @@ impl LocationRules {
         sub_path: &str,
         owner: Owner<'_>,
     ) -> Result<ModelLocation, LocationError> {
+        let Place { bucket, segments } = self.place(uri, sub_path)?;
+        if !self.allowed_buckets.contains(&bucket) {
+            return Err(LocationError::BucketNotAllowed {
+                uri: uri.to_owned(),
+                bucket,
+            });
+        }
+        let prefix = if segments.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", segments.join("/"))
+        };
+        let id = owner.id();
+        if id.is_empty() || id.contains('/') || !segments.iter().any(|s| s == id) {
+            return Err(LocationError::TooBroad {
+                uri: uri.to_owned(),
+                prefix,
+                owner: owner.to_string(),
+            });
+        }
+        Ok(ModelLocation { bucket, prefix })
+    }
+
+    /// Where `uri` (then `sub_path` below it) is in the store, `mlflow-artifacts:` mapped
+    /// through the destination, without the checks deletion needs: for comparing locations.
+    pub fn place(&self, uri: &str, sub_path: &str) -> Result<Place, LocationError> {
         let malformed = |reason| LocationError::Malformed {
             uri: uri.to_owned(),
             reason,
@@ -107,36 +133,31 @@ impl LocationRules {
                 uri: uri.to_owned(),
             });
         };
-
-        if !self.allowed_buckets.contains(&bucket) {
-            return Err(LocationError::BucketNotAllowed {
-                uri: uri.to_owned(),
-                bucket,
-            });
-        }
-
         let mut segments = Vec::new();
         for segment in key.split('/').chain(sub_path.split('/')) {
             match segment {
                 "" => {}
                 "." | ".." => return Err(malformed("relative path segments")),
-                s => segments.push(s),
+                s => segments.push(s.to_owned()),
             }
         }
-        let prefix = if segments.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", segments.join("/"))
-        };
-        let id = owner.id();
-        if id.is_empty() || id.contains('/') || !segments.contains(&id) {
-            return Err(LocationError::TooBroad {
-                uri: uri.to_owned(),
-                prefix,
-                owner: owner.to_string(),
-            });
-        }
-        Ok(ModelLocation { bucket, prefix })
+        Ok(Place { bucket, segments })
+    }
+}
+
+/// A place in the store: a bucket and the key's folder names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub bucket: String,
+    pub segments: Vec<String>,
+}
+
+impl Place {
+    /// One place contains the other (same bucket, one's folders start the other's): files
+    /// under one may be files under the other.
+    pub fn overlaps(&self, other: &Place) -> bool {
+        let n = self.segments.len().min(other.segments.len());
+        self.bucket == other.bucket && self.segments[..n] == other.segments[..n]
     }
 }
 
@@ -161,6 +182,21 @@ mod tests {
             bucket: bucket.into(),
             prefix: prefix.into(),
         }
+    }
+
+    #[test]
+    fn places_overlap_when_one_contains_the_other() {
+        let r = rules();
+        let run = r.place("mlflow-artifacts:/12/abc/artifacts", "").unwrap();
+        let model = r.place("s3://mlflow/12/abc/artifacts/model", "").unwrap();
+        let sibling = r.place("s3://mlflow/12/abcd/artifacts", "").unwrap();
+        let other_bucket = r.place("s3://models/12/abc/artifacts", "").unwrap();
+        let experiment = r.place("s3://mlflow/12/", "").unwrap();
+        assert!(run.overlaps(&model) && model.overlaps(&run));
+        assert!(experiment.overlaps(&model));
+        assert!(!run.overlaps(&sibling));
+        assert!(!run.overlaps(&other_bucket));
+        assert!(r.place("gs://mlflow/12", "").is_err());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! Only candidates are ranked: active runs in status `FINISHED` that still have a stored model
 //! and a value for the metric. The first `keep_top` ranks are kept; protected runs below them are
 //! kept in addition; the rest are deleted.
+//!
+//! Each run id is ranked once: a second row for an id (a paged read that repeated it) is
+//! ignored and named in [`Ranking::repeated`], so it can never take a second rank and push a
+//! keeper out of the top N.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -72,6 +76,8 @@ pub enum SkipReason {
     NoModel,
     /// The run never logged the metric: kept and reported (the metric may be misnamed).
     MissingMetric,
+    /// The run shares a logged model with another run that stays: kept this pass.
+    SharedModelKept { model_id: String, run_id: String },
 }
 
 impl fmt::Display for SkipReason {
@@ -82,6 +88,12 @@ impl fmt::Display for SkipReason {
             SkipReason::AlreadyPruned => f.write_str("model already pruned"),
             SkipReason::NoModel => f.write_str("no stored model"),
             SkipReason::MissingMetric => f.write_str("no value for the metric: kept"),
+            SkipReason::SharedModelKept { model_id, run_id } => {
+                write!(
+                    f,
+                    "shares logged model {model_id} with run {run_id}, which stays"
+                )
+            }
         }
     }
 }
@@ -108,6 +120,17 @@ impl Decision {
     }
 }
 
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Keep => f.write_str("keep"),
+            Decision::Delete => f.write_str("delete"),
+            Decision::Protected { protection } => write!(f, "protected: {protection}"),
+            Decision::Skipped { reason } => write!(f, "{reason}"),
+        }
+    }
+}
+
 /// One run in the ranking, with its rank (1-based, among ranked candidates) when it has one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RankedRun {
@@ -125,6 +148,9 @@ pub struct Ranking {
     pub runs: Vec<RankedRun>,
     /// Number of ranked candidates.
     pub ranked: usize,
+    /// Run ids that came more than once; only their first row was ranked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repeated: Vec<String>,
 }
 
 impl Ranking {
@@ -145,6 +171,25 @@ impl Ranking {
                 }
             )
         })
+    }
+
+    /// Takes a run out of the deletions after a fresh look found it must stay (`decision` is
+    /// `Protected` or `Skipped`); its rank stays in the reason. Returns false for a run that was
+    /// not to be deleted.
+    pub fn withdraw(&mut self, run_id: &str, decision: Decision) -> bool {
+        let Some(run) = self
+            .runs
+            .iter_mut()
+            .find(|r| r.run.run_id == run_id && r.decision == Decision::Delete)
+        else {
+            return false;
+        };
+        if matches!(decision, Decision::Keep | Decision::Delete) {
+            return false;
+        }
+        run.reason = format!("{}; {decision}", run.reason);
+        run.decision = decision;
+        true
     }
 
     /// Number of runs with the given decision label.
@@ -170,7 +215,13 @@ pub enum RankingError {
 pub fn rank(runs: Vec<RunFacts>, policy: &RetentionPolicy) -> Result<Ranking, RankingError> {
     let mut ranked = Vec::new();
     let mut skipped = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut repeated = Vec::new();
     for run in runs {
+        if !seen.insert(run.run_id.clone()) {
+            repeated.push(run.run_id);
+            continue;
+        }
         match skip_reason(&run) {
             Some(reason) => skipped.push((run, reason)),
             None => ranked.push(run),
@@ -223,6 +274,7 @@ pub fn rank(runs: Vec<RunFacts>, policy: &RetentionPolicy) -> Result<Ranking, Ra
         policy: policy.clone(),
         runs: out,
         ranked: total,
+        repeated,
     })
 }
 
@@ -503,6 +555,49 @@ mod tests {
         assert_eq!(r.to_delete().count(), 2);
     }
 
+    #[test]
+    fn a_repeated_row_is_ranked_once_and_cannot_push_a_keeper_out() {
+        let best = run("best", Some(0.9), 1);
+        let runs = vec![
+            best.clone(),
+            run("second", Some(0.8), 2),
+            best,
+            run("third", Some(0.1), 3),
+        ];
+        let r = rank(runs, &policy(Direction::Max, 2)).unwrap();
+        assert_eq!(
+            decisions(&r),
+            [("best", "keep"), ("second", "keep"), ("third", "delete")]
+        );
+        assert_eq!(r.ranked, 3);
+        assert_eq!(r.repeated, ["best"]);
+        assert_eq!(r.runs[2].reason, "rank 3 of 3 by accuracy max, keep_top 2");
+    }
+
+    #[test]
+    fn withdrawing_a_deletion_keeps_the_rank_in_the_reason() {
+        let runs = vec![run("a", Some(0.9), 1), run("b", Some(0.1), 2)];
+        let mut r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let protected = Decision::Protected {
+            protection: Protection::KeepTag,
+        };
+        assert!(
+            !r.withdraw("a", protected.clone()),
+            "a kept run is not withdrawn"
+        );
+        assert!(r.withdraw("b", protected.clone()));
+        assert_eq!(r.runs[1].decision, protected);
+        assert_eq!(
+            r.runs[1].reason,
+            "rank 2 of 2 by accuracy max, keep_top 1; protected: tagged model_pruner.keep = true"
+        );
+        assert_eq!(r.to_delete().count(), 0);
+        let skipped = Decision::Skipped {
+            reason: SkipReason::NotActive,
+        };
+        assert!(!r.withdraw("b", skipped), "withdrawn once");
+    }
+
     fn arb_run() -> impl Strategy<Value = RunFacts> {
         (
             "[a-f0-9]{4}",
@@ -589,6 +684,38 @@ mod tests {
             }
             // Every input run appears exactly once.
             prop_assert_eq!(r.runs.len(), runs.len());
+        }
+
+        /// Pages read while MLflow is written to may repeat rows and come in any order: the
+        /// ranking of such a read is the ranking of the distinct runs.
+        #[test]
+        fn repeated_and_reordered_pages_rank_like_the_distinct_runs(
+            runs in proptest::collection::vec(arb_run(), 1..40).prop_map(unique),
+            repeats in proptest::collection::vec(any::<prop::sample::Index>(), 0..20),
+            keep_top in 0u32..8,
+            seed in any::<u64>(),
+        ) {
+            let p = policy(Direction::Max, keep_top);
+            let mut paged = runs.clone();
+            paged.extend(repeats.iter().map(|i| runs[i.index(runs.len())].clone()));
+            let n = paged.len();
+            for i in 0..n {
+                let j = (seed as usize).wrapping_mul(i + 3) % n;
+                paged.swap(i, j);
+            }
+            let project = |r: Result<Ranking, RankingError>| {
+                r.map(|r| {
+                    r.runs
+                        .iter()
+                        .map(|x| (x.run.run_id.clone(), x.rank, x.decision.clone(), x.reason.clone()))
+                        .collect::<Vec<_>>()
+                })
+            };
+            let ranked = rank(paged, &p);
+            if let Ok(r) = &ranked {
+                prop_assert_eq!(r.repeated.len(), repeats.len());
+            }
+            prop_assert_eq!(project(ranked), project(rank(runs, &p)));
         }
     }
 }

@@ -15,6 +15,8 @@ use crate::store::{ObjectInfo, Usage};
 pub struct Batch {
     pub bucket: String,
     pub objects: Vec<ObjectInfo>,
+    /// The run (by index) of each object.
+    owners: Vec<usize>,
     /// Runs (by index) with keys in this batch, and how much of each.
     members: Vec<(usize, Usage)>,
 }
@@ -24,6 +26,7 @@ impl Batch {
         Batch {
             bucket: bucket.to_owned(),
             objects: Vec::new(),
+            owners: Vec::new(),
             members: Vec::new(),
         }
     }
@@ -31,6 +34,19 @@ impl Batch {
     /// The runs (by index) with keys in this batch.
     pub fn runs(&self) -> impl Iterator<Item = usize> + '_ {
         self.members.iter().map(|(run, _)| *run)
+    }
+
+    /// Takes `run`'s keys out of the batch.
+    fn remove(&mut self, run: usize) {
+        let mut owners = self.owners.iter();
+        self.objects
+            .retain(|_| owners.next().is_some_and(|owner| *owner != run));
+        self.owners.retain(|owner| *owner != run);
+        self.members.retain(|(member, _)| *member != run);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty()
     }
 }
 
@@ -42,6 +58,8 @@ struct RunProgress {
     batches_pending: usize,
     freed: Usage,
     complete: bool,
+    /// Taken out of the pass: its keys are dropped and it never completes.
+    withdrawn: bool,
 }
 
 /// The batching state of one pass. Runs are numbered by their index in the pass's plan.
@@ -79,6 +97,9 @@ impl Batcher {
     /// Files listed in one of `run`'s folders; returns the batches this filled up.
     pub fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<Batch> {
         let mut full = Vec::new();
+        if self.runs[run].withdrawn {
+            return full;
+        }
         for object in objects {
             let batch = self
                 .open
@@ -86,6 +107,7 @@ impl Batcher {
                 .or_insert_with(|| Batch::new(bucket));
             let size = object.size;
             batch.objects.push(object);
+            batch.owners.push(run);
             // The run is nearly always the last member: search from the end.
             match batch.members.iter_mut().rev().find(|(r, _)| *r == run) {
                 Some((_, usage)) => {
@@ -124,6 +146,19 @@ impl Batcher {
         std::mem::take(&mut self.open).into_values().collect()
     }
 
+    /// Takes `run` out of the pass, before any of its keys were sent: its keys leave the open
+    /// batches and `batches` (batches taken from the batcher but not sent yet), those left
+    /// empty are dropped, and later listings of its folders add nothing.
+    pub fn withdraw(&mut self, run: usize, batches: &mut Vec<Batch>) {
+        self.runs[run].withdrawn = true;
+        self.runs[run].batches_pending = 0;
+        for batch in self.open.values_mut().chain(batches.iter_mut()) {
+            batch.remove(run);
+        }
+        self.open.retain(|_, batch| !batch.is_empty());
+        batches.retain(|batch| !batch.is_empty());
+    }
+
     /// A batch was deleted; returns the runs it completed, with what was freed for each.
     pub fn deleted(&mut self, batch: &Batch) -> Vec<(usize, Usage)> {
         batch
@@ -145,7 +180,7 @@ impl Batcher {
     fn complete_if_done(&mut self, run: usize) -> Option<(usize, Usage)> {
         let progress = &mut self.runs[run];
         let done = progress.listings_left == 0 && progress.batches_pending == 0;
-        if !done || progress.complete {
+        if !done || progress.complete || progress.withdrawn {
             return None;
         }
         progress.complete = true;
@@ -175,6 +210,29 @@ mod tests {
 
     fn keys(batch: &Batch) -> Vec<&str> {
         batch.objects.iter().map(|o| o.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_withdrawn_run_leaves_held_and_open_batches_and_never_completes() {
+        let mut b = Batcher::new(3, [1, 1]);
+        assert!(b.add(0, "mlflow", files(0, 2)).is_empty());
+        let mut held = b.add(1, "mlflow", files(1, 2));
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].runs().collect::<Vec<_>>(), [0, 1]);
+        b.withdraw(1, &mut held);
+        assert_eq!(
+            keys(&held[0]),
+            ["1/run0/artifacts/model/f0", "1/run0/artifacts/model/f1"]
+        );
+        assert_eq!(held[0].runs().collect::<Vec<_>>(), [0]);
+        assert!(b.flush().is_empty(), "run 1's last key left the open batch");
+        assert!(
+            b.add(1, "mlflow", files(1, 5)).is_empty(),
+            "later listings add nothing"
+        );
+        assert_eq!(b.listing_done(1), None);
+        assert_eq!(b.listing_done(0), None);
+        assert_eq!(b.deleted(&held[0]), [(0, usage(2))]);
     }
 
     #[test]

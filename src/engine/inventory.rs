@@ -1,10 +1,10 @@
 //! Turns what MLflow says about an experiment (runs, logged models, registry versions) into the
 //! facts ranking needs and the models each run still stores. Pure: no I/O.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::domain::ranking::{Protection, RunFacts};
-use crate::mlflow::{LoggedModel, ModelVersion, Run};
+use crate::mlflow::{LoggedModel, Run};
 
 /// Tag written on runs and logged models once their files are gone.
 pub const TAG_DELETED: &str = "model_pruner.deleted";
@@ -35,6 +35,19 @@ pub struct Inventory {
     pub facts: Vec<RunFacts>,
     /// Models still stored, per run id.
     pub models: HashMap<String, Vec<StoredModel>>,
+    /// Every run each logged model is linked to: its source run and the runs that output it.
+    pub links: HashMap<String, BTreeSet<String>>,
+    /// What a registry version may point at, per run with a stored model.
+    pub sources: HashMap<String, ModelSources>,
+}
+
+/// Where a run's models live, for matching registry versions against: the run's artifact root
+/// and every logged model linked to the run (stored or already pruned).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelSources {
+    pub artifact_uri: String,
+    /// `(model_id, artifact_uri)`.
+    pub logged_models: Vec<(String, String)>,
 }
 
 /// Options that shape how runs are read.
@@ -53,16 +66,22 @@ impl InventoryOptions<'_> {
     }
 }
 
-fn is_true(value: Option<&String>) -> bool {
+/// A flag value MLflow users write for true.
+pub fn is_true(value: Option<&String>) -> bool {
     value.is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE"))
 }
 
+/// The run is marked pruned (tag `model_pruner.deleted` or param `model_deleted`).
+pub fn is_pruned(run: &Run) -> bool {
+    is_true(run.tags.get(TAG_DELETED)) || is_true(run.params.get(PARAM_DELETED))
+}
+
 /// Builds the inventory of `runs`, linking logged models by `outputs.model_outputs` and by
-/// `source_run_id`, and protecting runs whose models back a registry version.
+/// `source_run_id`. Registry versions are not read here: they are looked up for the runs about
+/// to be deleted, just before their files go (see `guard`).
 pub fn build(
     runs: Vec<Run>,
     logged_models: &[LoggedModel],
-    versions: &[ModelVersion],
     options: &InventoryOptions<'_>,
 ) -> Inventory {
     let models_by_id: HashMap<&str, &LoggedModel> = logged_models
@@ -70,12 +89,17 @@ pub fn build(
         .map(|m| (m.model_id.as_str(), m))
         .collect();
     let mut models_by_run: HashMap<&str, BTreeMap<&str, &LoggedModel>> = HashMap::new();
+    let mut links: HashMap<String, BTreeSet<String>> = HashMap::new();
     for m in logged_models {
         if let Some(run_id) = m.source_run_id.as_deref() {
             models_by_run
                 .entry(run_id)
                 .or_default()
                 .insert(&m.model_id, m);
+            links
+                .entry(m.model_id.clone())
+                .or_default()
+                .insert(run_id.to_owned());
         }
     }
     for run in &runs {
@@ -85,11 +109,18 @@ pub fn build(
                     .entry(&run.run_id)
                     .or_default()
                     .insert(&m.model_id, m);
+                links
+                    .entry(m.model_id.clone())
+                    .or_default()
+                    .insert(run.run_id.clone());
             }
         }
     }
 
-    let mut inventory = Inventory::default();
+    let mut inventory = Inventory {
+        links,
+        ..Inventory::default()
+    };
     for run in &runs {
         let logged = models_by_run.get(run.run_id.as_str());
         let mut models: Vec<StoredModel> = logged
@@ -106,12 +137,6 @@ pub fn build(
                 artifact_uri: run.artifact_uri.clone(),
             });
         }
-        let protection = registered_version(run, logged, versions)
-            .map(|v| Protection::Registered {
-                name: v.name.clone(),
-                version: v.version.clone(),
-            })
-            .or_else(|| is_true(run.tags.get(TAG_KEEP)).then_some(Protection::KeepTag));
         inventory.facts.push(RunFacts {
             run_id: run.run_id.clone(),
             run_name: run.run_name.clone(),
@@ -120,42 +145,24 @@ pub fn build(
             end_time: run.end_time,
             metric: run.metrics.get(options.metric).copied(),
             has_model: !models.is_empty(),
-            pruned: is_true(run.tags.get(TAG_DELETED)) || is_true(run.params.get(PARAM_DELETED)),
-            protection,
+            pruned: is_pruned(run),
+            protection: is_true(run.tags.get(TAG_KEEP)).then_some(Protection::KeepTag),
         });
         if !models.is_empty() {
             inventory.models.insert(run.run_id.clone(), models);
+            let logged_models = logged
+                .into_iter()
+                .flat_map(|m| m.values())
+                .map(|m| (m.model_id.clone(), m.artifact_uri.clone()))
+                .collect();
+            let sources = ModelSources {
+                artifact_uri: run.artifact_uri.clone(),
+                logged_models,
+            };
+            inventory.sources.insert(run.run_id.clone(), sources);
         }
     }
     inventory
-}
-
-/// The first registry version whose source is this run or one of its logged models.
-fn registered_version<'v>(
-    run: &Run,
-    logged: Option<&BTreeMap<&str, &LoggedModel>>,
-    versions: &'v [ModelVersion],
-) -> Option<&'v ModelVersion> {
-    let run_source = format!("runs:/{}/", run.run_id);
-    let owns_model = |id: &str| logged.is_some_and(|m| m.contains_key(id));
-    let under = |source: &str, root: &str| {
-        !root.is_empty()
-            && (source == root
-                || source
-                    .strip_prefix(root)
-                    .is_some_and(|rest| rest.starts_with('/') || root.ends_with('/')))
-    };
-    versions.iter().find(|v| {
-        v.run_id.as_deref() == Some(run.run_id.as_str())
-            || v.source.starts_with(&run_source)
-            || v.source == run_source.trim_end_matches('/')
-            || v.model_id.as_deref().is_some_and(owns_model)
-            || v.source
-                .strip_prefix("models:/")
-                .is_some_and(|id| owns_model(id.trim_end_matches('/')))
-            || under(&v.source, &run.artifact_uri)
-            || logged.is_some_and(|m| m.values().any(|m| under(&v.source, &m.artifact_uri)))
-    })
 }
 
 #[cfg(test)]
@@ -191,16 +198,6 @@ mod tests {
         }
     }
 
-    fn version(source: &str, run_id: Option<&str>, model_id: Option<&str>) -> ModelVersion {
-        ModelVersion {
-            name: "reg".into(),
-            version: "1".into(),
-            source: source.into(),
-            run_id: run_id.map(str::to_owned),
-            model_id: model_id.map(str::to_owned),
-        }
-    }
-
     const OPTS: InventoryOptions<'static> = InventoryOptions {
         metric: "acc",
         model_uploaded_param: "model_uploaded",
@@ -214,7 +211,7 @@ mod tests {
 
     #[test]
     fn classic_marker_param_gives_a_classic_model() {
-        let inv = build(vec![classic("a"), run("b")], &[], &[], &OPTS);
+        let inv = build(vec![classic("a"), run("b")], &[], &OPTS);
         assert_eq!(
             inv.models["a"],
             [StoredModel::Classic {
@@ -235,7 +232,7 @@ mod tests {
             logged("m-2", Some("a")),
             logged("m-3", Some("z")),
         ];
-        let inv = build(vec![a], &models, &[], &OPTS);
+        let inv = build(vec![a], &models, &OPTS);
         let ids: Vec<_> = inv.models["a"]
             .iter()
             .map(|m| match m {
@@ -250,7 +247,7 @@ mod tests {
     fn logged_models_already_marked_deleted_are_not_stored() {
         let mut m = logged("m-1", Some("a"));
         m.tags.insert(TAG_DELETED.into(), "true".into());
-        let inv = build(vec![run("a")], &[m], &[], &OPTS);
+        let inv = build(vec![run("a")], &[m], &OPTS);
         assert!(!inv.facts[0].has_model);
     }
 
@@ -260,7 +257,7 @@ mod tests {
         a.tags.insert(TAG_DELETED.into(), "true".into());
         let mut b = classic("b");
         b.params.insert(PARAM_DELETED.into(), "1".into());
-        let inv = build(vec![a, b, classic("c")], &[], &[], &OPTS);
+        let inv = build(vec![a, b, classic("c")], &[], &OPTS);
         let pruned: Vec<_> = inv.facts.iter().map(|f| f.pruned).collect();
         assert_eq!(pruned, [true, true, false]);
     }
@@ -269,56 +266,26 @@ mod tests {
     fn keep_tag_protects() {
         let mut a = classic("a");
         a.tags.insert(TAG_KEEP.into(), "true".into());
-        let inv = build(vec![a], &[], &[], &OPTS);
+        let inv = build(vec![a], &[], &OPTS);
         assert_eq!(inv.facts[0].protection, Some(Protection::KeepTag));
     }
 
     #[test]
-    fn registry_versions_protect_by_every_kind_of_source() {
-        let cases = [
-            version("runs:/a/model", None, None),
-            version("runs:/a", None, None),
-            version("s3://elsewhere/x", Some("a"), None),
-            version("models:/m-1", None, None),
-            version("s3://x/y", None, Some("m-1")),
-            version("s3://mlflow/1/a/artifacts/model", None, None),
-            version("s3://mlflow/1/models/m-1/artifacts", None, None),
-            version("mlflow-artifacts:/1/models/m-1/artifacts/", None, None),
-        ];
-        for v in cases {
-            let mut a = classic("a");
-            a.model_output_ids = vec!["m-1".into()];
-            let mut models = vec![logged("m-1", Some("a"))];
-            if v.source.starts_with("mlflow-artifacts") {
-                models[0].artifact_uri = "mlflow-artifacts:/1/models/m-1/artifacts".into();
+    fn links_name_every_run_of_a_shared_logged_model() {
+        let mut a = run("a");
+        a.model_output_ids = vec!["m-1".into()];
+        let mut b = run("b");
+        b.model_output_ids = vec!["m-1".into()];
+        let inv = build(vec![a, b], &[logged("m-1", Some("z"))], &OPTS);
+        let linked: Vec<_> = inv.links["m-1"].iter().map(String::as_str).collect();
+        assert_eq!(linked, ["a", "b", "z"]);
+        assert_eq!(
+            inv.sources["a"],
+            ModelSources {
+                artifact_uri: "s3://mlflow/1/a/artifacts".into(),
+                logged_models: vec![("m-1".into(), "s3://mlflow/1/models/m-1/artifacts".into())],
             }
-            let inv = build(vec![a], &models, std::slice::from_ref(&v), &OPTS);
-            assert!(
-                matches!(inv.facts[0].protection, Some(Protection::Registered { .. })),
-                "{v:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn registry_versions_of_other_runs_do_not_protect() {
-        let cases = [
-            version("runs:/ab/model", Some("ab"), None),
-            version("models:/m-10", None, Some("m-10")),
-            version("s3://mlflow/1/ab/artifacts/model", None, None),
-            version("s3://mlflow/1/a/artifactsX", None, None),
-        ];
-        for v in cases {
-            let mut a = classic("a");
-            a.model_output_ids = vec!["m-1".into()];
-            let inv = build(
-                vec![a],
-                &[logged("m-1", Some("a"))],
-                std::slice::from_ref(&v),
-                &OPTS,
-            );
-            assert_eq!(inv.facts[0].protection, None, "{v:?}");
-        }
+        );
     }
 
     #[test]
@@ -326,7 +293,7 @@ mod tests {
         let mut a = classic("a");
         a.lifecycle_stage = "deleted".into();
         a.status = "RUNNING".into();
-        let inv = build(vec![a], &[], &[], &OPTS);
+        let inv = build(vec![a], &[], &OPTS);
         assert!(!inv.facts[0].active);
         assert_eq!(inv.facts[0].status, "RUNNING");
     }

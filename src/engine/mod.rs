@@ -7,7 +7,9 @@
 //! any point is completed by the next one.
 //!
 //! # Layout
-//! - `mod.rs`: [`Engine::run_pass`]: read MLflow, rank, resolve every location, then prune.
+//! - `mod.rs`: [`Engine::run_pass`]: read MLflow, rank, resolve every location, confirm, prune.
+//! - `confirm.rs`, `guard.rs`: the last look before files go: the planned runs read again and
+//!   the registry versions pointing at them looked up (I/O), and what still stands (pure).
 //! - `prune.rs`: the deletion pipeline: list folders, delete keys in batches, mark runs.
 //! - `walk.rs`, `batch.rs`: its pure parts: which keys each listing takes, how keys of several
 //!   runs are packed into batches and when a run's files are all gone.
@@ -15,14 +17,16 @@
 //! - `retry.rs`, `report.rs`, `error.rs`: in-process retries, the pass report, [`PruneError`].
 
 mod batch;
+mod confirm;
 mod error;
+mod guard;
 pub mod inventory;
 mod prune;
 mod report;
 mod retry;
 mod walk;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use tracing::{info, instrument};
 
@@ -37,6 +41,8 @@ use crate::domain::ranking;
 use crate::mlflow::{MlflowClient, MlflowError, RunFields};
 use crate::settings::{PolicySettings, Settings};
 use crate::store::ObjectStore;
+use confirm::Depth;
+use guard::Share;
 use inventory::{InventoryOptions, RUN_TAGS, StoredModel};
 
 /// What kind of pass to run.
@@ -205,30 +211,17 @@ impl Engine {
             })
             .await
             .map_err(mlflow_err)?;
-        let versions = self
-            .retry
-            .run("mlflow", "model-versions/search", || {
-                self.mlflow.search_model_versions(None)
-            })
-            .await
-            .map_err(mlflow_err)?;
 
-        let inventory = inventory::build(runs, &logged_models, &versions, &options);
-        let ranking =
-            ranking::rank(inventory.facts, &policy).map_err(|source| PruneError::Ranking {
-                experiment_id: experiment_id.to_owned(),
-                source,
+        let mut inventory = inventory::build(runs, &logged_models, &options);
+        let mut ranking =
+            ranking::rank(std::mem::take(&mut inventory.facts), &policy).map_err(|source| {
+                PruneError::Ranking {
+                    experiment_id: experiment_id.to_owned(),
+                    source,
+                }
             })?;
-
-        let planned = self.plan_deletions(experiment_id, &ranking, &inventory.models)?;
-        let forced = matches!(req.kind, PassKind::Sweep { force: true, .. });
-        let max = self.defaults.max_deletions_per_pass;
-        if !forced && planned.len() > max as usize {
-            return Err(PruneError::SafetyValve {
-                experiment_id: experiment_id.to_owned(),
-                count: planned.len(),
-                max,
-            });
+        if !ranking.repeated.is_empty() {
+            tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
         }
         for run in ranking.missing_metric() {
             tracing::warn!(
@@ -238,9 +231,49 @@ impl Engine {
             );
         }
 
+        let mut planned = self.plan_deletions(experiment_id, &ranking, &inventory)?;
+        // A first look before the safety valve counts: registered runs are not deletions. A dry
+        // run's look is as thorough as the one a real pass makes before each run's files go.
+        let depth = if req.dry_run {
+            Depth::Full
+        } else {
+            Depth::RunIds
+        };
+        let all: Vec<usize> = (0..planned.len()).collect();
+        let verdicts = self
+            .confirm(
+                experiment_id,
+                &planned,
+                &all,
+                &HashMap::new(),
+                &inventory.sources,
+                &options,
+                depth,
+            )
+            .await?;
+        let withdrawn: HashSet<usize> = verdicts
+            .into_iter()
+            .filter_map(|(at, verdict)| {
+                let decision = verdict?;
+                ranking.withdraw(&planned[at].run_id, decision);
+                Some(at)
+            })
+            .collect();
+        let mut at = 0..;
+        planned.retain(|_| !withdrawn.contains(&at.next().expect("endless")));
+        let forced = matches!(req.kind, PassKind::Sweep { force: true, .. });
+        let max = self.defaults.max_deletions_per_pass;
+        if !forced && planned.len() > max as usize {
+            return Err(PruneError::SafetyValve {
+                experiment_id: experiment_id.to_owned(),
+                count: planned.len(),
+                max,
+            });
+        }
+
         let mut report = PassReport {
             experiment_id: experiment_id.to_owned(),
-            policy,
+            policy: policy.clone(),
             ranking,
             planned,
             pruned: Vec::new(),
@@ -252,7 +285,14 @@ impl Engine {
             return Ok(report);
         }
 
-        report.pruned = self.prune(experiment_id, &report.planned).await?;
+        let pruned = self
+            .prune(experiment_id, &report.planned, &inventory.sources, &options)
+            .await?;
+        for (run_id, decision) in pruned.withdrawn {
+            report.ranking.withdraw(&run_id, decision);
+            report.planned.retain(|p| p.run_id != run_id);
+        }
+        report.pruned = pruned.runs;
 
         if let PassKind::Sweep {
             delete_experiment: true,
@@ -276,51 +316,76 @@ impl Engine {
     }
 
     /// Resolves every location to delete before anything is deleted, so a refused location
-    /// leaves the whole experiment untouched.
+    /// leaves the whole experiment untouched. A logged model linked to several runs is planned
+    /// only when all of them are pruned, by the last of them in plan order.
     fn plan_deletions(
         &self,
         experiment_id: &str,
         ranking: &ranking::Ranking,
-        models: &std::collections::HashMap<String, Vec<StoredModel>>,
+        inventory: &inventory::Inventory,
     ) -> Result<Vec<PlannedDeletion>, PruneError> {
+        let deleting: HashMap<&str, usize> = ranking
+            .to_delete()
+            .enumerate()
+            .map(|(at, r)| (r.run.run_id.as_str(), at))
+            .collect();
+        let pruned: HashSet<&str> = ranking
+            .runs
+            .iter()
+            .filter(|r| r.run.pruned)
+            .map(|r| r.run.run_id.as_str())
+            .collect();
+        let no_links = BTreeSet::new();
         ranking
             .to_delete()
             .map(|r| {
                 let run_id = &r.run.run_id;
-                let locations = models
-                    .get(run_id)
-                    .into_iter()
-                    .flatten()
-                    .map(|m| {
-                        let (uri, sub, owner, model_id) = match m {
-                            StoredModel::Logged {
-                                model_id,
-                                artifact_uri,
-                            } => (
+                let mut shared_with = BTreeMap::new();
+                let mut locations = Vec::new();
+                for model in inventory.models.get(run_id).into_iter().flatten() {
+                    let (uri, sub, owner, model_id) = match model {
+                        StoredModel::Logged {
+                            model_id,
+                            artifact_uri,
+                        } => {
+                            let linked = inventory.links.get(model_id).unwrap_or(&no_links);
+                            match guard::share(run_id, linked, &deleting, &pruned) {
+                                Share::Carry { with } if !with.is_empty() => {
+                                    shared_with.insert(model_id.clone(), with);
+                                }
+                                Share::Carry { .. } => {}
+                                Share::CarriedBy(_) => continue,
+                                Share::KeptFor(keeper) => {
+                                    tracing::info!(%run_id, %model_id, %keeper, "shared logged model kept for another run");
+                                    continue;
+                                }
+                            }
+                            (
                                 artifact_uri,
                                 "",
                                 Owner::LoggedModel(model_id),
                                 Some(model_id.clone()),
-                            ),
-                            StoredModel::Classic { artifact_uri } => {
-                                (artifact_uri, "model", Owner::Run(run_id), None)
-                            }
-                        };
-                        self.rules
-                            .resolve(uri, sub, owner)
-                            .map(|l| (l, model_id))
-                            .map_err(|source| PruneError::Location {
-                                experiment_id: experiment_id.to_owned(),
-                                run_id: run_id.clone(),
-                                source,
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
+                            )
+                        }
+                        StoredModel::Classic { artifact_uri } => {
+                            (artifact_uri, "model", Owner::Run(run_id), None)
+                        }
+                    };
+                    let location = self.rules.resolve(uri, sub, owner).map_err(|source| {
+                        PruneError::Location {
+                            experiment_id: experiment_id.to_owned(),
+                            run_id: run_id.clone(),
+                            source,
+                        }
+                    })?;
+                    locations.push((location, model_id));
+                }
                 Ok(PlannedDeletion {
                     run_id: run_id.clone(),
                     run_name: r.run.run_name.clone(),
                     reason: r.reason.clone(),
                     locations,
+                    shared_with,
                 })
             })
             .collect()

@@ -14,21 +14,50 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
+use std::collections::HashMap;
+
 use super::batch::{Batch, Batcher};
-use super::inventory::{PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON};
+use super::confirm::Depth;
+use super::inventory::{
+    InventoryOptions, ModelSources, PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON,
+};
 use super::walk::{self, Walk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun};
+use crate::domain::ranking::Decision;
 use crate::store::{Page, Usage};
+
+/// Where a planned run stands with the last look before its files go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    /// Nothing of it is about to go yet.
+    Pending,
+    /// Waiting for, or in, a look.
+    Asked,
+    Confirmed,
+    Withdrawn,
+}
+
+/// What the pipeline did.
+pub(super) struct Pruned {
+    /// The runs whose files are gone and that are marked, in plan order.
+    pub runs: Vec<PrunedRun>,
+    /// Runs the last look kept, with the decision that replaces `Delete`.
+    pub withdrawn: Vec<(String, Decision)>,
+}
 
 impl Engine {
     /// Deletes every file of the planned runs, then marks each run and its logged models.
-    /// Returns the pruned runs in plan order. On an error the pass stops; runs already marked
-    /// stay marked and the next pass completes the rest.
+    /// Before the first key of a run is sent (or the run is marked, if it has none), the run
+    /// gets a last look ([`Engine::confirm`]): a run found protected, unfinished or sharing a
+    /// model with a run that stays keeps every file. On an error the pass stops; runs already
+    /// marked stay marked and the next pass completes the rest.
     pub(super) async fn prune(
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-    ) -> Result<Vec<PrunedRun>, PruneError> {
+        sources: &HashMap<String, ModelSources>,
+        options: &InventoryOptions<'_>,
+    ) -> Result<Pruned, PruneError> {
         let width = self.parallel_deletions.max(1);
         let mut batcher = Batcher::new(
             self.store.batch_size(),
@@ -39,24 +68,87 @@ impl Engine {
             .enumerate()
             .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
         let mut walks: VecDeque<Walk> = walk::plan(folders, width).into();
+        let index: HashMap<&str, usize> = planned
+            .iter()
+            .enumerate()
+            .map(|(at, p)| (p.run_id.as_str(), at))
+            .collect();
+        let mut looks = vec![Look::Pending; planned.len()];
+        let mut asked: Vec<usize> = Vec::new();
+        let mut confirming = FuturesUnordered::new();
+        let mut held: Vec<Batch> = Vec::new();
         let mut lists = FuturesUnordered::new();
         let mut batches: VecDeque<Batch> = VecDeque::new();
         let mut deletes = FuturesUnordered::new();
-        let mut to_mark: VecDeque<(usize, Usage)> = batcher.complete_without_folders().into();
+        let mut unconfirmed_marks: Vec<(usize, Usage)> = batcher.complete_without_folders();
+        let mut to_mark: VecDeque<(usize, Usage)> = VecDeque::new();
         let mut marks = FuturesUnordered::new();
         let mut pruned: Vec<(usize, PrunedRun)> = Vec::with_capacity(planned.len());
+        let mut withdrawn: Vec<(String, Decision)> = Vec::new();
+        // Asks for a look at `run` and at the runs of the pass its shared models go with.
+        let ask = |run: usize, looks: &mut [Look], asked: &mut Vec<usize>| {
+            let sharers = planned[run].shared_with.values().flatten();
+            let sharers = sharers.filter_map(|id| index.get(id.as_str()).copied());
+            for at in std::iter::once(run).chain(sharers) {
+                if looks[at] == Look::Pending {
+                    looks[at] = Look::Asked;
+                    asked.push(at);
+                }
+            }
+        };
+        for &(run, _) in &unconfirmed_marks {
+            ask(run, &mut looks, &mut asked);
+        }
 
         loop {
             while lists.len() < width
-                && batches.len() < width
+                && batches.len() + held.len() < width
                 && let Some(walk) = walks.pop_front()
             {
                 lists.push(self.list_page(experiment_id, planned, walk));
             }
             if walks.is_empty() && lists.is_empty() {
                 // Nothing more will be listed: send the partly filled batches too.
-                batches.extend(batcher.flush());
+                for batch in batcher.flush() {
+                    batch
+                        .runs()
+                        .for_each(|run| ask(run, &mut looks, &mut asked));
+                    held.push(batch);
+                }
             }
+            if confirming.is_empty() && !asked.is_empty() {
+                let group = std::mem::take(&mut asked);
+                let settled: HashMap<&str, bool> = looks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, look)| matches!(look, Look::Confirmed | Look::Withdrawn))
+                    .map(|(at, look)| (planned[at].run_id.as_str(), *look == Look::Confirmed))
+                    .collect();
+                confirming.push(async move {
+                    self.confirm(
+                        experiment_id,
+                        planned,
+                        &group,
+                        &settled,
+                        sources,
+                        options,
+                        Depth::Full,
+                    )
+                    .await
+                });
+            }
+            // Batches whose runs all passed their look go; marks likewise.
+            let (ready, waiting): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut held)
+                .into_iter()
+                .partition(|batch| batch.runs().all(|run| looks[run] == Look::Confirmed));
+            batches.extend(ready);
+            held = waiting;
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut unconfirmed_marks)
+                .into_iter()
+                .partition(|(run, _)| looks[*run] == Look::Confirmed);
+            to_mark.extend(ready);
+            unconfirmed_marks = waiting;
+
             while deletes.len() < width
                 && let Some(batch) = batches.pop_front()
             {
@@ -72,13 +164,32 @@ impl Engine {
                     let (mut walk, page) = listed?;
                     let step = walk.page(page.objects, page.more);
                     for (run, objects) in step.taken {
-                        batches.extend(batcher.add(run, walk.bucket(), objects));
+                        for batch in batcher.add(run, walk.bucket(), objects) {
+                            batch.runs().for_each(|run| ask(run, &mut looks, &mut asked));
+                            held.push(batch);
+                        }
                     }
-                    to_mark.extend(step.finished.into_iter().filter_map(|run| batcher.listing_done(run)));
+                    for done in step.finished.into_iter().filter_map(|run| batcher.listing_done(run)) {
+                        ask(done.0, &mut looks, &mut asked);
+                        unconfirmed_marks.push(done);
+                    }
                     if walk.request().is_some() {
                         // Back in line: its next page waits, like a new walk, while `width`
                         // batches wait to be sent.
                         walks.push_front(walk);
+                    }
+                }
+                Some(verdicts) = confirming.next() => {
+                    for (run, verdict) in verdicts? {
+                        match verdict {
+                            None => looks[run] = Look::Confirmed,
+                            Some(decision) => {
+                                looks[run] = Look::Withdrawn;
+                                batcher.withdraw(run, &mut held);
+                                info!(run_id = %planned[run].run_id, reason = %decision, "kept after a last look");
+                                withdrawn.push((planned[run].run_id.clone(), decision));
+                            }
+                        }
                     }
                 }
                 Some(deleted) = deletes.next() => to_mark.extend(batcher.deleted(&deleted?)),
@@ -86,9 +197,16 @@ impl Engine {
                 else => break,
             }
         }
-        debug_assert_eq!(pruned.len(), planned.len(), "every planned run is marked");
+        debug_assert_eq!(
+            pruned.len() + withdrawn.len(),
+            planned.len(),
+            "every planned run is marked or withdrawn"
+        );
         pruned.sort_unstable_by_key(|(run, _)| *run);
-        Ok(pruned.into_iter().map(|(_, run)| run).collect())
+        Ok(Pruned {
+            runs: pruned.into_iter().map(|(_, run)| run).collect(),
+            withdrawn,
+        })
     }
 
     /// Lists the next page of a walk, retrying transient failures.

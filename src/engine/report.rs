@@ -1,5 +1,7 @@
 //! What a pass decided and did, for logs, metrics, the CLI and tests.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::domain::location::ModelLocation;
@@ -14,6 +16,10 @@ pub struct PlannedDeletion {
     pub reason: String,
     /// Folders to empty, each with the logged model id it belongs to (none for classic models).
     pub locations: Vec<(ModelLocation, Option<String>)>,
+    /// Logged models of `locations` also linked to other runs, with those runs (each pruned in
+    /// this pass or before: a model another run keeps is not planned at all).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub shared_with: BTreeMap<String, Vec<String>>,
 }
 
 /// A run whose models were deleted and marked.

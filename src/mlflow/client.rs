@@ -1,6 +1,9 @@
 //! [`MlflowClient`]: one `reqwest::Client` with the tracking server's API root and credentials,
 //! plus the plumbing every endpoint shares (URL building, auth, status and body handling).
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use reqwest::{Method, RequestBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -186,23 +189,62 @@ impl MlflowClient {
 /// Collects every page of a paginated search: `fetch` gets the page token (none for the first
 /// page) and returns the page's items and the next token; an empty token ends the search.
 ///
+/// Items are de-duplicated by `key`, whatever the server returns: MLflow pages by offset, so a
+/// row written between two page requests can shift another row onto the next page as well. The
+/// later copy (the newer read) replaces the earlier one in place; repeats are logged.
+///
 /// A plain closure returning a future rather than an async closure: async closures make the
 /// caller's future fail `Send` checks when the worker spawns it (rust-lang/rust#64552 family).
-pub(super) async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, MlflowError>
+pub(super) async fn all_pages<T, K, F, Fut>(
+    operation: &'static str,
+    key: K,
+    mut fetch: F,
+) -> Result<Vec<T>, MlflowError>
 where
+    K: Fn(&T) -> String,
     F: FnMut(Option<String>) -> Fut,
     Fut: Future<Output = Result<(Vec<T>, Option<String>), MlflowError>>,
 {
-    let mut items = Vec::new();
+    let mut items: Vec<T> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut repeated = 0usize;
     let mut token = None;
     loop {
         let (page, next) = fetch(token.take()).await?;
-        items.extend(page);
+        for item in page {
+            match index.entry(key(&item)) {
+                Entry::Occupied(at) => {
+                    repeated += 1;
+                    items[*at.get()] = item;
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(items.len());
+                    items.push(item);
+                }
+            }
+        }
         match next.filter(|t| !t.is_empty()) {
             Some(next) => token = Some(next),
-            None => return Ok(items),
+            None => break,
         }
     }
+    if repeated > 0 {
+        tracing::warn!(
+            operation,
+            repeated,
+            "the server returned rows more than once across pages (written to while paging): \
+             each is counted once"
+        );
+    }
+    Ok(items)
+}
+
+/// `('a', 'b')` for an `IN` clause of MLflow's search syntax. Only for ids MLflow itself
+/// returned (hex strings): a quote in a value would make the filter malformed, which MLflow
+/// answers with a 400.
+pub(super) fn in_list<'a>(values: impl IntoIterator<Item = &'a str>) -> String {
+    let quoted: Vec<String> = values.into_iter().map(|v| format!("'{v}'")).collect();
+    format!("({})", quoted.join(", "))
 }
 
 /// Turns a non-success answer into [`MlflowError::Status`], keeping MLflow's `error_code` and

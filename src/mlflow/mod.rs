@@ -24,4 +24,5 @@ mod wire;
 
 pub use client::MlflowClient;
 pub use error::MlflowError;
+pub use models::VersionFilter;
 pub use types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};

@@ -5,13 +5,36 @@ use reqwest::Method;
 use serde::de::IgnoredAny;
 use serde_json::json;
 
-use super::client::{Call, MlflowClient, all_pages};
+use std::fmt;
+
+use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
 use super::types::{LoggedModel, ModelVersion};
-use super::wire::{SearchLoggedModelsResponse, SearchModelVersionsResponse};
+use super::wire::{SearchLoggedModelsResponse, SearchModelVersionsResponse, WireModelVersion};
 
 /// Page size for `model-versions/search` (MLflow caps it at 200 000).
 const MODEL_VERSIONS_PAGE_SIZE: u32 = 1_000;
+
+/// Oldest first, then a total order: versions registered while a search pages come last.
+const VERSIONS_ORDER: [&str; 3] = ["creation_timestamp ASC", "name ASC", "version_number ASC"];
+
+/// Which registry versions to search for. Values are ids MLflow returned (see [`in_list`]).
+#[derive(Debug, Clone, Copy)]
+pub enum VersionFilter<'a> {
+    /// Versions whose `run_id` is one of these runs.
+    RunIds(&'a [&'a str]),
+    /// Versions whose source contains this text (a run or logged model id).
+    SourceContains(&'a str),
+}
+
+impl fmt::Display for VersionFilter<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VersionFilter::RunIds(ids) => write!(f, "run_id IN {}", in_list(ids.iter().copied())),
+            VersionFilter::SourceContains(text) => write!(f, "source_path LIKE '%{text}%'"),
+        }
+    }
+}
 
 impl MlflowClient {
     /// Every logged model of the experiment (`POST logged-models/search`), all pages. Models
@@ -23,7 +46,8 @@ impl MlflowClient {
         &self,
         experiment_id: &str,
     ) -> Result<Vec<LoggedModel>, MlflowError> {
-        let models = all_pages(|page_token| async move {
+        let key = |m: &super::wire::WireLoggedModel| m.info.model_id.clone();
+        let models = all_pages("logged-models/search", key, |page_token| async move {
             let call = Call::new(
                 "logged-models/search",
                 format!("experiment {experiment_id}"),
@@ -32,6 +56,9 @@ impl MlflowClient {
             let body = json!({
                 "experiment_ids": [experiment_id],
                 "max_results": self.page_size,
+                // Oldest first: models created while the search pages come after the rows
+                // already read instead of shifting them (MLflow breaks ties by model id).
+                "order_by": [{"field_name": "creation_timestamp", "ascending": true}],
                 "page_token": page_token,
             });
             let page: SearchLoggedModelsResponse =
@@ -43,28 +70,29 @@ impl MlflowClient {
         Ok(models.into_iter().map(LoggedModel::from).collect())
     }
 
-    /// Every registered model version matching `filter` (MLflow's search syntax, e.g.
-    /// `run_id = '...'`), or all of them; all pages (`GET model-versions/search`).
-    #[tracing::instrument(level = "debug", skip_all, fields(filter = ?filter), err(level = "debug", Display))]
+    /// Every registered model version matching `filter`, all pages, oldest first, each
+    /// version once (`GET model-versions/search`).
+    #[tracing::instrument(level = "debug", skip_all, fields(%filter), err(level = "debug", Display))]
     pub async fn search_model_versions(
         &self,
-        filter: Option<&str>,
+        filter: &VersionFilter<'_>,
     ) -> Result<Vec<ModelVersion>, MlflowError> {
-        let target = match filter {
-            Some(filter) => format!("filter {filter:?}"),
-            None => "all registered models".to_owned(),
-        };
-        let target = &target;
+        let filter = &filter.to_string();
         let max_results = &MODEL_VERSIONS_PAGE_SIZE.to_string();
-        let versions = all_pages(|page_token: Option<String>| async move {
-            let call = Call::new("model-versions/search", target.clone());
-            let url = self.url(&["model-versions", "search"]);
-            let mut query = vec![("max_results", max_results.as_str())];
-            query.extend(filter.map(|f| ("filter", f)));
-            query.extend(page_token.as_deref().map(|t| ("page_token", t)));
-            let page: SearchModelVersionsResponse = self.get(call, url, &query).await?;
-            Ok((page.model_versions, page.next_page_token))
-        })
+        let key = |v: &WireModelVersion| format!("{}\0{}", v.name, v.version);
+        let versions = all_pages(
+            "model-versions/search",
+            key,
+            |page_token: Option<String>| async move {
+                let call = Call::new("model-versions/search", format!("filter {filter:?}"));
+                let url = self.url(&["model-versions", "search"]);
+                let mut query = vec![("max_results", max_results.as_str()), ("filter", filter)];
+                query.extend(VERSIONS_ORDER.iter().map(|o| ("order_by", *o)));
+                query.extend(page_token.as_deref().map(|t| ("page_token", t)));
+                let page: SearchModelVersionsResponse = self.get(call, url, &query).await?;
+                Ok((page.model_versions, page.next_page_token))
+            },
+        )
         .await?;
         tracing::debug!(versions = versions.len(), "searched model versions");
         Ok(versions.into_iter().map(ModelVersion::from).collect())

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde::de::IgnoredAny;
 use serde_json::json;
 
-use super::client::{Call, MlflowClient, all_pages};
+use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
 use super::types::{Run, RunFields};
 use super::wire::SearchRunsResponse;
@@ -12,9 +12,16 @@ use super::wire::SearchRunsResponse;
 /// MLflow rejects `runs/search` with `max_results` above this.
 const RUNS_SEARCH_MAX_RESULTS: u32 = 50_000;
 
+/// Oldest first (MLflow breaks ties by run id): runs created while a search pages land after
+/// the rows already read instead of shifting them, as the default newest-first order would.
+const RUNS_ORDER: &str = "attributes.start_time ASC";
+
+/// Run ids per `runs/search` filtered by id.
+const RUN_IDS_PER_SEARCH: usize = 100;
+
 impl MlflowClient {
     /// Every run of the experiment, active and deleted (`run_view_type` `ALL`), all pages, with
-    /// the metrics, params and tags named in `fields`.
+    /// the metrics, params and tags named in `fields`; each run once (see [`all_pages`]).
     ///
     /// MLflow answers an empty list, not an error, for an experiment that does not exist.
     #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
@@ -23,14 +30,48 @@ impl MlflowClient {
         experiment_id: &str,
         fields: &RunFields<'_>,
     ) -> Result<Vec<Run>, MlflowError> {
+        let runs = self.search_runs_where(experiment_id, None, fields).await?;
+        tracing::debug!(runs = runs.len(), "searched runs");
+        Ok(runs)
+    }
+
+    /// The runs of the experiment among `run_ids`, read afresh (a run that no longer exists is
+    /// missing from the answer), in requests of at most 100 ids.
+    #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id, runs = run_ids.len()), err(level = "debug", Display))]
+    pub async fn search_runs_by_id(
+        &self,
+        experiment_id: &str,
+        run_ids: &[&str],
+        fields: &RunFields<'_>,
+    ) -> Result<Vec<Run>, MlflowError> {
+        let mut runs = Vec::with_capacity(run_ids.len());
+        for chunk in run_ids.chunks(RUN_IDS_PER_SEARCH) {
+            let filter = format!("attributes.run_id IN {}", in_list(chunk.iter().copied()));
+            runs.extend(
+                self.search_runs_where(experiment_id, Some(&filter), fields)
+                    .await?,
+            );
+        }
+        Ok(runs)
+    }
+
+    async fn search_runs_where(
+        &self,
+        experiment_id: &str,
+        filter: Option<&str>,
+        fields: &RunFields<'_>,
+    ) -> Result<Vec<Run>, MlflowError> {
         let max_results = self.page_size.min(RUNS_SEARCH_MAX_RESULTS);
-        let runs = all_pages(|page_token| async move {
+        let key = |run: &Run| run.run_id.clone();
+        all_pages("runs/search", key, |page_token| async move {
             let call = Call::new("runs/search", format!("experiment {experiment_id}"));
             let url = self.url(&["runs", "search"]);
             let body = json!({
                 "experiment_ids": [experiment_id],
+                "filter": filter.unwrap_or_default(),
                 "run_view_type": "ALL",
                 "max_results": max_results,
+                "order_by": [RUNS_ORDER],
                 "page_token": page_token,
             });
             let page: SearchRunsResponse = self.send(call, Method::POST, url, &body).await?;
@@ -39,9 +80,7 @@ impl MlflowClient {
             let runs = runs.collect::<Vec<_>>();
             Ok((runs, page.next_page_token))
         })
-        .await?;
-        tracing::debug!(runs = runs.len(), "searched runs");
-        Ok(runs)
+        .await
     }
 
     /// Logs params and sets tags on the run in one `runs/log-batch` request, which MLflow

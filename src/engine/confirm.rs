@@ -1,0 +1,134 @@
+//! The lookups of the last look before files go ([`guard`](super::guard) decides): the planned
+//! runs (and the other runs of their shared models) read again by id, and the registry versions
+//! that may point at them, found by targeted searches (`run_id IN (...)`, then `source_path LIKE`
+//! each run and logged model id) rather than a read of the whole registry. The requests of a
+//! pass grow with the runs it deletes, not with the registry. All read-only; up to
+//! `concurrency.parallel_deletions` requests in flight.
+
+use std::collections::{BTreeSet, HashMap};
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+
+use super::guard;
+use super::inventory::{InventoryOptions, ModelSources, RUN_TAGS};
+use super::{Engine, PlannedDeletion, PruneError};
+use crate::domain::ranking::Decision;
+use crate::mlflow::{MlflowError, ModelVersion, Run, RunFields, VersionFilter};
+
+/// Run ids per `model-versions/search` by `run_id IN (...)`: keeps the GET's URL short.
+const RUN_IDS_PER_VERSION_SEARCH: usize = 50;
+
+/// How much a look searches the registry for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Depth {
+    /// Versions by `run_id` only: one request per 50 runs. Enough to leave out most registered
+    /// runs before the safety valve counts, not enough to delete on.
+    RunIds,
+    /// Also every version whose source names a run or one of its logged models.
+    Full,
+}
+
+impl Engine {
+    /// The last look at runs `group` of `planned` (see [`guard::check`]); reads the group's runs
+    /// and the other runs of their shared models again, and the registry versions that may
+    /// point at them.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn confirm(
+        &self,
+        experiment_id: &str,
+        planned: &[PlannedDeletion],
+        group: &[usize],
+        settled: &HashMap<&str, bool>,
+        sources: &HashMap<String, ModelSources>,
+        options: &InventoryOptions<'_>,
+        depth: Depth,
+    ) -> Result<Vec<(usize, Option<Decision>)>, PruneError> {
+        if group.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs = || group.iter().map(|&at| &planned[at]);
+        let mut ids: BTreeSet<&str> = runs().map(|p| p.run_id.as_str()).collect();
+        ids.extend(runs().flat_map(|p| p.shared_with.values().flatten().map(String::as_str)));
+        let ids: Vec<&str> = ids.into_iter().collect();
+        let model_ids: BTreeSet<&str> = runs()
+            .filter_map(|p| sources.get(&p.run_id))
+            .flat_map(|s| s.logged_models.iter().map(|(id, _)| id.as_str()))
+            .collect();
+
+        let mut searches: Vec<VersionFilter> = ids
+            .chunks(RUN_IDS_PER_VERSION_SEARCH)
+            .map(VersionFilter::RunIds)
+            .collect();
+        if depth == Depth::Full {
+            searches.extend(runs().map(|p| VersionFilter::SourceContains(&p.run_id)));
+            searches.extend(model_ids.iter().map(|id| VersionFilter::SourceContains(id)));
+        }
+        let params = options.params();
+        let fields = RunFields {
+            metrics: &[],
+            params: &params,
+            tags: &RUN_TAGS,
+        };
+        let fresh = self.retry.run("mlflow", "runs/search", || {
+            self.mlflow.search_runs_by_id(experiment_id, &ids, &fields)
+        });
+        // Both reads start now: a keep tag or a version written before this look is seen.
+        let (versions, fresh) =
+            tokio::try_join!(self.registry_versions(searches), fresh).map_err(|source| {
+                PruneError::Mlflow {
+                    experiment_id: experiment_id.to_owned(),
+                    source,
+                }
+            })?;
+        let fresh: HashMap<&str, &Run> = fresh.iter().map(|r| (r.run_id.as_str(), r)).collect();
+        tracing::debug!(
+            runs = group.len(),
+            versions = versions.len(),
+            ?depth,
+            "looked at the planned runs and their registry versions again"
+        );
+        Ok(guard::check(
+            planned,
+            group,
+            settled,
+            &fresh,
+            &versions,
+            sources,
+            &self.rules,
+        ))
+    }
+
+    /// Every version the searches find, with up to `parallel_deletions` searches in flight.
+    async fn registry_versions(
+        &self,
+        searches: Vec<VersionFilter<'_>>,
+    ) -> Result<Vec<ModelVersion>, MlflowError> {
+        let width = self.parallel_deletions.max(1);
+        let mut searches = searches.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        let mut versions = Vec::new();
+        loop {
+            while in_flight.len() < width
+                && let Some(filter) = searches.next()
+            {
+                in_flight.push(self.search_versions(filter));
+            }
+            match in_flight.next().await {
+                Some(found) => versions.extend(found?),
+                None => return Ok(versions),
+            }
+        }
+    }
+
+    async fn search_versions(
+        &self,
+        filter: VersionFilter<'_>,
+    ) -> Result<Vec<ModelVersion>, MlflowError> {
+        self.retry
+            .run("mlflow", "model-versions/search", || {
+                self.mlflow.search_model_versions(&filter)
+            })
+            .await
+    }
+}

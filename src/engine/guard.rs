@@ -1,0 +1,433 @@
+//! The last look before files go: which planned deletions still stand once the candidates are
+//! read afresh and the registry versions pointing at them are known, and which logged models
+//! shared by several runs may go at all. Pure: the engine does the lookups (`confirm.rs`).
+//!
+//! The rules:
+//! - a run is deleted only if, read again just now, it is still active, `FINISHED`, not tagged
+//!   `model_pruner.keep`, not already marked, and no registry version points at its models;
+//! - a registry version points at a run's models when its `run_id` is the run, its `model_id` is
+//!   one of the run's logged models, its source is `runs:/<run>/...` or `models:/<model>`, or
+//!   its source, resolved to a bucket and key prefix (`mlflow-artifacts:/` mapped through the
+//!   destination), overlaps the run's artifact folder or one of its logged models' folders; a
+//!   source in a form that cannot be resolved but names the run or a model protects it (when
+//!   unsure, keep);
+//! - a logged model linked to several runs goes only when every one of them is being pruned in
+//!   this pass or was pruned before; the last of them in plan order carries its folder.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::PlannedDeletion;
+use super::inventory::{ModelSources, TAG_KEEP, is_pruned, is_true};
+use crate::domain::location::LocationRules;
+use crate::domain::ranking::{Decision, Protection, SkipReason};
+use crate::mlflow::{ModelVersion, Run};
+
+/// What to do with one logged model of a run about to be pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Share {
+    /// This run deletes the model; `with` are the other runs it is linked to (all pruned).
+    Carry { with: Vec<String> },
+    /// Another run of the pass, later in the plan, deletes it.
+    CarriedBy(String),
+    /// A linked run keeps it (kept, protected, unfinished, or not a run of this experiment).
+    KeptFor(String),
+}
+
+/// Decides, for a logged model linked to `linked` runs, what run `run_id` does with it.
+/// `deleting` maps the runs of the pass to their plan position; `pruned` holds runs already
+/// marked.
+pub fn share(
+    run_id: &str,
+    linked: &BTreeSet<String>,
+    deleting: &HashMap<&str, usize>,
+    pruned: &HashSet<&str>,
+) -> Share {
+    if let Some(keeper) = linked
+        .iter()
+        .find(|r| !deleting.contains_key(r.as_str()) && !pruned.contains(r.as_str()))
+    {
+        return Share::KeptFor(keeper.clone());
+    }
+    let last = linked
+        .iter()
+        .filter_map(|r| deleting.get(r.as_str()).map(|at| (*at, r)))
+        .max()
+        .map(|(_, r)| r.as_str());
+    match last {
+        Some(last) if last != run_id => Share::CarriedBy(last.to_owned()),
+        _ => Share::Carry {
+            with: linked
+                .iter()
+                .filter(|r| r.as_str() != run_id)
+                .cloned()
+                .collect(),
+        },
+    }
+}
+
+/// Whether registry version `v` points at the models of run `run_id`.
+pub fn points_at(
+    v: &ModelVersion,
+    run_id: &str,
+    sources: &ModelSources,
+    rules: &LocationRules,
+) -> bool {
+    let model_ids = || sources.logged_models.iter().map(|(id, _)| id.as_str());
+    if v.run_id.as_deref() == Some(run_id)
+        || v.model_id
+            .as_deref()
+            .is_some_and(|m| model_ids().any(|id| id == m))
+    {
+        return true;
+    }
+    let source = v.source.as_str();
+    if let Some(rest) = source.strip_prefix("runs:/") {
+        return rest.split('/').next() == Some(run_id);
+    }
+    if let Some(rest) = source.strip_prefix("models:/") {
+        let first = rest.split(['/', '@']).next().unwrap_or("");
+        return model_ids().any(|id| id == first);
+    }
+    let Ok(place) = rules.place(source, "") else {
+        // Not a form we can resolve: it protects whatever it names as a folder.
+        let mut names = source.split(['/', ':', '?', '#', '@']);
+        return names.any(|name| name == run_id || model_ids().any(|id| id == name));
+    };
+    let folders = std::iter::once(sources.artifact_uri.as_str())
+        .chain(sources.logged_models.iter().map(|(_, uri)| uri.as_str()));
+    folders
+        .filter_map(|uri| rules.place(uri, "").ok())
+        .any(|folder| folder.overlaps(&place))
+}
+
+/// The last look at runs `group` of `planned`: `None` where the deletion still stands, else the
+/// decision that replaces it. `settled` holds the runs of the pass decided by an earlier look
+/// (true: it stands); `fresh` the runs read again just now (the group and the other runs of
+/// their shared models); `versions` every registry version the targeted lookups found;
+/// `sources` what each planned run's models are.
+///
+/// A run that carries a shared logged model stays, whole, when another run linked to the model
+/// stays: the next pass deletes its own files and leaves the model to the other run.
+pub fn check(
+    planned: &[PlannedDeletion],
+    group: &[usize],
+    settled: &HashMap<&str, bool>,
+    fresh: &HashMap<&str, &Run>,
+    versions: &[ModelVersion],
+    sources: &HashMap<String, ModelSources>,
+    rules: &LocationRules,
+) -> Vec<(usize, Option<Decision>)> {
+    let empty = ModelSources::default();
+    let mut verdicts: Vec<(usize, Option<Decision>)> = group
+        .iter()
+        .map(|&at| {
+            let run_id = planned[at].run_id.as_str();
+            let run_sources = sources.get(run_id).unwrap_or(&empty);
+            let fresh_run = fresh.get(run_id).copied();
+            (
+                at,
+                withdrawal(fresh_run, run_id, run_sources, versions, rules),
+            )
+        })
+        .collect();
+    let in_group: HashMap<&str, bool> = verdicts
+        .iter()
+        .map(|(at, v)| (planned[*at].run_id.as_str(), v.is_none()))
+        .collect();
+    let stays_pruned = |other: &str| match in_group.get(other).or(settled.get(other)) {
+        Some(stands) => *stands,
+        // Not in this pass: planned only because it was pruned before; still so?
+        None => fresh.get(other).is_some_and(|run| is_pruned(run)),
+    };
+    for (at, verdict) in verdicts.iter_mut().filter(|(_, v)| v.is_none()) {
+        let blocker = planned[*at].shared_with.iter().find_map(|(model, with)| {
+            with.iter()
+                .find(|other| !stays_pruned(other))
+                .map(|other| (model.clone(), other.clone()))
+        });
+        if let Some((model_id, run_id)) = blocker {
+            *verdict = Some(Decision::Skipped {
+                reason: SkipReason::SharedModelKept { model_id, run_id },
+            });
+        }
+    }
+    verdicts
+}
+
+/// Why a planned run must stay after all, if it must.
+fn withdrawal(
+    fresh: Option<&Run>,
+    run_id: &str,
+    sources: &ModelSources,
+    versions: &[ModelVersion],
+    rules: &LocationRules,
+) -> Option<Decision> {
+    let skipped = |reason| Some(Decision::Skipped { reason });
+    let Some(run) = fresh else {
+        // Gone from MLflow since the ranking read it: keep its files.
+        return skipped(SkipReason::NotActive);
+    };
+    if run.lifecycle_stage != "active" {
+        return skipped(SkipReason::NotActive);
+    }
+    if run.status != "FINISHED" {
+        return skipped(SkipReason::NotFinished {
+            status: run.status.clone(),
+        });
+    }
+    if is_pruned(run) {
+        return skipped(SkipReason::AlreadyPruned);
+    }
+    if is_true(run.tags.get(TAG_KEEP)) {
+        return Some(Decision::Protected {
+            protection: Protection::KeepTag,
+        });
+    }
+    versions
+        .iter()
+        .find(|v| points_at(v, run_id, sources, rules))
+        .map(|v| Decision::Protected {
+            protection: Protection::Registered {
+                name: v.name.clone(),
+                version: v.version.clone(),
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::location::ModelLocation;
+
+    fn rules() -> LocationRules {
+        LocationRules {
+            allowed_buckets: vec!["mlflow".into()],
+            artifacts_destination: "s3://mlflow/".parse().unwrap(),
+        }
+    }
+
+    fn sources(run: &str) -> ModelSources {
+        ModelSources {
+            artifact_uri: format!("mlflow-artifacts:/1/{run}/artifacts"),
+            logged_models: vec![(
+                "m-1".into(),
+                "mlflow-artifacts:/1/models/m-1/artifacts".into(),
+            )],
+        }
+    }
+
+    fn version(source: &str, run_id: Option<&str>, model_id: Option<&str>) -> ModelVersion {
+        ModelVersion {
+            name: "reg".into(),
+            version: "1".into(),
+            source: source.into(),
+            run_id: run_id.map(str::to_owned),
+            model_id: model_id.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn versions_point_at_a_run_by_every_kind_of_source() {
+        let cases = [
+            version("runs:/a/model", None, None),
+            version("runs:/a", None, None),
+            version("s3://elsewhere/x", Some("a"), None),
+            version("models:/m-1", None, None),
+            version("s3://x/y", None, Some("m-1")),
+            // The S3 path of a model the server hands out as mlflow-artifacts:/ URIs.
+            version("s3://mlflow/1/a/artifacts/model", None, None),
+            version("s3://mlflow/1/a/artifacts", None, None),
+            version("s3://mlflow/1/models/m-1/artifacts", None, None),
+            version("mlflow-artifacts:/1/models/m-1/artifacts/", None, None),
+            version(
+                "mlflow-artifacts://host:5000/1/a/artifacts/model",
+                None,
+                None,
+            ),
+            // A form that cannot be resolved but names the run: kept, to be safe.
+            version("gs://bucket/1/a/artifacts/model", None, None),
+        ];
+        for v in cases {
+            assert!(points_at(&v, "a", &sources("a"), &rules()), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn versions_of_other_runs_do_not_point_at_a_run() {
+        let cases = [
+            version("runs:/ab/model", Some("ab"), None),
+            version("models:/m-10", None, Some("m-10")),
+            version("models:/reg/3", None, None),
+            version("s3://mlflow/1/ab/artifacts/model", None, None),
+            version("s3://mlflow/1/a/artifactsX", None, None),
+            version("s3://other/1/a/artifacts/model", None, None),
+            version("gs://bucket/1/b/artifacts/model", None, None),
+        ];
+        for v in cases {
+            assert!(!points_at(&v, "a", &sources("a"), &rules()), "{v:?}");
+        }
+    }
+
+    fn linked(runs: &[&str]) -> BTreeSet<String> {
+        runs.iter().map(|r| r.to_string()).collect()
+    }
+
+    #[test]
+    fn a_shared_model_is_carried_by_the_last_pruned_run_only_when_all_go() {
+        let deleting = HashMap::from([("a", 0), ("b", 1)]);
+        let pruned = HashSet::from(["old"]);
+        assert_eq!(
+            share("a", &linked(&["a", "b", "old"]), &deleting, &pruned),
+            Share::CarriedBy("b".into())
+        );
+        assert_eq!(
+            share("b", &linked(&["a", "b", "old"]), &deleting, &pruned),
+            Share::Carry {
+                with: vec!["a".into(), "old".into()]
+            }
+        );
+        assert_eq!(
+            share("a", &linked(&["a", "kept"]), &deleting, &pruned),
+            Share::KeptFor("kept".into())
+        );
+        assert_eq!(
+            share("a", &linked(&["a"]), &deleting, &pruned),
+            Share::Carry { with: vec![] }
+        );
+    }
+
+    fn run(id: &str, status: &str) -> Run {
+        Run {
+            run_id: id.into(),
+            run_name: id.into(),
+            experiment_id: "1".into(),
+            status: status.into(),
+            lifecycle_stage: "active".into(),
+            start_time: Some(1),
+            end_time: Some(2),
+            artifact_uri: format!("mlflow-artifacts:/1/{id}/artifacts"),
+            metrics: BTreeMap::new(),
+            params: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            model_output_ids: vec![],
+        }
+    }
+
+    fn plan(id: &str, shared: &[(&str, &[&str])]) -> PlannedDeletion {
+        PlannedDeletion {
+            run_id: id.into(),
+            run_name: id.into(),
+            reason: "rank 3".into(),
+            locations: vec![(
+                ModelLocation {
+                    bucket: "mlflow".into(),
+                    prefix: format!("1/{id}/artifacts/model/"),
+                },
+                None,
+            )],
+            shared_with: shared
+                .iter()
+                .map(|(m, with)| (m.to_string(), with.iter().map(|r| r.to_string()).collect()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn fresh_reads_versions_and_kept_sharers_withdraw_runs() {
+        let mut keep = run("keep", "FINISHED");
+        keep.tags.insert(TAG_KEEP.into(), "true".into());
+        let mut pruned = run("pruned", "FINISHED");
+        pruned
+            .tags
+            .insert("model_pruner.deleted".into(), "true".into());
+        let fresh_runs = [
+            run("ok", "FINISHED"),
+            keep,
+            run("running", "RUNNING"),
+            run("registered", "FINISHED"),
+            run("sharer", "FINISHED"),
+            run("late", "FINISHED"),
+            pruned,
+            run("unpruned", "FINISHED"),
+        ];
+        let fresh: HashMap<&str, &Run> =
+            fresh_runs.iter().map(|r| (r.run_id.as_str(), r)).collect();
+        let planned = vec![
+            plan("ok", &[("m-old", &["pruned"])]),
+            plan("keep", &[]),
+            plan("running", &[]),
+            plan("registered", &[]),
+            plan("vanished", &[]),
+            plan("sharer", &[("m-s", &["keep"])]),
+            plan("late", &[("m-t", &["ok", "earlier"])]),
+            plan("again", &[("m-u", &["unpruned"])]),
+        ];
+        let versions = [version(
+            "s3://mlflow/1/registered/artifacts/model",
+            None,
+            None,
+        )];
+        let sources: HashMap<String, ModelSources> = planned
+            .iter()
+            .map(|p| {
+                let artifact_uri = format!("mlflow-artifacts:/1/{}/artifacts", p.run_id);
+                let sources = ModelSources {
+                    artifact_uri,
+                    logged_models: vec![],
+                };
+                (p.run_id.clone(), sources)
+            })
+            .collect();
+        let settled = HashMap::from([("earlier", true)]);
+        let group: Vec<usize> = (0..planned.len()).collect();
+        let verdicts = check(
+            &planned,
+            &group,
+            &settled,
+            &fresh,
+            &versions,
+            &sources,
+            &rules(),
+        );
+        let labels: Vec<(&str, Option<&str>)> = verdicts
+            .iter()
+            .map(|(at, v)| {
+                (
+                    planned[*at].run_id.as_str(),
+                    v.as_ref().map(Decision::label),
+                )
+            })
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("ok", None),
+                ("keep", Some("protected")),
+                ("running", Some("skipped")),
+                ("registered", Some("protected")),
+                ("vanished", Some("skipped")),
+                // Shares m-s with "keep", which stays.
+                ("sharer", Some("skipped")),
+                ("late", None),
+                // Its sharer is no longer marked pruned.
+                ("again", Some("skipped")),
+            ]
+        );
+        let settled = HashMap::from([("earlier", false)]);
+        let verdicts = check(
+            &planned,
+            &[6],
+            &settled,
+            &fresh,
+            &versions,
+            &sources,
+            &rules(),
+        );
+        assert!(
+            verdicts[0].1.is_some(),
+            "an earlier sharer that stayed keeps the model"
+        );
+    }
+}
