@@ -26,12 +26,17 @@ HOST="127.0.0.1"
 AMQP_PORT=5672
 RABBIT_MGMT_PORT=15672
 MLFLOW_PORT=5000
+# A second tracking server with proxied artifacts (mlflow-artifacts:/ URIs), for the tests of
+# how the pruner maps them; its own database, artifacts under s3://mlflow/proxied/.
+PROXIED_MLFLOW_PORT=5001
+PROXIED_DESTINATION="s3://mlflow/proxied"
 S3_PORT=9000
 GARAGE_RPC_PORT=3901
 GARAGE_ADMIN_PORT=3903
 
 AMQP_URL="amqp://guest:guest@$HOST:$AMQP_PORT/%2f"
 MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
+PROXIED_MLFLOW_URL="http://$HOST:$PROXIED_MLFLOW_PORT"
 S3_URL="http://$HOST:$S3_PORT"
 
 GARAGE_CONF="$STACK/garage/garage.toml"
@@ -52,6 +57,7 @@ Usage: scripts/stack.sh COMMAND
 Local services for model-pruner, on loopback:
   RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT
   MLflow    $MLFLOW_URL (sqlite backend, artifacts in s3://mlflow/)
+            $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
 
 Commands:
@@ -209,47 +215,75 @@ install_mlflow() {
   printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC" >"$VENV/.model-pruner-installed"
 }
 
-mlflow_up() {
-  [[ "$(http_code "$MLFLOW_URL/health")" == 200 ]] &&
-    [[ "$(http_code "$MLFLOW_URL/api/2.0/mlflow/experiments/search?max_results=1")" == 200 ]]
+# mlflow_answers URL: the tracking server at URL answers its health and search endpoints.
+mlflow_answers() {
+  [[ "$(http_code "$1/health")" == 200 ]] &&
+    [[ "$(http_code "$1/api/2.0/mlflow/experiments/search?max_results=1")" == 200 ]]
+}
+mlflow_up() { mlflow_answers "$MLFLOW_URL"; }
+proxied_mlflow_up() { mlflow_answers "$PROXIED_MLFLOW_URL"; }
+
+# launch_mlflow_server NAME PORT URL ARGS...: start the server NAME unless it answers on URL
+# or is still starting.
+launch_mlflow_server() {
+  local name="$1" port="$2" url="$3"
+  shift 3
+  if mlflow_answers "$url"; then
+    return 0
+  fi
+  if pid_alive "$RUN/$name.pid"; then
+    log "$name (pid $(cat "$RUN/$name.pid")) is still starting"
+    return 0
+  fi
+  if tcp_open "$HOST" "$port"; then
+    die "port $port is taken by something that does not answer as MLflow ($url/health)"
+  fi
+  mlflow_installed || with_install_lock install_mlflow
+  start_mlflow "$name" "$port" "$@"
+}
+
+# await_mlflow_server NAME URL
+await_mlflow_server() {
+  local name="$1" url="$2"
+  if ! mlflow_answers "$url"; then
+    WAIT_PIDFILE="$RUN/$name.pid" wait_until "$name on $url" 180 "$LOGS/$name.log" mlflow_answers "$url"
+  fi
+  log "$name up: $url"
 }
 
 ensure_mlflow() {
-  if mlflow_up; then
-    log "MLflow up: $MLFLOW_URL"
-    return 0
-  fi
-  if pid_alive "$RUN/mlflow.pid"; then
-    log "MLflow (pid $(cat "$RUN/mlflow.pid")) is still starting; waiting"
-  else
-    if tcp_open "$HOST" "$MLFLOW_PORT"; then
-      die "port $MLFLOW_PORT is taken by something that does not answer as MLflow ($MLFLOW_URL/health)"
-    fi
-    mlflow_installed || with_install_lock install_mlflow
-    start_mlflow
-  fi
-  WAIT_PIDFILE="$RUN/mlflow.pid" wait_until "MLflow on $MLFLOW_URL" 180 "$LOGS/mlflow.log" mlflow_up
-  log "MLflow up: $MLFLOW_URL"
-}
-
-start_mlflow() {
-  mkdir -p "$STACK/mlflow"
   # --no-serve-artifacts: clients and the pruner talk to S3 directly; runs get
   # artifact URIs s3://mlflow/<experiment_id>/<run_id>/artifacts (no mlflow-artifacts:).
+  launch_mlflow_server mlflow "$MLFLOW_PORT" "$MLFLOW_URL" \
+    --backend-store-uri "sqlite:///$STACK/mlflow/mlflow.db" \
+    --default-artifact-root "s3://mlflow/" \
+    --no-serve-artifacts
+  # Proxied artifacts, as most production servers run: runs get artifact URIs
+  # mlflow-artifacts:/<experiment_id>/<run_id>/artifacts, stored under $PROXIED_DESTINATION.
+  launch_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_PORT" "$PROXIED_MLFLOW_URL" \
+    --backend-store-uri "sqlite:///$STACK/mlflow/proxied.db" \
+    --artifacts-destination "$PROXIED_DESTINATION"
+  await_mlflow_server mlflow "$MLFLOW_URL"
+  await_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_URL"
+}
+
+# start_mlflow NAME PORT ARGS...
+start_mlflow() {
+  local name="$1" port="$2"
+  shift 2
+  mkdir -p "$STACK/mlflow"
   # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: skip the huey job runner (8 extra
   # processes for GenAI jobs the pruner never uses).
-  start_daemon mlflow "$LOGS/mlflow.log" env \
+  start_daemon "$name" "$LOGS/$name.log" env \
     MLFLOW_S3_ENDPOINT_URL="$S3_URL" \
     AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY_ID" \
     AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY" \
     AWS_DEFAULT_REGION="$S3_REGION" \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     "$VENV/bin/mlflow" server \
-    --host "$HOST" --port "$MLFLOW_PORT" \
-    --backend-store-uri "sqlite:///$STACK/mlflow/mlflow.db" \
-    --default-artifact-root "s3://mlflow/" \
-    --no-serve-artifacts \
-    --workers 1
+    --host "$HOST" --port "$port" \
+    --workers 1 \
+    "$@"
 }
 
 # ---------------------------------------------------------------- Garage
@@ -403,7 +437,7 @@ cmd_down() {
   exec 8>"$STACK/.lock"
   flock -w 60 8 || die "another 'stack.sh up/down' holds $STACK/.lock"
   local name
-  for name in mlflow garage; do
+  for name in mlflow mlflow-proxied garage; do
     if stop_daemon "$name"; then
       log "$name stopped"
     else
@@ -431,6 +465,8 @@ cmd_status() {
   extra=""
   if pid_alive "$RUN/mlflow.pid"; then extra="(pid $(cat "$RUN/mlflow.pid"))"; fi
   if mlflow_up; then status_line mlflow up "$MLFLOW_URL" "$extra"; else status_line mlflow down "$MLFLOW_URL" "$extra"; fi
+  extra="(proxied artifacts)"
+  if proxied_mlflow_up; then status_line mlflow up "$PROXIED_MLFLOW_URL" "$extra"; else status_line mlflow down "$PROXIED_MLFLOW_URL" "$extra"; fi
   extra=""
   if pid_alive "$RUN/garage.pid"; then extra="(pid $(cat "$RUN/garage.pid"))"; fi
   if garage_s3_up; then status_line garage up "$S3_URL" "$extra"; else status_line garage down "$S3_URL" "$extra"; fi
@@ -453,6 +489,8 @@ export AWS_DEFAULT_REGION='$S3_REGION'
 export AMQP_URL='$AMQP_URL'
 export RABBITMQ_MANAGEMENT_URL='http://guest:guest@$HOST:$RABBIT_MGMT_PORT'
 export MODEL_PRUNER_PYTHON='$VENV/bin/python'
+export MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI='$PROXIED_MLFLOW_URL'
+export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$PROXIED_DESTINATION'
 EOF
 }
 

@@ -308,6 +308,35 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn pages_that_repeat_a_row_yield_it_once_with_the_newest_copy() {
+        let pages = [
+            (vec![("a", 1), ("b", 1)], Some("1")),
+            (vec![("b", 2), ("c", 1)], Some("2")),
+            (vec![("a", 3)], Some("")),
+        ];
+        let mut pages = pages.into_iter();
+        let items = all_pages(
+            "test",
+            |(id, _): &(&str, i32)| id.to_string(),
+            |_| {
+                let page = pages.next().expect("no page after an empty token");
+                async move { Ok((page.0, page.1.map(str::to_owned))) }
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(items, [("a", 3), ("b", 2), ("c", 1)]);
+    }
+
+    #[test]
+    fn version_filters_quote_ids() {
+        let runs = crate::mlflow::VersionFilter::RunIds(&["a1", "b2"]);
+        assert_eq!(runs.to_string(), "run_id IN ('a1', 'b2')");
+        let named = crate::mlflow::VersionFilter::SourceContains("m-9");
+        assert_eq!(named.to_string(), "source_path LIKE '%m-9%'");
+    }
+
     #[test]
     fn non_http_tracking_uris_are_rejected() {
         let err = MlflowClient::new(&settings("file:///tmp/mlruns")).unwrap_err();

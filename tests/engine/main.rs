@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod consistency;
 mod protection;
 mod python_client;
 mod retention;

@@ -8,7 +8,10 @@ use model_pruner::domain::event::Event;
 use model_pruner::engine::{Engine, PassReport, PruneError};
 use model_pruner::settings::Settings;
 
-pub use crate::support::world::{BUCKET, Layout, METRIC, keep, run_finished, sweep};
+use crate::support::mlflow_fixtures::Mlflow;
+pub use crate::support::world::{
+    BUCKET, Layout, METRIC, keep, proxied_destination, run_finished, sweep,
+};
 
 pub struct World {
     world: crate::support::world::World,
@@ -43,6 +46,20 @@ impl World {
         World {
             world: crate::support::world::World::new("engine"),
             settings: settings(),
+        }
+    }
+
+    /// A world on the stack's tracking server with proxied artifacts (`mlflow-artifacts:/`
+    /// URIs), the engine set up as for a production server of that kind.
+    pub fn proxied() -> World {
+        let uri = std::env::var("MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI")
+            .expect("MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI (eval \"$(scripts/stack.sh env)\")");
+        let mut settings = settings();
+        settings.mlflow.tracking_uri = uri.parse().expect("a URL");
+        settings.store.artifacts_destination = proxied_destination().parse().expect("a URL");
+        World {
+            world: crate::support::world::World::on("engine", Mlflow::new(&uri)),
+            settings,
         }
     }
 

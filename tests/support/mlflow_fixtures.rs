@@ -171,6 +171,8 @@ pub enum ModelSource<'a> {
     Run(&'a str, &'a str),
     /// `models:/<model_id>`, with `model_id` set (the server fills in the source run).
     LoggedModel(&'a str),
+    /// Any artifact URI (e.g. a model's `s3://` path), with neither `run_id` nor `model_id`.
+    Uri(&'a str),
 }
 
 impl Mlflow {
@@ -370,6 +372,7 @@ impl Mlflow {
             ModelSource::LoggedModel(model_id) => json!({
                 "name": name, "source": format!("models:/{model_id}"), "model_id": model_id,
             }),
+            ModelSource::Uri(uri) => json!({ "name": name, "source": uri }),
         };
         let created = self.post("model-versions/create", body).await?;
         string_at(&created, "/model_version/version")

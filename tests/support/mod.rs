@@ -6,5 +6,6 @@
 pub mod app;
 pub mod management;
 pub mod mlflow_fixtures;
+pub mod proxy;
 pub mod store_fixtures;
 pub mod world;

@@ -38,8 +38,13 @@ pub struct ModelRun {
 impl World {
     /// A world whose experiments are named after `suite`.
     pub fn new(suite: &'static str) -> World {
+        World::on(suite, Mlflow::from_env().expect("MLflow settings"))
+    }
+
+    /// A world on the tracking server `mlflow`.
+    pub fn on(suite: &'static str, mlflow: Mlflow) -> World {
         World {
-            mlflow: Mlflow::from_env().expect("MLflow settings"),
+            mlflow,
             s3: store_fixtures::client().expect("S3 settings"),
             suite,
         }
@@ -71,6 +76,10 @@ impl World {
                 "{}/",
                 run.model.as_ref().expect("logged model").artifact_uri
             ),
+        };
+        let uri = match uri.strip_prefix("mlflow-artifacts:") {
+            Some(path) => format!("{}{path}", proxied_destination()),
+            None => uri,
         };
         let (bucket, prefix) = uri
             .strip_prefix("s3://")
@@ -222,6 +231,12 @@ impl World {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+/// Where the proxied tracking server of the stack keeps `mlflow-artifacts:/` (`s3://...`).
+pub fn proxied_destination() -> String {
+    std::env::var("MODEL_PRUNER_TEST_PROXIED_DESTINATION")
+        .expect("MODEL_PRUNER_TEST_PROXIED_DESTINATION (eval \"$(scripts/stack.sh env)\")")
 }
 
 pub fn keep(n: i64) -> PolicyOverrides {

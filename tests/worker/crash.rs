@@ -7,7 +7,7 @@ use std::time::Duration;
 use model_pruner::settings::Settings;
 
 use crate::helpers::{TestApp, prune, settings, wait_drained};
-use crate::proxy::{Action, DELETE_OBJECTS, Proxy};
+use crate::support::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::world::{Layout, World};
 
 /// The worker binary on the queues of `s`, talking to the store through `store`.

@@ -8,8 +8,8 @@ use model_pruner::broker::headers;
 use model_pruner::settings::Settings;
 
 use crate::helpers::{TestApp, attempts, header, prune, settings};
-use crate::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::mlflow_fixtures::ExperimentFixture;
+use crate::support::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::world::{Layout, ModelRun, World};
 
 /// Runs ranked 0.1, 0.2, ... with 3 files each, and settings whose store is `proxy`.

@@ -10,7 +10,6 @@ mod crash;
 mod faults;
 mod helpers;
 mod outage;
-mod proxy;
 mod reconnect;
 mod restart;
 mod routing;

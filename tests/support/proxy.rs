@@ -1,6 +1,7 @@
-//! A fault-injecting HTTP/1.1 proxy in front of a real server (the S3 store): rules answer
-//! matching requests with an error (S3-style XML body) or stall them, a number of times, and
-//! everything else is forwarded unchanged. Request signatures stay valid: the bytes, the Host
+//! A fault-injecting HTTP/1.1 proxy in front of a real server (the S3 store, the tracking
+//! server): rules answer matching requests with an error (S3-style XML body), stall them, or
+//! hold them until the test releases them, a number of times, and everything else is forwarded
+//! unchanged. Request signatures stay valid: the bytes, the Host
 //! header included, are those the client signed.
 //!
 //! Each request is forwarded on a fresh upstream connection with `Connection: close`, and the
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// What a rule does to a matching request.
@@ -22,6 +24,9 @@ pub enum Action {
     Fail(u16, &'static str),
     /// Wait, then forward.
     Stall(Duration),
+    /// Hand the test a release (see [`Proxy::hold`]), wait until it is sent, then forward: the
+    /// client is held at a known point while the test changes the world.
+    Hold(mpsc::UnboundedSender<oneshot::Sender<()>>),
 }
 
 #[derive(Debug, Clone)]
@@ -73,10 +78,20 @@ impl Proxy {
 
     /// A proxy in front of the store of `MODEL_PRUNER__STORE__ENDPOINT`.
     pub async fn store() -> Proxy {
-        let endpoint: url::Url = std::env::var("MODEL_PRUNER__STORE__ENDPOINT")
-            .expect("MODEL_PRUNER__STORE__ENDPOINT (eval \"$(scripts/stack.sh env)\")")
+        Proxy::in_front_of("MODEL_PRUNER__STORE__ENDPOINT").await
+    }
+
+    /// A proxy in front of the tracking server of `MODEL_PRUNER__MLFLOW__TRACKING_URI`.
+    pub async fn mlflow() -> Proxy {
+        Proxy::in_front_of("MODEL_PRUNER__MLFLOW__TRACKING_URI").await
+    }
+
+    /// A proxy in front of the server whose URL the environment variable `var` holds.
+    async fn in_front_of(var: &str) -> Proxy {
+        let endpoint: url::Url = std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} (eval \"$(scripts/stack.sh env)\")"))
             .parse()
-            .expect("the store endpoint is a URL");
+            .expect("a URL");
         let upstream = format!(
             "{}:{}",
             endpoint.host_str().expect("a host"),
@@ -103,6 +118,19 @@ impl Proxy {
             action,
             remaining: times,
         });
+    }
+
+    /// Holds the next `times` requests (`None`: all) with `method` whose target contains
+    /// `target_contains`: each arrives on the returned channel as a release to send once the
+    /// test is done with the world; the request is forwarded then.
+    pub fn hold(
+        &self,
+        request: (&'static str, &'static str),
+        times: Option<usize>,
+    ) -> mpsc::UnboundedReceiver<oneshot::Sender<()>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.rule(request, Action::Hold(tx), times);
+        rx
     }
 
     /// Requests seen with `method` whose target contains `target_contains`.
@@ -182,9 +210,17 @@ async fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> std::
             );
             client.write_all(answer.as_bytes()).await?;
         }
-        stall => {
-            if let Some(Action::Stall(wait)) = stall {
-                tokio::time::sleep(wait).await;
+        pause => {
+            match pause {
+                Some(Action::Stall(wait)) => tokio::time::sleep(wait).await,
+                Some(Action::Hold(test)) => {
+                    let (release, released) = oneshot::channel();
+                    if test.send(release).is_ok() {
+                        // A dropped release lets the request go as well.
+                        let _ = released.await;
+                    }
+                }
+                _ => {}
             }
             let mut server = TcpStream::connect(upstream).await?;
             server.write_all(head.as_bytes()).await?;
