@@ -48,6 +48,10 @@ struct Args {
     /// Runs of the scale sweep (scenario 4); 0 skips it.
     #[arg(long, default_value_t = 2000)]
     scale_runs: usize,
+    /// Versions registered elsewhere in the registry before the sweep is run again (scenario 5:
+    /// what a pass pays for the rest of a shared registry); 0 skips it.
+    #[arg(long, default_value_t = 2000)]
+    registry_versions: usize,
     /// Experiments of the burst; 0 skips it.
     #[arg(long, default_value_t = 20)]
     burst_experiments: usize,
@@ -116,6 +120,7 @@ fn main() -> std::process::ExitCode {
         args.sweep_runs = 20;
         args.files_per_run = 5;
         args.scale_runs = 40;
+        args.registry_versions = 20;
         args.burst_experiments = 3;
         args.burst_runs = 12;
         args.burst_files = 1;
@@ -179,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         sweep: scenarios.0,
         burst: scenarios.1,
         scale: scenarios.2,
+        registry: scenarios.3,
     };
     report.print();
     let path = args.out.join(if args.smoke {
@@ -205,6 +211,7 @@ type Results = (
     Option<scenarios::SweepResult>,
     Option<scenarios::BurstResult>,
     Option<scenarios::SweepResult>,
+    Option<scenarios::RegistryResult>,
 );
 
 async fn scenarios_in_order(args: &Args, env: &Env, worker: &Worker) -> anyhow::Result<Results> {
@@ -255,7 +262,23 @@ async fn scenarios_in_order(args: &Args, env: &Env, worker: &Worker) -> anyhow::
     } else {
         None
     };
-    Ok((sweep, burst, scale))
+    let registry = if args.registry_versions > 0 && args.sweep_runs > 0 {
+        let r = scenarios::registry(
+            env,
+            worker,
+            args.registry_versions,
+            args.sweep_runs,
+            args.files_per_run,
+            args.keep_top,
+        )
+        .await
+        .context("sweep beside a large registry")?;
+        report::print_sweep("registry", &r.sweep);
+        Some(r)
+    } else {
+        None
+    };
+    Ok((sweep, burst, scale, registry))
 }
 
 /// Deletes the bench's queues and exchange; failures are only reported.

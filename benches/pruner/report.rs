@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::scenarios::{BurstResult, SweepResult};
+use crate::scenarios::{BurstResult, RegistryResult, SweepResult};
 use crate::worker::ProcStats;
 
 #[derive(Debug, Serialize)]
@@ -114,6 +114,7 @@ pub struct Report {
     pub sweep: Option<SweepResult>,
     pub burst: Option<BurstResult>,
     pub scale: Option<SweepResult>,
+    pub registry: Option<RegistryResult>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -163,10 +164,15 @@ impl Report {
             m.garage_version,
             m.git_revision
         );
-        let sweeps: Vec<(&str, &SweepResult)> = [("sweep", &self.sweep), ("scale", &self.scale)]
-            .into_iter()
-            .filter_map(|(n, r)| Some((n, r.as_ref()?)))
-            .collect();
+        let registry = self.registry.as_ref().map(|r| &r.sweep);
+        let sweeps: Vec<(&str, &SweepResult)> = [
+            ("sweep", self.sweep.as_ref()),
+            ("scale", self.scale.as_ref()),
+            ("reg", registry),
+        ]
+        .into_iter()
+        .filter_map(|(n, r)| Some((n, r?)))
+        .collect();
         if !sweeps.is_empty() {
             println!(
                 "\n{:<6} {:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>9} {:>7} {:>7}",
@@ -199,6 +205,25 @@ impl Report {
                     r.worker_cpu_seconds
                 );
             }
+        }
+        let lookups = |r: &SweepResult| {
+            r.requests
+                .mlflow
+                .get("model-versions/search")
+                .copied()
+                .unwrap_or(0.0)
+        };
+        if let Some(r) = &self.registry {
+            println!(
+                "\nregistry: with {} versions of other models registered, the sweep made {:.0} \
+                 model-versions/search requests ({:.0} without them) and took {:.2}s ({:.2}s \
+                 without them)",
+                r.versions_elsewhere,
+                lookups(&r.sweep),
+                self.sweep.as_ref().map_or(f64::NAN, lookups),
+                r.sweep.worker.seconds,
+                self.sweep.as_ref().map_or(f64::NAN, |s| s.worker.seconds),
+            );
         }
         if let Some(b) = &self.burst {
             println!(

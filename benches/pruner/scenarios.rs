@@ -179,6 +179,37 @@ pub async fn sweep(
     })
 }
 
+/// Scenario 5: the sweep again, once `versions` versions of other models fill the registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegistryResult {
+    pub versions_elsewhere: usize,
+    pub registry_seed_seconds: f64,
+    pub sweep: SweepResult,
+}
+
+pub async fn registry(
+    env: &Env,
+    worker: &Worker,
+    versions: usize,
+    runs: usize,
+    files: usize,
+    keep_top: usize,
+) -> anyhow::Result<RegistryResult> {
+    eprintln!("[bench] registry: registering {versions} versions elsewhere");
+    let seeding = Instant::now();
+    let names = seed::registry(&env.mlflow, versions, 20).await?;
+    let registry_seed_seconds = seeding.elapsed().as_secs_f64();
+    let sweep = sweep(env, worker, runs, files, keep_top, false).await;
+    for name in &names {
+        env.mlflow.delete_registered_model(name).await?;
+    }
+    Ok(RegistryResult {
+        versions_elsewhere: versions,
+        registry_seed_seconds,
+        sweep: sweep?,
+    })
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BurstResult {
     pub experiments: usize,

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use aws_sdk_s3::Client;
 use futures::{StreamExt as _, TryStreamExt as _};
 
-use crate::mlflow_fixtures::{ExperimentFixture, Mlflow, RunSpec};
+use crate::mlflow_fixtures::{ExperimentFixture, Mlflow, ModelSource, RunSpec};
 use crate::store_fixtures::put_object;
 
 pub const BUCKET: &str = "mlflow";
@@ -96,4 +96,38 @@ async fn upload(s3: &Client, keys: Vec<String>, concurrency: usize) -> anyhow::R
         .buffer_unordered(concurrency)
         .try_collect::<()>()
         .await
+}
+
+/// Registers `versions` model versions in `registries` registered models of their own, each
+/// version naming an S3 path outside every seeded experiment: the rest of a shared registry,
+/// which a pass must not pay for. Returns the registered model names, for cleanup.
+pub async fn registry(
+    mlflow: &Mlflow,
+    versions: usize,
+    registries: usize,
+) -> anyhow::Result<Vec<String>> {
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let names: Vec<String> = (0..registries.max(1))
+        .map(|i| format!("bench-elsewhere-{tag}-{i}"))
+        .collect();
+    let sources: Vec<(String, String)> = (0..versions)
+        .map(|i| {
+            let name = names[i % names.len()].clone();
+            (
+                name,
+                format!("s3://{BUCKET}/elsewhere-{tag}/{i:05}/artifacts/model"),
+            )
+        })
+        .collect();
+    futures::stream::iter(sources)
+        .map(|(name, source)| async move {
+            mlflow
+                .register_model_version(&name, ModelSource::Uri(&source))
+                .await
+        })
+        .buffer_unordered(MLFLOW_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await
+        .context("seeding registry versions")?;
+    Ok(names)
 }
