@@ -1,8 +1,9 @@
 //! The lookups of the last look before files go ([`guard`](super::guard) decides): the planned
 //! runs (and the other runs of their shared models) read again by id, and the registry versions
-//! that may point at them, found by targeted searches (`run_id IN (...)`, then `source_path LIKE`
-//! each run and logged model id) rather than a read of the whole registry. The requests of a
-//! pass grow with the runs it deletes, not with the registry. All read-only; up to
+//! that may point at them, found by targeted searches (`run_id IN (...)`, `source_path LIKE` the
+//! experiment's artifact root in its `s3://` and `mlflow-artifacts:` forms, and `models:/<id>`
+//! for each logged model) rather than a read of the whole registry: what a pass reads grows with
+//! the experiment, not with the registry. All read-only; up to
 //! `concurrency.parallel_deletions` requests in flight.
 
 use std::collections::{BTreeSet, HashMap};
@@ -51,19 +52,33 @@ impl Engine {
         let mut ids: BTreeSet<&str> = runs().map(|p| p.run_id.as_str()).collect();
         ids.extend(runs().flat_map(|p| p.shared_with.values().flatten().map(String::as_str)));
         let ids: Vec<&str> = ids.into_iter().collect();
-        let model_ids: BTreeSet<&str> = runs()
-            .filter_map(|p| sources.get(&p.run_id))
-            .flat_map(|s| s.logged_models.iter().map(|(id, _)| id.as_str()))
-            .collect();
-
         let mut searches: Vec<VersionFilter> = ids
             .chunks(RUN_IDS_PER_VERSION_SEARCH)
             .map(VersionFilter::RunIds)
             .collect();
-        if depth == Depth::Full {
-            searches.extend(runs().map(|p| VersionFilter::SourceContains(&p.run_id)));
-            searches.extend(model_ids.iter().map(|id| VersionFilter::SourceContains(id)));
-        }
+        let patterns = match depth {
+            Depth::RunIds => BTreeSet::new(),
+            Depth::Full => {
+                let run_sources =
+                    runs().filter_map(|p| Some((p.run_id.as_str(), sources.get(&p.run_id)?)));
+                let folders = run_sources.flat_map(|(run_id, s)| {
+                    let models = s
+                        .logged_models
+                        .iter()
+                        .map(|(id, uri)| (uri.as_str(), id.as_str()));
+                    std::iter::once((s.artifact_uri.as_str(), run_id)).chain(models)
+                });
+                let mut patterns = guard::source_patterns(folders, &self.rules);
+                // `models:/<id>` sources of versions that carry neither run_id nor model_id.
+                patterns.extend(runs().filter_map(|p| sources.get(&p.run_id)).flat_map(|s| {
+                    s.logged_models
+                        .iter()
+                        .map(|(id, _)| format!("models:/{id}%"))
+                }));
+                patterns
+            }
+        };
+        searches.extend(patterns.iter().map(|p| VersionFilter::SourceLike(p)));
         let params = options.params();
         let fields = RunFields {
             metrics: &[],

@@ -65,6 +65,45 @@ pub fn share(
     }
 }
 
+/// `source_path LIKE` patterns that find every registry version whose source lies in the folders
+/// `folders` (`(artifact URI, owner id)`): the folder's root (the experiment's artifact
+/// location, the part before the owner's folder) in its `s3://` form and, when it lies under the
+/// artifacts destination, in its `mlflow-artifacts:` form. Shared by all runs of an experiment,
+/// so a look costs a few searches whatever its size, and the rows found grow with the versions
+/// of this experiment, not with the registry. A folder whose root cannot be told is searched by
+/// its owner's id instead.
+pub fn source_patterns<'a>(
+    folders: impl IntoIterator<Item = (&'a str, &'a str)>,
+    rules: &LocationRules,
+) -> BTreeSet<String> {
+    let destination = rules.place(rules.artifacts_destination.as_str(), "").ok();
+    let mut patterns = BTreeSet::new();
+    for (uri, id) in folders {
+        let root = rules.place(uri, "").ok().and_then(|place| {
+            let at = place.segments.iter().position(|s| s == id)?;
+            let mut root = place.segments[..at].to_vec();
+            if id.starts_with("m-") && root.last().is_some_and(|s| s == "models") {
+                root.pop();
+            }
+            (!root.is_empty()).then_some((place.bucket, root))
+        });
+        let Some((bucket, root)) = root else {
+            patterns.insert(format!("%{id}%"));
+            continue;
+        };
+        patterns.insert(format!("s3://{bucket}/{}/%", root.join("/")));
+        if let Some(dest) = &destination
+            && dest.bucket == bucket
+            && root.len() > dest.segments.len()
+            && root.starts_with(&dest.segments)
+        {
+            let rest = &root[dest.segments.len()..];
+            patterns.insert(format!("mlflow-artifacts:%/{}/%", rest.join("/")));
+        }
+    }
+    patterns
+}
+
 /// Whether registry version `v` points at the models of run `run_id`.
 pub fn points_at(
     v: &ModelVersion,
@@ -268,6 +307,31 @@ mod tests {
         for v in cases {
             assert!(!points_at(&v, "a", &sources("a"), &rules()), "{v:?}");
         }
+    }
+
+    #[test]
+    fn source_patterns_cover_the_experiment_root_in_both_forms() {
+        let rules = LocationRules {
+            allowed_buckets: vec!["mlflow".into()],
+            artifacts_destination: "s3://mlflow/proxied".parse().unwrap(),
+        };
+        let folders = [
+            ("mlflow-artifacts:/7/r1/artifacts", "r1"),
+            ("mlflow-artifacts:/7/models/m-2/artifacts", "m-2"),
+            ("s3://mlflow/proxied/7/r3/artifacts", "r3"),
+            ("s3://mlflow/r4/artifacts", "r4"),
+            ("gs://bucket/8/r5/artifacts", "r5"),
+        ];
+        let patterns: Vec<String> = source_patterns(folders, &rules).into_iter().collect();
+        assert_eq!(
+            patterns,
+            [
+                "%r4%",
+                "%r5%",
+                "mlflow-artifacts:%/7/%",
+                "s3://mlflow/proxied/7/%",
+            ]
+        );
     }
 
     fn linked(runs: &[&str]) -> BTreeSet<String> {

@@ -333,8 +333,8 @@ mod tests {
     fn version_filters_quote_ids() {
         let runs = crate::mlflow::VersionFilter::RunIds(&["a1", "b2"]);
         assert_eq!(runs.to_string(), "run_id IN ('a1', 'b2')");
-        let named = crate::mlflow::VersionFilter::SourceContains("m-9");
-        assert_eq!(named.to_string(), "source_path LIKE '%m-9%'");
+        let named = crate::mlflow::VersionFilter::SourceLike("models:/m-9%");
+        assert_eq!(named.to_string(), "source_path LIKE 'models:/m-9%'");
     }
 
     #[test]

@@ -23,15 +23,16 @@ const VERSIONS_ORDER: [&str; 3] = ["creation_timestamp ASC", "name ASC", "versio
 pub enum VersionFilter<'a> {
     /// Versions whose `run_id` is one of these runs.
     RunIds(&'a [&'a str]),
-    /// Versions whose source contains this text (a run or logged model id).
-    SourceContains(&'a str),
+    /// Versions whose source matches this SQL `LIKE` pattern (`%` any text, `_` any
+    /// character).
+    SourceLike(&'a str),
 }
 
 impl fmt::Display for VersionFilter<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VersionFilter::RunIds(ids) => write!(f, "run_id IN {}", in_list(ids.iter().copied())),
-            VersionFilter::SourceContains(text) => write!(f, "source_path LIKE '%{text}%'"),
+            VersionFilter::SourceLike(pattern) => write!(f, "source_path LIKE '{pattern}'"),
         }
     }
 }
