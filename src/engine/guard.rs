@@ -12,7 +12,8 @@
 //!   source in a form that cannot be resolved but names the run or a model protects it (when
 //!   unsure, keep);
 //! - a logged model linked to several runs goes only when every one of them is being pruned in
-//!   this pass or was pruned before; the last of them in plan order carries its folder.
+//!   this pass or was pruned before, and none of them is, read again, protected or unfinished;
+//!   the last of them in plan order carries its folder, and stays whole when a sharer stays.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -91,14 +92,16 @@ pub fn source_patterns<'a>(
             patterns.insert(format!("%{id}%"));
             continue;
         };
-        patterns.insert(format!("s3://{bucket}/{}/%", root.join("/")));
+        // No `/` before the `%`: a version of the root folder itself is found too (and the
+        // siblings that start the same way are told apart by `points_at`).
+        patterns.insert(format!("s3://{bucket}/{}%", root.join("/")));
         if let Some(dest) = &destination
             && dest.bucket == bucket
             && root.len() > dest.segments.len()
             && root.starts_with(&dest.segments)
         {
             let rest = &root[dest.segments.len()..];
-            patterns.insert(format!("mlflow-artifacts:%/{}/%", rest.join("/")));
+            patterns.insert(format!("mlflow-artifacts:%/{}%", rest.join("/")));
         }
     }
     patterns
@@ -169,28 +172,49 @@ pub fn check(
             )
         })
         .collect();
-    let in_group: HashMap<&str, bool> = verdicts
-        .iter()
-        .map(|(at, v)| (planned[*at].run_id.as_str(), v.is_none()))
-        .collect();
-    let stays_pruned = |other: &str| match in_group.get(other).or(settled.get(other)) {
-        Some(stands) => *stands,
-        // Not in this pass: planned only because it was pruned before; still so?
-        None => fresh.get(other).is_some_and(|run| is_pruned(run)),
-    };
-    for (at, verdict) in verdicts.iter_mut().filter(|(_, v)| v.is_none()) {
-        let blocker = planned[*at].shared_with.iter().find_map(|(model, with)| {
-            with.iter()
-                .find(|other| !stays_pruned(other))
-                .map(|other| (model.clone(), other.clone()))
-        });
-        if let Some((model_id, run_id)) = blocker {
-            *verdict = Some(Decision::Skipped {
-                reason: SkipReason::SharedModelKept { model_id, run_id },
+    // A sharer of a carried model must be gone or going: in this look and still standing, or
+    // looked at earlier and standing, or pruned before; and, read just now, neither protected
+    // nor unfinished. Withdrawing a carrier can block another carrier that shares a model with
+    // it, so this runs until nothing changes.
+    loop {
+        let standing: HashMap<&str, bool> = verdicts
+            .iter()
+            .map(|(at, v)| (planned[*at].run_id.as_str(), v.is_none()))
+            .collect();
+        let gone = |other: &str| {
+            let looked = standing.get(other).or(settled.get(other)).copied();
+            if looked == Some(false) {
+                return false;
+            }
+            let Some(run) = fresh.get(other).copied() else {
+                return false;
+            };
+            let other_sources = sources.get(other).unwrap_or(&empty);
+            let protected = is_true(run.tags.get(TAG_KEEP))
+                || versions
+                    .iter()
+                    .any(|v| points_at(v, other, other_sources, rules));
+            let ended = run.lifecycle_stage == "active" && run.status == "FINISHED";
+            !protected && ended && (looked == Some(true) || is_pruned(run))
+        };
+        let mut changed = false;
+        for (at, verdict) in verdicts.iter_mut().filter(|(_, v)| v.is_none()) {
+            let blocker = planned[*at].shared_with.iter().find_map(|(model, with)| {
+                with.iter()
+                    .find(|other| !gone(other))
+                    .map(|other| (model.clone(), other.clone()))
             });
+            if let Some((model_id, run_id)) = blocker {
+                *verdict = Some(Decision::Skipped {
+                    reason: SkipReason::SharedModelKept { model_id, run_id },
+                });
+                changed = true;
+            }
+        }
+        if !changed {
+            return verdicts;
         }
     }
-    verdicts
 }
 
 /// Why a planned run must stay after all, if it must.
@@ -328,8 +352,8 @@ mod tests {
             [
                 "%r4%",
                 "%r5%",
-                "mlflow-artifacts:%/7/%",
-                "s3://mlflow/proxied/7/%",
+                "mlflow-artifacts:%/7%",
+                "s3://mlflow/proxied/7%",
             ]
         );
     }
@@ -415,6 +439,7 @@ mod tests {
             run("late", "FINISHED"),
             pruned,
             run("unpruned", "FINISHED"),
+            run("earlier", "FINISHED"),
         ];
         let fresh: HashMap<&str, &Run> =
             fresh_runs.iter().map(|r| (r.run_id.as_str(), r)).collect();

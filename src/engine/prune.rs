@@ -73,6 +73,12 @@ impl Engine {
             .enumerate()
             .map(|(at, p)| (p.run_id.as_str(), at))
             .collect();
+        let mut carriers_of: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (at, p) in planned.iter().enumerate() {
+            for other in p.shared_with.values().flatten() {
+                carriers_of.entry(other.as_str()).or_default().push(at);
+            }
+        }
         let mut looks = vec![Look::Pending; planned.len()];
         let mut asked: Vec<usize> = Vec::new();
         let mut confirming = FuturesUnordered::new();
@@ -85,15 +91,25 @@ impl Engine {
         let mut marks = FuturesUnordered::new();
         let mut pruned: Vec<(usize, PrunedRun)> = Vec::with_capacity(planned.len());
         let mut withdrawn: Vec<(String, Decision)> = Vec::new();
-        // Asks for a look at `run` and at the runs of the pass its shared models go with.
+        // Asks for a look at `run` and at every run of the pass linked to it through shared
+        // models, transitively, so that a chain of sharers is looked at together.
         let ask = |run: usize, looks: &mut [Look], asked: &mut Vec<usize>| {
-            let sharers = planned[run].shared_with.values().flatten();
-            let sharers = sharers.filter_map(|id| index.get(id.as_str()).copied());
-            for at in std::iter::once(run).chain(sharers) {
-                if looks[at] == Look::Pending {
-                    looks[at] = Look::Asked;
-                    asked.push(at);
+            let mut next = vec![run];
+            while let Some(at) = next.pop() {
+                if looks[at] != Look::Pending {
+                    continue;
                 }
+                looks[at] = Look::Asked;
+                asked.push(at);
+                let sharers = planned[at].shared_with.values().flatten();
+                next.extend(sharers.filter_map(|id| index.get(id.as_str()).copied()));
+                // And the carriers that name this run as a sharer.
+                next.extend(
+                    carriers_of
+                        .get(planned[at].run_id.as_str())
+                        .into_iter()
+                        .flatten(),
+                );
             }
         };
         for &(run, _) in &unconfirmed_marks {
@@ -197,11 +213,14 @@ impl Engine {
                 else => break,
             }
         }
-        debug_assert_eq!(
-            pruned.len() + withdrawn.len(),
-            planned.len(),
-            "every planned run is marked or withdrawn"
-        );
+        if pruned.len() + withdrawn.len() != planned.len() {
+            tracing::error!(
+                planned = planned.len(),
+                pruned = pruned.len(),
+                withdrawn = withdrawn.len(),
+                "a planned run was neither marked nor withdrawn; the next pass completes it"
+            );
+        }
         pruned.sort_unstable_by_key(|(run, _)| *run);
         Ok(Pruned {
             runs: pruned.into_iter().map(|(_, run)| run).collect(),

@@ -12,8 +12,11 @@ use super::error::MlflowError;
 use super::types::{LoggedModel, ModelVersion};
 use super::wire::{SearchLoggedModelsResponse, SearchModelVersionsResponse, WireModelVersion};
 
-/// Page size for `model-versions/search` (MLflow caps it at 200 000).
-const MODEL_VERSIONS_PAGE_SIZE: u32 = 1_000;
+/// Page size for `model-versions/search`: MLflow's cap, so that a search reads one page. Pages
+/// are offsets: a version deleted between two page requests would make the next page skip one,
+/// and a skipped version is a protection missed. The searches are targeted (an experiment's
+/// folders), so one page stays small.
+const MODEL_VERSIONS_PAGE_SIZE: u32 = 200_000;
 
 /// Oldest first, then a total order: versions registered while a search pages come last.
 const VERSIONS_ORDER: [&str; 3] = ["creation_timestamp ASC", "name ASC", "version_number ASC"];
