@@ -1,6 +1,7 @@
 //! Typed settings: `config/default.toml`, then an optional file, then `MODEL_PRUNER__*`
 //! environment variables. Unknown keys are errors; secrets never print.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -48,7 +49,7 @@ pub struct BrokerSettings {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlflowSettings {
-    pub tracking_uri: Url,
+    pub tracking_uri: CredentialedUrl,
     #[serde(default, serialize_with = "redact_opt")]
     pub token: Option<SecretString>,
     #[serde(default)]
@@ -66,7 +67,7 @@ pub struct MlflowSettings {
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     #[serde(default)]
-    pub endpoint: Option<Url>,
+    pub endpoint: Option<CredentialedUrl>,
     pub region: String,
     pub access_key_id: String,
     #[serde(serialize_with = "redact")]
@@ -228,6 +229,60 @@ impl Settings {
     }
 }
 
+/// A URL that may carry credentials (`https://user:secret@host`): printed (`Debug`, `Display`,
+/// `config check`) with them replaced by `redacted`; [`CredentialedUrl::expose`] gives the real
+/// one to the client that connects.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct CredentialedUrl(Url);
+
+impl CredentialedUrl {
+    /// The URL with its credentials, for connecting only.
+    pub fn expose(&self) -> &Url {
+        &self.0
+    }
+}
+
+impl From<Url> for CredentialedUrl {
+    fn from(url: Url) -> Self {
+        CredentialedUrl(url)
+    }
+}
+
+impl std::str::FromStr for CredentialedUrl {
+    type Err = url::ParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Url::parse(s).map(CredentialedUrl)
+    }
+}
+
+impl fmt::Display for CredentialedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if !shown.username().is_empty() {
+            // Only fails for URLs that cannot carry credentials, which then have none.
+            let _ = shown.set_username("redacted");
+        }
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("redacted"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for CredentialedUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl Serialize for CredentialedUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[redacted]")
 }
@@ -236,5 +291,53 @@ fn redact_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S:
     match v {
         Some(_) => s.serialize_str("[redacted]"),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults with `overrides` (TOML) on top, without the environment.
+    fn settings_with(overrides: &str) -> Settings {
+        config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(overrides, config::FileFormat::Toml))
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap()
+    }
+
+    #[test]
+    fn credentials_inside_urls_are_never_printed() {
+        let s = settings_with(
+            r#"
+            [mlflow]
+            tracking_uri = "https://ml-user:ml-secret@mlflow.example/prefix"
+            [store]
+            endpoint = "https://s3-user:s3-secret@s3.example"
+            "#,
+        );
+        let printed = [
+            format!("{s:?}"),
+            s.to_redacted_toml(),
+            s.mlflow.tracking_uri.to_string(),
+            format!("{:?}", crate::mlflow::MlflowClient::new(&s.mlflow).unwrap()),
+        ];
+        for text in printed {
+            for secret in ["ml-user", "ml-secret", "s3-user", "s3-secret"] {
+                assert!(!text.contains(secret), "{secret} printed in {text}");
+            }
+        }
+        assert_eq!(
+            s.mlflow.tracking_uri.to_string(),
+            "https://redacted:redacted@mlflow.example/prefix"
+        );
+        assert_eq!(
+            s.mlflow.tracking_uri.expose().password(),
+            Some("ml-secret"),
+            "the client still gets them"
+        );
     }
 }

@@ -45,8 +45,9 @@ impl std::fmt::Debug for MlflowClient {
             Auth::Bearer(_) => "bearer",
             Auth::Basic { .. } => "basic",
         };
+        let api = crate::settings::CredentialedUrl::from(self.api.clone());
         f.debug_struct("MlflowClient")
-            .field("api", &self.api.as_str())
+            .field("api", &api)
             .field("auth", &auth)
             .field("page_size", &self.page_size)
             .finish()
@@ -73,10 +74,11 @@ impl MlflowClient {
     /// in MLflow's own client) and the API root under `tracking_uri`, which may carry a path
     /// prefix such as `https://host/mlflow`.
     pub fn new(settings: &MlflowSettings) -> Result<Self, MlflowError> {
-        let mut api = settings.tracking_uri.clone();
+        let mut api = settings.tracking_uri.expose().clone();
         if !matches!(api.scheme(), "http" | "https") || api.cannot_be_a_base() {
             return Err(MlflowError::Build(format!(
-                "tracking URI {api} must be an http or https URL"
+                "tracking URI {} must be an http or https URL",
+                settings.tracking_uri
             )));
         }
         api.path_segments_mut()
@@ -400,7 +402,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let client = MlflowClient::new(&settings(&format!("http://{addr}"))).unwrap();
+        let uri = format!("http://user:s3cr3t@{addr}");
+        let client = MlflowClient::new(&settings(&uri)).unwrap();
         let err = client.get_experiment("12").await.unwrap_err();
         assert!(matches!(err, MlflowError::Connect { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Transient);
@@ -409,6 +412,9 @@ mod tests {
                 .contains("experiments/get for experiment 12"),
             "{err}"
         );
+        let debug = format!("{err:?}");
+        let chain = format!("{debug} {:#}", anyhow::Error::from(err));
+        assert!(!chain.contains("s3cr3t"), "credentials printed: {chain}");
     }
 
     #[tokio::test]

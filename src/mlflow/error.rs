@@ -127,6 +127,9 @@ impl MlflowError {
         target: String,
         source: reqwest::Error,
     ) -> Self {
+        // The URL may carry credentials (https://user:secret@host); `target` says what the
+        // request was about.
+        let source = source.without_url();
         if source.is_timeout() {
             MlflowError::Timeout { operation, target }
         } else if source.is_builder() {

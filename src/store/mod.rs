@@ -96,7 +96,7 @@ impl ObjectStore {
             .timeout_config(timeouts)
             .retry_config(RetryConfig::disabled());
         if let Some(endpoint) = &settings.endpoint {
-            config = config.endpoint_url(endpoint.as_str());
+            config = config.endpoint_url(endpoint.expose().as_str());
         }
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),

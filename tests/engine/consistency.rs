@@ -20,7 +20,7 @@ const LIST_OBJECTS: (&str, &str) = ("GET", "list-type=2");
 async fn runs_created_between_the_pages_of_a_pass_are_ranked_once() {
     let proxy = Proxy::mlflow().await;
     let mut w = World::new();
-    w.settings.mlflow.tracking_uri = proxy.url();
+    w.settings.mlflow.tracking_uri = proxy.url().into();
     w.settings.mlflow.page_size = 3;
     let exp = w.experiment().await;
     // Run i has metric i: the newest two are the best.
@@ -66,7 +66,7 @@ async fn runs_created_between_the_pages_of_a_pass_are_ranked_once() {
 async fn a_version_registered_and_a_keep_tag_set_while_a_pass_runs_keep_their_models() {
     let proxy = Proxy::store().await;
     let mut w = World::new();
-    w.settings.store.endpoint = Some(proxy.url());
+    w.settings.store.endpoint = Some(proxy.url().into());
     let exp = w.experiment().await;
     let runs = w
         .ranked_runs(&exp, Layout::Classic, &[0.1, 0.2, 0.3, 0.4, 0.5])

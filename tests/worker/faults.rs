@@ -22,7 +22,7 @@ async fn scene(
     let values: Vec<f64> = (1..=runs).map(|i| 0.1 * i as f64).collect();
     let models = world.ranked_runs(&exp, Layout::Classic, &values).await;
     let mut s = settings();
-    s.store.endpoint = Some(proxy.url());
+    s.store.endpoint = Some(proxy.url().into());
     (exp, models, s)
 }
 
