@@ -70,6 +70,19 @@ pub fn get_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
     u32::try_from(value).ok()
 }
 
+/// The queue and reason of the message's latest dead-lettering, from the broker's `x-death`
+/// (newest first), if it was ever dead-lettered.
+pub fn last_death(headers: Option<&FieldTable>) -> Option<(String, String)> {
+    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    let latest = Some(latest);
+    Some((get_str(latest, "queue")?, get_str(latest, "reason")?))
+}
+
 /// Sets a string header.
 pub fn set_str(headers: &mut FieldTable, name: &str, value: &str) {
     headers.insert(
@@ -111,8 +124,36 @@ pub fn truncate_message(message: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// `x-death` as RabbitMQ writes it, newest death first.
+    pub(crate) fn with_deaths(deaths: &[(&str, &str)]) -> FieldTable {
+        let deaths = deaths
+            .iter()
+            .map(|(queue, reason)| {
+                let mut death = FieldTable::default();
+                set_str(&mut death, "queue", queue);
+                set_str(&mut death, "reason", reason);
+                set_u32(&mut death, "count", 1);
+                AMQPValue::FieldTable(death)
+            })
+            .collect::<Vec<_>>();
+        let mut h = FieldTable::default();
+        h.insert("x-death".into(), AMQPValue::FieldArray(deaths.into()));
+        h
+    }
+
+    #[test]
+    fn the_latest_death_is_the_first_of_x_death() {
+        let h = with_deaths(&[("p.30s", "expired"), ("work", "rejected")]);
+        assert_eq!(
+            last_death(Some(&h)),
+            Some(("p.30s".to_owned(), "expired".to_owned()))
+        );
+        assert_eq!(last_death(Some(&FieldTable::default())), None);
+        assert_eq!(last_death(None), None);
+    }
 
     #[test]
     fn integers_of_any_width_read_as_attempts() {

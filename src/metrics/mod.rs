@@ -348,6 +348,13 @@ pub fn pass_finished(result: &Result<PassReport, PruneError>, events: usize, ela
     M.last_pass.set(unix_now().as_secs() as i64);
 }
 
+/// Counts a pass that panicked (`result="panicked"`); its deliveries are retried later.
+pub fn pass_panicked(events: usize, elapsed: Duration) {
+    M.pass_duration.observe(elapsed.as_secs_f64());
+    M.coalesced.inc_by(events.saturating_sub(1) as u64);
+    M.passes.with_label_values(&["panicked"]).inc();
+}
+
 /// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.
 pub fn run_pruned(models: usize, objects: u64, bytes: u64) {
     M.runs.with_label_values(&["pruned"]).inc();

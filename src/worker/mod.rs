@@ -29,6 +29,8 @@ use session::SessionError;
 /// First wait before reconnecting to the broker; doubles up to [`MAX_RECONNECT_DELAY`].
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(500);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+/// How long a session must consume before its end resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 /// Runs the worker until `shutdown` is cancelled, then returns `Ok` once the passes in flight
 /// have finished (or `concurrency.shutdown_grace` has expired). Broker outages are waited out
@@ -63,6 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     };
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
+        let started = tokio::time::Instant::now();
         match session::run(&ctx, &shutdown).await {
             Ok(()) => break,
             Err(SessionError::Declare(e)) if e.is_refusal() => {
@@ -71,7 +74,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             }
             Err(e) => {
                 if matches!(e, SessionError::Lost(_)) {
-                    backoff = Backoff::default();
+                    backoff.session_ended(started.elapsed());
                 }
                 let wait = backoff.next_delay();
                 warn!(error = %e, retry_in = ?wait, "RabbitMQ unavailable; reconnecting");
@@ -133,6 +136,15 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// A session that consumed for `lived` ended: start again from the first delay only if it
+    /// stayed up long enough to call the connection healthy, so a session that dies right after
+    /// it starts (a broker accepting connections then closing them) keeps backing off.
+    fn session_ended(&mut self, lived: Duration) {
+        if lived >= HEALTHY_SESSION {
+            *self = Backoff::default();
+        }
+    }
+
     fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (delay * 2).min(MAX_RECONNECT_DELAY);
@@ -143,6 +155,22 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_session_that_stayed_up_resets_the_backoff() {
+        let mut b = Backoff::default();
+        for _ in 0..4 {
+            b.next_delay();
+        }
+        let backed_off = b.next;
+        b.session_ended(Duration::from_millis(200));
+        assert_eq!(
+            b.next, backed_off,
+            "a session that died at once keeps backing off"
+        );
+        b.session_ended(HEALTHY_SESSION);
+        assert_eq!(b.next, FIRST_RECONNECT_DELAY);
+    }
 
     #[test]
     fn reconnect_delays_double_up_to_the_cap_with_jitter() {

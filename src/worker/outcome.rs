@@ -38,6 +38,17 @@ impl Failure {
         }
     }
 
+    /// A pass that panicked: a bug, or a state it did not expect. Transient, so the message
+    /// comes back after the delays and is dead-lettered with this message once out of attempts,
+    /// instead of looping.
+    pub fn panic(experiment_id: &str, message: &str) -> Self {
+        Failure {
+            class: ErrorClass::Transient,
+            kind: "panic",
+            message: format!("the pass over experiment {experiment_id} panicked: {message}"),
+        }
+    }
+
     /// A run.finished event naming a run of another experiment.
     pub fn foreign_run(experiment_id: &str, run_id: &str) -> Self {
         Failure {

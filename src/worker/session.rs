@@ -2,10 +2,11 @@
 //! shutdown or connection loss drain the passes in flight.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use lapin::options::BasicCancelOptions;
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         broker: broker.clone(),
         topology: ctx.topology.clone(),
         host: ctx.host.clone(),
+        failed_republications: Default::default(),
     });
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
     // The experiment each task holds (none for an invalid message), to free it when done.
@@ -110,7 +112,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let received = Received::new(delivery);
+                    let received = Received::new(delivery, &ctx.topology);
                     match Event::parse(&received.routing_key, &received.delivery.data) {
                         Ok(event) => scheduler.push(Job { event, delivery: received }),
                         Err(e) => {
@@ -200,18 +202,24 @@ async fn run_batch(
     let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
     async move {
         let started = std::time::Instant::now();
-        let result = engine.run_pass(&request).await;
-        metrics::pass_finished(&result, jobs.len(), started.elapsed());
+        let result = guarded(engine.run_pass(&request)).await;
+        match &result {
+            Ok(result) => metrics::pass_finished(result, jobs.len(), started.elapsed()),
+            Err(panic) => {
+                error!(panic = %panic, "the pass panicked: its events are retried after a delay");
+                metrics::pass_panicked(jobs.len(), started.elapsed());
+            }
+        }
         for job in jobs {
             let run_id = match &job.event {
                 Event::RunFinished(e) => Some(e.run_id.as_str()),
                 Event::ExperimentPrune(_) => None,
             };
-            let outcome = decide(
-                job_result(&result, &request.experiment_id, run_id),
-                job.delivery.attempt,
-                rules,
-            );
+            let failure = match &result {
+                Ok(result) => job_result(result, &request.experiment_id, run_id),
+                Err(panic) => Err(Failure::panic(&request.experiment_id, panic)),
+            };
+            let outcome = decide(failure, job.delivery.attempt, rules);
             let subject = Subject {
                 experiment_id: Some(&request.experiment_id),
                 run_id,
@@ -221,6 +229,21 @@ async fn run_batch(
     }
     .instrument(span)
     .await
+}
+
+/// Runs `pass`, turning a panic into its message, so the deliveries it covers are still
+/// settled and the worker keeps running.
+async fn guarded<T>(pass: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(pass)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "(no message)".to_owned())
+        })
 }
 
 /// What a pass means for one of the events it covered: a run.finished event naming a run of
@@ -239,5 +262,49 @@ fn job_result(
             Err(Failure::foreign_run(experiment_id, run))
         }
         (Err(e), _) => Err(Failure::pass(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worker::outcome::Outcome;
+
+    #[tokio::test]
+    async fn a_panicking_pass_becomes_its_message() {
+        assert_eq!(guarded(async { 7 }).await, Ok(7));
+        let panicked = guarded(async {
+            if true {
+                panic!("index out of bounds: {}", 3);
+            }
+        })
+        .await;
+        assert_eq!(panicked, Err("index out of bounds: 3".to_owned()));
+    }
+
+    #[test]
+    fn a_panic_is_retried_then_dead_lettered_not_looped() {
+        let rules = RetryRules {
+            max_attempts: 3,
+            delay_steps: 2,
+        };
+        let failure = || Err(Failure::panic("12", "boom"));
+        assert!(matches!(
+            decide(failure(), 1, rules),
+            Outcome::Delay { step: 0, .. }
+        ));
+        assert!(matches!(
+            decide(failure(), 2, rules),
+            Outcome::Delay { step: 1, .. }
+        ));
+        let Outcome::DeadLetter { failure, attempts } = decide(failure(), 3, rules) else {
+            panic!("dead-lettered once out of attempts");
+        };
+        assert_eq!((failure.kind, attempts), ("panic", 3));
+        assert!(
+            failure.message.contains("experiment 12 panicked: boom"),
+            "{}",
+            failure.message
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! confirms and ack only once the broker has the copy, so a message is never lost.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -28,13 +30,31 @@ pub struct Received {
 }
 
 impl Received {
-    pub fn new(delivery: Delivery) -> Self {
+    /// Reads the delivery. The worker's own headers (original routing key, attempts so far)
+    /// are trusted only on a message that came back from one of the worker's delay queues: the
+    /// broker dead-lettered it (latest `x-death`: one of `topology`'s delay queues, expired) to
+    /// the work queue through the default exchange. Any other message is what its publisher
+    /// sent: the delivery's routing key decides how it is parsed and it is attempt 1, whatever
+    /// headers it carries, so a publisher allowed one routing key cannot make another event or
+    /// skip its retries.
+    pub fn new(delivery: Delivery, topology: &Topology) -> Self {
         let h = delivery.properties.headers().as_ref();
-        let routing_key = headers::get_str(h, headers::ROUTING_KEY)
-            .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
-        let attempt = headers::get_u32(h, headers::ATTEMPTS)
-            .unwrap_or(0)
-            .saturating_add(1);
+        let from_delay_queue = delivery.exchange.as_str().is_empty()
+            && delivery.routing_key.as_str() == topology.work_queue
+            && headers::last_death(h).is_some_and(|(queue, reason)| {
+                reason == "expired" && topology.delay_queues.iter().any(|d| d.name == queue)
+            });
+        let delivered_with = delivery.routing_key.as_str();
+        let (routing_key, attempt) = if from_delay_queue {
+            let routing_key = headers::get_str(h, headers::ROUTING_KEY)
+                .unwrap_or_else(|| delivered_with.to_owned());
+            let attempt = headers::get_u32(h, headers::ATTEMPTS)
+                .unwrap_or(0)
+                .saturating_add(1);
+            (routing_key, attempt)
+        } else {
+            (delivered_with.to_owned(), 1)
+        };
         Received {
             metrics: metrics::Message::received(&routing_key),
             delivery,
@@ -56,6 +76,21 @@ pub struct Settler {
     pub broker: Arc<Broker>,
     pub topology: Topology,
     pub host: String,
+    /// Re-publications that failed in a row, for the backoff before handing a delivery back.
+    pub failed_republications: AtomicU32,
+}
+
+/// First wait before a delivery whose re-publication failed goes back to the queue.
+const FIRST_REQUEUE_DELAY: Duration = Duration::from_secs(1);
+/// Longest such wait; well under RabbitMQ's acknowledgement timeout.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(10);
+
+/// The wait before handing back a delivery after the `failures`-th re-publication failure in a
+/// row (1-based): doubles from a second up to ten, so a broker that keeps refusing the
+/// copies is not hammered with redeliveries, each of which reruns a pass.
+fn requeue_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_REQUEUE_DELAY * 2u32.pow(doublings)).min(MAX_REQUEUE_DELAY)
 }
 
 impl Settler {
@@ -102,10 +137,13 @@ impl Settler {
             .publish_to_queue(queue, &received.delivery.data, properties)
             .await;
         if let Err(e) = published {
+            let failures = self.failed_republications.fetch_add(1, Ordering::Relaxed) + 1;
+            let wait = requeue_delay(failures);
             error!(
-                experiment_id, run_id, routing_key, queue, error = %e,
-                "could not re-publish the message; returned to the work queue"
+                experiment_id, run_id, routing_key, queue, error = %e, retry_in = ?wait,
+                "could not re-publish the message; returning it to the work queue"
             );
+            tokio::time::sleep(wait).await;
             received.metrics.finished(Finished::Retried);
             let requeue = BasicNackOptions {
                 requeue: true,
@@ -116,6 +154,7 @@ impl Settler {
             }
             return;
         }
+        self.failed_republications.store(0, Ordering::Relaxed);
         let (class, kind, message) = (failure.class.as_str(), failure.kind, &failure.message);
         match outcome {
             Outcome::Delay { .. } => warn!(
@@ -249,22 +288,83 @@ mod tests {
     }
 
     #[test]
-    fn attempts_and_routing_key_come_from_the_headers_when_present() {
-        let mut h = FieldTable::default();
+    fn requeues_after_failed_republications_back_off_up_to_ten_seconds() {
+        let delays: Vec<u64> = [1, 2, 3, 4, 6, 7, 100]
+            .map(|n| requeue_delay(n).as_secs())
+            .to_vec();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10, 10]);
+    }
+
+    fn topology() -> Topology {
+        Topology {
+            exchange: "x".into(),
+            work_queue: "work".into(),
+            dead_letter_queue: "dead".into(),
+            delivery_limit: 5,
+            delay_queues: vec![crate::broker::DelayQueue {
+                name: "p.30s".into(),
+                delay: std::time::Duration::from_secs(30),
+            }],
+        }
+    }
+
+    fn delivery(exchange: &str, routing_key: &str, h: FieldTable) -> Delivery {
+        let mut d = Delivery::mock(
+            1,
+            exchange.into(),
+            routing_key.into(),
+            false,
+            b"{}".to_vec(),
+        );
+        d.properties = BasicProperties::default().with_headers(h);
+        d
+    }
+
+    fn own_headers(mut h: FieldTable) -> FieldTable {
         headers::set_u32(&mut h, headers::ATTEMPTS, 2);
         headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
-        let mut d = Delivery::mock(1, "".into(), "work".into(), false, b"{}".to_vec());
-        d.properties = BasicProperties::default().with_headers(h);
-        let r = Received::new(d);
+        h
+    }
+
+    #[test]
+    fn attempts_and_routing_key_come_from_the_headers_after_a_delay_queue() {
+        let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
+        let r = Received::new(delivery("", "work", back), &topology());
         assert_eq!((r.routing_key.as_str(), r.attempt), ("experiment.prune", 3));
 
-        let r = Received::new(Delivery::mock(
-            1,
-            "x".into(),
-            "run.finished".into(),
-            false,
-            vec![],
-        ));
+        let r = Received::new(
+            delivery("x", "run.finished", FieldTable::default()),
+            &topology(),
+        );
         assert_eq!((r.routing_key.as_str(), r.attempt), ("run.finished", 1));
+    }
+
+    #[test]
+    fn headers_a_publisher_wrote_widen_nothing() {
+        let forged = [
+            // Straight from a pipeline, through the exchange.
+            ("x", "run.finished", own_headers(FieldTable::default())),
+            // With an x-death of the worker's delay queue, but not dead-lettered by it.
+            (
+                "x",
+                "run.finished",
+                own_headers(headers::tests::with_deaths(&[("p.30s", "expired")])),
+            ),
+            // Dead-lettered by some other queue, or rejected rather than expired.
+            (
+                "",
+                "work",
+                own_headers(headers::tests::with_deaths(&[("other.30s", "expired")])),
+            ),
+            (
+                "",
+                "work",
+                own_headers(headers::tests::with_deaths(&[("p.30s", "rejected")])),
+            ),
+        ];
+        for (exchange, routing_key, h) in forged {
+            let r = Received::new(delivery(exchange, routing_key, h), &topology());
+            assert_eq!((r.routing_key.as_str(), r.attempt), (routing_key, 1));
+        }
     }
 }

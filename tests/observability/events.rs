@@ -3,7 +3,6 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use lapin::types::FieldTable;
-use model_pruner::broker::headers;
 use model_pruner::settings::Settings;
 
 use crate::scrape::{DEADLINE, Endpoint, alone_in_process, delta, settings};
@@ -36,9 +35,8 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
     let kind = ("kind", "unknown");
     let dead = [kind, ("outcome", "dead_lettered")];
 
-    let mut h = FieldTable::default();
-    headers::set_str(&mut h, headers::ROUTING_KEY, "model.deleted");
-    app.publish_to_work_queue(br#"{"experiment_id":"1"}"#, h)
+    // Straight to the work queue: delivered with the queue's name as routing key.
+    app.publish_to_work_queue(br#"{"experiment_id":"1"}"#, FieldTable::default())
         .await;
     app.next_dead_letter(DEADLINE).await;
     let in_flight = before.value("model_pruner_messages_in_flight", &[]);

@@ -18,8 +18,12 @@ async fn invalid_messages_are_dead_lettered_with_headers_and_the_worker_keeps_go
     app.publish("run.finished", b"{not json").await;
     app.publish("run.finished", br#"{"experiment_id":"1"}"#)
         .await;
+    // A publisher's copy of the worker's own headers widens nothing: the message is parsed by
+    // the routing key it was delivered with (here the work queue's name) as attempt 1, not as
+    // the sweep it claims to be on its 100th attempt.
     let mut h = FieldTable::default();
-    headers::set_str(&mut h, headers::ROUTING_KEY, "model.deleted");
+    headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
+    headers::set_u32(&mut h, headers::ATTEMPTS, 99);
     app.publish_to_work_queue(br#"{"experiment_id":"1"}"#, h)
         .await;
 
@@ -78,8 +82,9 @@ async fn invalid_messages_are_dead_lettered_with_headers_and_the_worker_keeps_go
     );
     assert_eq!(
         header(&unknown, headers::ROUTING_KEY).as_deref(),
-        Some("model.deleted")
+        Some(app.topology.work_queue.as_str())
     );
+    assert_eq!(attempts(&unknown), Some(1));
     assert_eq!(
         header(&unknown, headers::ERROR_CLASS).as_deref(),
         Some("permanent")
