@@ -37,6 +37,9 @@ enum Look {
     Withdrawn,
 }
 
+/// Looks in flight at once: one can run while the previous one's answers are applied.
+const LOOKS_IN_FLIGHT: usize = 2;
+
 /// What the pipeline did.
 pub(super) struct Pruned {
     /// The runs whose files are gone and that are marked, in plan order.
@@ -132,7 +135,7 @@ impl Engine {
                     held.push(batch);
                 }
             }
-            if confirming.is_empty() && !asked.is_empty() {
+            while confirming.len() < LOOKS_IN_FLIGHT && !asked.is_empty() {
                 let group = std::mem::take(&mut asked);
                 let settled: HashMap<&str, bool> = looks
                     .iter()
@@ -180,6 +183,9 @@ impl Engine {
                     let (mut walk, page) = listed?;
                     let step = walk.page(page.objects, page.more);
                     for (run, objects) in step.taken {
+                        // Asked as soon as its keys are listed, so the look runs while its
+                        // batch fills rather than after.
+                        ask(run, &mut looks, &mut asked);
                         for batch in batcher.add(run, walk.bucket(), objects) {
                             batch.runs().for_each(|run| ask(run, &mut looks, &mut asked));
                             held.push(batch);
