@@ -80,8 +80,9 @@ async fn a_version_registered_and_a_keep_tag_set_while_a_pass_runs_keep_their_mo
         )
         .await;
 
-    // The pass has ranked and planned; it is about to list the files it will delete.
-    let mut held = proxy.hold(LIST_OBJECTS, Some(1));
+    // The pass has ranked and planned; it is about to list the files it will delete. Every
+    // listing is held (a pass lists in several walks at once) until the world has changed.
+    let mut held = proxy.hold(LIST_OBJECTS, None);
     let name = unique_name("registered-mid-pass");
     let writer = async {
         let release = held.recv().await.expect("the pass lists files");
@@ -99,6 +100,12 @@ async fn a_version_registered_and_a_keep_tag_set_while_a_pass_runs_keep_their_mo
             .await
             .expect("set the keep tag");
         release.send(()).expect("the pass waits");
+        // The other walks' listings, and any later page, go on at once.
+        tokio::spawn(async move {
+            while let Some(release) = held.recv().await {
+                let _ = release.send(());
+            }
+        });
     };
     let engine = w.engine();
     let pass = handle(&engine, Event::ExperimentPrune(sweep(&exp, keep(1))));
