@@ -39,6 +39,10 @@ enum Look {
 
 /// Looks in flight at once: one can run while the previous one's answers are applied.
 const LOOKS_IN_FLIGHT: usize = 2;
+/// Runs a look waits for while deletions are under way: a look costs the same few requests
+/// whatever its size, on a tracking server the marks keep busy. When nothing is being deleted,
+/// a look starts at once.
+const LOOK_GROUP: usize = 40;
 
 /// What the pipeline did.
 pub(super) struct Pruned {
@@ -135,7 +139,12 @@ impl Engine {
                     held.push(batch);
                 }
             }
-            while confirming.len() < LOOKS_IN_FLIGHT && !asked.is_empty() {
+            let idle = deletes.is_empty() && batches.is_empty();
+            let listed = walks.is_empty() && lists.is_empty();
+            while confirming.len() < LOOKS_IN_FLIGHT
+                && !asked.is_empty()
+                && (asked.len() >= LOOK_GROUP || idle || listed)
+            {
                 let group = std::mem::take(&mut asked);
                 let settled: HashMap<&str, bool> = looks
                     .iter()
