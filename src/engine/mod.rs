@@ -251,16 +251,13 @@ impl Engine {
                 depth,
             )
             .await?;
-        let withdrawn: HashSet<usize> = verdicts
-            .into_iter()
-            .filter_map(|(at, verdict)| {
-                let decision = verdict?;
+        // Verdicts come in plan order: removing from the end keeps the other indices valid.
+        for (at, decision) in verdicts.into_iter().rev() {
+            if let Some(decision) = decision {
                 ranking.withdraw(&planned[at].run_id, decision);
-                Some(at)
-            })
-            .collect();
-        let mut at = 0..;
-        planned.retain(|_| !withdrawn.contains(&at.next().expect("endless")));
+                planned.remove(at);
+            }
+        }
         let forced = matches!(req.kind, PassKind::Sweep { force: true, .. });
         let max = self.defaults.max_deletions_per_pass;
         if !forced && planned.len() > max as usize {

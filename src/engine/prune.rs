@@ -6,15 +6,13 @@
 //! batches wait to be sent, so memory stays bounded (a few batches of keys) whatever the size of
 //! the experiment.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
-
-use std::collections::HashMap;
 
 use super::batch::{Batch, Batcher};
 use super::confirm::Depth;

@@ -10,7 +10,9 @@ use std::fmt;
 use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
 use super::types::{LoggedModel, ModelVersion};
-use super::wire::{SearchLoggedModelsResponse, SearchModelVersionsResponse, WireModelVersion};
+use super::wire::{
+    SearchLoggedModelsResponse, SearchModelVersionsResponse, WireLoggedModel, WireModelVersion,
+};
 
 /// Page size for `model-versions/search`: MLflow's cap, so that a search reads one page. Pages
 /// are offsets: a version deleted between two page requests would make the next page skip one,
@@ -50,7 +52,7 @@ impl MlflowClient {
         &self,
         experiment_id: &str,
     ) -> Result<Vec<LoggedModel>, MlflowError> {
-        let key = |m: &super::wire::WireLoggedModel| m.info.model_id.clone();
+        let key = |m: &WireLoggedModel| m.info.model_id.clone();
         let models = all_pages("logged-models/search", key, |page_token| async move {
             let call = Call::new(
                 "logged-models/search",
