@@ -36,5 +36,13 @@ SKIP_CARGO=1 scripts/check-monitoring.sh
 log "benchmark smoke run (tiny sizes; no timing is asserted)"
 cargo test --bench pruner -- --smoke --out target/bench/smoke
 
-log "cargo nextest run --workspace --all-targets --no-fail-fast $*"
-cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+# Tests named broker_wide change RabbitMQ's own settings (a short consumer_timeout): they run
+# on their own, after the rest, so no other test's channel is opened under those settings.
+status=0
+log "cargo nextest run --workspace --all-targets --no-fail-fast -E 'not test(/broker_wide/)' $*"
+cargo nextest run --workspace --all-targets --no-fail-fast --no-tests=pass \
+  -E 'not test(/broker_wide/)' "$@" || status=$?
+log "cargo nextest run --workspace --all-targets --no-fail-fast -E 'test(/broker_wide/)' $*"
+cargo nextest run --workspace --all-targets --no-fail-fast --no-tests=pass \
+  -E 'test(/broker_wide/)' "$@" || status=$?
+exit "$status"

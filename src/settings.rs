@@ -44,6 +44,17 @@ pub struct BrokerSettings {
     pub delay_queue_prefix: String,
     pub delivery_limit: u32,
     pub prefetch: u16,
+    /// Longest wait for a connection to open (TCP, AMQP handshake, first channel) and for the
+    /// broker to answer a declaration.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for the broker to confirm a published message.
+    #[serde(with = "humantime_serde")]
+    pub confirm_timeout: Duration,
+    /// Longest time the worker holds a delivery unacknowledged; one held longer is handed back
+    /// through the first delay queue. Must stay under RabbitMQ's `consumer_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub ack_deadline: Duration,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -203,6 +214,15 @@ impl Settings {
         rule(
             !self.retry.delays.is_empty(),
             "retry.delays must have at least one step",
+        )?;
+        rule(
+            !self.broker.connect_timeout.is_zero() && !self.broker.confirm_timeout.is_zero(),
+            "broker.connect_timeout and broker.confirm_timeout must be above zero",
+        )?;
+        rule(
+            self.broker.ack_deadline > self.broker.confirm_timeout,
+            "broker.ack_deadline must be longer than broker.confirm_timeout (handing a delivery \
+             back publishes a copy)",
         )?;
         rule(
             self.concurrency.max_in_flight >= 1,

@@ -111,6 +111,16 @@ pub fn republished(original: Option<&FieldTable>) -> FieldTable {
     headers
 }
 
+/// The headers of a copy that goes through a delay queue and must come back as the same
+/// attempt of the same event: the original ones (minus those the broker manages) with the
+/// routing key and the attempts before this one.
+pub fn handed_back(original: Option<&FieldTable>, routing_key: &str, attempt: u32) -> FieldTable {
+    let mut h = republished(original);
+    set_u32(&mut h, ATTEMPTS, attempt.saturating_sub(1));
+    set_str(&mut h, ROUTING_KEY, routing_key);
+    h
+}
+
 /// `message` cut to at most [`MAX_ERROR_MESSAGE`] bytes on a character boundary.
 pub fn truncate_message(message: &str) -> &str {
     if message.len() <= MAX_ERROR_MESSAGE {

@@ -4,16 +4,20 @@
 pub mod headers;
 mod topology;
 
+use std::time::Duration;
+
 use lapin::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
+};
 use secrecy::ExposeSecret;
 
-pub use topology::{DelayQueue, Topology, delay_queue_name};
+pub use topology::{BINDINGS, DelayQueue, Origin, Topology, delay_queue_name};
 
 use crate::settings::BrokerSettings;
 
@@ -30,6 +34,8 @@ pub enum BrokerError {
         op: &'static str,
         source: lapin::Error,
     },
+    #[error("RabbitMQ: {op}: no answer within {after:?}")]
+    Timeout { op: &'static str, after: Duration },
     #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
     ConsumerCancelled { queue: String },
     #[error(
@@ -50,19 +56,27 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The soft error (a channel closed by the broker) this is, if any.
+    pub fn soft(&self) -> Option<AMQPSoftError> {
+        let BrokerError::Amqp { source, .. } = self else {
+            return None;
+        };
+        match source.kind() {
+            lapin::ErrorKind::ProtocolError(e) => match e.kind() {
+                AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+                AMQPErrorKind::Hard(_) => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The broker refused a declaration (PRECONDITION_FAILED: a queue exists with other
     /// arguments) or an access (ACCESS_REFUSED): reconnecting will not help, the configuration
     /// must change.
     pub fn is_refusal(&self) -> bool {
-        let BrokerError::Amqp { source, .. } = self else {
-            return false;
-        };
         matches!(
-            source.kind(),
-            lapin::ErrorKind::ProtocolError(e) if matches!(
-                e.kind(),
-                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED)
-            )
+            self.soft(),
+            Some(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED)
         )
     }
 }
@@ -71,39 +85,68 @@ fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |source| BrokerError::Amqp { op, source }
 }
 
-/// One connection with a channel in publisher-confirm mode.
+/// Runs `call` (the broker operation `op`) for at most `limit`.
+async fn within<T>(
+    op: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, BrokerError>>,
+) -> Result<T, BrokerError> {
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or(Err(BrokerError::Timeout { op, after: limit }))
+}
+
+/// One connection with a channel in publisher-confirm mode. Every call is bounded in time:
+/// opening and declaring by `broker.connect_timeout`, a publication and its confirm by
+/// `broker.confirm_timeout`.
 pub struct Broker {
     connection: Connection,
     publisher: Channel,
+    connect_timeout: Duration,
+    confirm_timeout: Duration,
 }
 
 impl Broker {
     /// Connects and opens the publishing channel. `name` shows in the management UI.
     pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
-        let connection = Connection::connect(settings.url.expose_secret(), properties)
-            .await
-            .map_err(amqp("connect"))?;
-        let publisher = connection
-            .create_channel()
-            .await
-            .map_err(amqp("open channel"))?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(amqp("confirm.select"))?;
-        Ok(Broker {
-            connection,
-            publisher,
+        within("connect", settings.connect_timeout, async {
+            let connection = Connection::connect(settings.url.expose_secret(), properties)
+                .await
+                .map_err(amqp("connect"))?;
+            let publisher = connection
+                .create_channel()
+                .await
+                .map_err(amqp("open channel"))?;
+            publisher
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(amqp("confirm.select"))?;
+            Ok(Broker {
+                connection,
+                publisher,
+                connect_timeout: settings.connect_timeout,
+                confirm_timeout: settings.confirm_timeout,
+            })
         })
+        .await
     }
 
     /// Declares the exchange and queues (idempotent).
     pub async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
-        topology
-            .declare(&self.publisher)
-            .await
-            .map_err(amqp("declare topology"))
+        within("declare topology", self.connect_timeout, async {
+            topology
+                .declare(&self.publisher)
+                .await
+                .map_err(amqp("declare topology"))
+        })
+        .await
+    }
+
+    /// The connection's events: errors (the connection is gone), and RabbitMQ blocking or
+    /// unblocking it under a resource alarm.
+    pub fn events(&self) -> impl futures::Stream<Item = Event> + Send + 'static {
+        self.connection.events_listener()
     }
 
     /// Publishes an event body to `exchange` with confirms and the mandatory flag: returns once
@@ -137,7 +180,8 @@ impl Broker {
     }
 
     /// Publishes with `properties` as given, the mandatory flag and a publisher confirm: an
-    /// unroutable or nacked message is an error.
+    /// unroutable or nacked message is an error, and so is a confirm that does not come within
+    /// `broker.confirm_timeout` (a connection blocked by a resource alarm).
     pub async fn publish_with(
         &self,
         exchange: &str,
@@ -145,22 +189,24 @@ impl Broker {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        let confirmation = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                body,
-                properties,
-            )
-            .await
-            .map_err(amqp("basic.publish"))?
-            .await
-            .map_err(amqp("publisher confirm"))?;
+        let confirmation = within("publisher confirm", self.confirm_timeout, async {
+            self.publisher
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(amqp("basic.publish"))?
+                .await
+                .map_err(amqp("publisher confirm"))
+        })
+        .await?;
         match confirmation {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {
@@ -183,25 +229,28 @@ impl Broker {
         consumer_tag: &str,
         prefetch: u16,
     ) -> Result<(Channel, Consumer), BrokerError> {
-        let channel = self
-            .connection
-            .create_channel()
-            .await
-            .map_err(amqp("open channel"))?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(amqp("basic.qos"))?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                consumer_tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(amqp("basic.consume"))?;
-        Ok((channel, consumer))
+        within("basic.consume", self.connect_timeout, async {
+            let channel = self
+                .connection
+                .create_channel()
+                .await
+                .map_err(amqp("open channel"))?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .map_err(amqp("basic.qos"))?;
+            let consumer = channel
+                .basic_consume(
+                    queue.into(),
+                    consumer_tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(amqp("basic.consume"))?;
+            Ok((channel, consumer))
+        })
+        .await
     }
 
     /// Messages ready in `queue` (not those delivered and unacked); an error if it does not
@@ -220,6 +269,18 @@ impl Broker {
             .await
             .map_err(amqp("passive queue.declare"))?;
         Ok(declared.message_count())
+    }
+
+    /// A new channel on this connection, for a call that may close it (a declaration the
+    /// broker can refuse).
+    pub async fn open_channel(&self) -> Result<Channel, BrokerError> {
+        within("open channel", self.connect_timeout, async {
+            self.connection
+                .create_channel()
+                .await
+                .map_err(amqp("open channel"))
+        })
+        .await
     }
 
     /// The publishing channel, for one-off operations (basic.get, queue.delete...).

@@ -3,20 +3,32 @@
 //!
 //! ```text
 //! publishers ─▶ exchange (topic) ─run.finished, experiment.prune─▶ work queue (quorum)
-//! work queue ─over delivery limit─▶ dead-letter queue
-//! worker ─transient failure─▶ delay queue <prefix>.<step> ─TTL expired─▶ work queue
+//! work queue ─over delivery limit─▶ dead-letter queue (classic)
+//! worker ─transient failure─▶ delay queue <prefix>.<step> (quorum) ─TTL expired─▶ work queue
 //! worker ─permanent failure or out of attempts─▶ dead-letter queue
 //! ```
+//!
+//! Both hops the broker makes on its own (over the delivery limit, delay expired) are
+//! at-least-once: the queue they leave is a quorum queue with `x-dead-letter-strategy:
+//! at-least-once`, which keeps a message until the target queue has confirmed its copy
+//! (RabbitMQ's default strategy drops it if the target cannot take it). That strategy needs
+//! `x-overflow: reject-publish`. The dead-letter queue stays classic: `dlq` commands walk it
+//! with get-then-requeue, which keeps order there and counts no deliveries.
 
 use std::time::Duration;
 
 use humantime_serde::re::humantime;
+use lapin::message::Delivery;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
+use super::headers;
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
 use crate::settings::Settings;
+
+/// The routing keys the work queue is bound to.
+pub const BINDINGS: [&str; 2] = [RUN_FINISHED, EXPERIMENT_PRUNE];
 
 /// The names and parameters of every exchange and queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +39,17 @@ pub struct Topology {
     pub delivery_limit: u32,
     /// One delay queue per step of `retry.delays`, in order.
     pub delay_queues: Vec<DelayQueue>,
+}
+
+/// What a delivery from the work queue is, as far as the worker may believe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The routing key that decides how the body is parsed.
+    pub routing_key: String,
+    /// This delivery's attempt, 1 for the first.
+    pub attempt: u32,
+    /// It came back from one of the worker's delay queues, so its worker headers are trusted.
+    pub from_delay_queue: bool,
 }
 
 /// A queue that holds messages for `delay`, then dead-letters them back to the work queue.
@@ -64,6 +87,50 @@ impl Topology {
         &self.delay_queues[index]
     }
 
+    /// Reads a delivery from the work queue. The worker's own headers (original routing key,
+    /// attempts so far) are trusted only on a message that came back from one of the delay
+    /// queues: the broker dead-lettered it (latest `x-death`: a delay queue, expired) to the
+    /// work queue through the default exchange. Any other message is what its publisher sent:
+    /// the delivery's routing key decides how it is parsed and it is attempt 1, whatever
+    /// headers it carries, so a publisher allowed one routing key cannot make another event or
+    /// skip its retries.
+    pub fn origin(&self, delivery: &Delivery) -> Origin {
+        let h = delivery.properties.headers().as_ref();
+        let from_delay_queue = delivery.exchange.as_str().is_empty()
+            && delivery.routing_key.as_str() == self.work_queue
+            && headers::last_death(h).is_some_and(|(queue, reason)| {
+                reason == "expired" && self.delay_queues.iter().any(|d| d.name == queue)
+            });
+        let delivered_with = delivery.routing_key.as_str();
+        if !from_delay_queue {
+            return Origin {
+                routing_key: delivered_with.to_owned(),
+                attempt: 1,
+                from_delay_queue,
+            };
+        }
+        Origin {
+            routing_key: headers::get_str(h, headers::ROUTING_KEY)
+                .unwrap_or_else(|| delivered_with.to_owned()),
+            attempt: headers::get_u32(h, headers::ATTEMPTS)
+                .unwrap_or(0)
+                .saturating_add(1),
+            from_delay_queue,
+        }
+    }
+
+    /// The arguments `queue` is declared with, if it is one of the worker's queues.
+    pub fn arguments(&self, queue: &str) -> Option<FieldTable> {
+        if queue == self.work_queue {
+            return Some(self.work_queue_arguments());
+        }
+        if queue == self.dead_letter_queue {
+            return Some(FieldTable::default());
+        }
+        let delay = self.delay_queues.iter().find(|d| d.name == queue)?;
+        Some(self.delay_queue_arguments(delay))
+    }
+
     /// Declares the exchange, the queues and the bindings. Declaring what already exists with
     /// the same arguments is a no-op; different arguments fail with PRECONDITION_FAILED.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
@@ -86,7 +153,7 @@ impl Topology {
                 self.work_queue_arguments(),
             )
             .await?;
-        for key in [RUN_FINISHED, EXPERIMENT_PRUNE] {
+        for key in BINDINGS {
             channel
                 .queue_bind(
                     self.work_queue.as_str().into(),
@@ -119,29 +186,22 @@ impl Topology {
     }
 
     /// Quorum queue; a message redelivered more than `delivery_limit` times (a worker crashing
-    /// on it) goes to the dead-letter queue instead of being dropped.
+    /// on it) goes to the dead-letter queue, at least once.
     pub fn work_queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), string("quorum"));
+        let mut args = at_least_once_dead_lettering(&self.dead_letter_queue);
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(self.delivery_limit.into()),
         );
-        args.insert("x-dead-letter-exchange".into(), string(""));
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            string(&self.dead_letter_queue),
-        );
         args
     }
 
-    /// A per-queue TTL (not per message, which only expires at the head of the queue).
+    /// Quorum queue with a per-queue TTL: every message has the same one, so they expire in
+    /// order at the head of the queue, back into the work queue, at least once.
     pub fn delay_queue_arguments(&self, queue: &DelayQueue) -> FieldTable {
         let ttl_ms = i64::try_from(queue.delay.as_millis()).unwrap_or(i64::MAX);
-        let mut args = FieldTable::default();
+        let mut args = at_least_once_dead_lettering(&self.work_queue);
         args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
-        args.insert("x-dead-letter-exchange".into(), string(""));
-        args.insert("x-dead-letter-routing-key".into(), string(&self.work_queue));
         args
     }
 
@@ -159,6 +219,18 @@ pub fn delay_queue_name(prefix: &str, delay: Duration) -> String {
         .to_string()
         .replace(' ', "");
     format!("{prefix}.{step}")
+}
+
+/// A quorum queue that dead-letters into `target` (through the default exchange), keeping each
+/// message until `target` confirmed its copy.
+fn at_least_once_dead_lettering(target: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(target));
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+    args
 }
 
 fn string(s: &str) -> AMQPValue {
@@ -202,22 +274,29 @@ mod tests {
     }
 
     #[test]
-    fn work_queue_is_a_quorum_queue_dead_lettering_to_the_dlq() {
+    fn work_queue_is_a_quorum_queue_dead_lettering_to_the_dlq_at_least_once() {
         let args = topology(&[10]).work_queue_arguments();
         let get = |k: &str| args.inner().get(k).cloned();
         assert_eq!(get("x-queue-type"), Some(string("quorum")));
         assert_eq!(get("x-delivery-limit"), Some(AMQPValue::LongLongInt(20)));
         assert_eq!(get("x-dead-letter-exchange"), Some(string("")));
         assert_eq!(get("x-dead-letter-routing-key"), Some(string("dl")));
+        assert_eq!(get("x-dead-letter-strategy"), Some(string("at-least-once")));
+        assert_eq!(get("x-overflow"), Some(string("reject-publish")));
+        assert_eq!(args.inner().len(), 6);
     }
 
     #[test]
-    fn delay_queue_expires_into_the_work_queue() {
+    fn delay_queue_is_a_quorum_queue_expiring_into_the_work_queue_at_least_once() {
         let t = topology(&[10]);
         let args = t.delay_queue_arguments(&t.delay_queues[0]);
         let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-queue-type"), Some(string("quorum")));
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(10_000)));
         assert_eq!(get("x-dead-letter-exchange"), Some(string("")));
         assert_eq!(get("x-dead-letter-routing-key"), Some(string("w")));
+        assert_eq!(get("x-dead-letter-strategy"), Some(string("at-least-once")));
+        assert_eq!(get("x-overflow"), Some(string("reject-publish")));
+        assert_eq!(args.inner().len(), 6);
     }
 }

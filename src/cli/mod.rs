@@ -3,6 +3,7 @@
 
 mod audit;
 mod dlq;
+mod migrate;
 mod plan;
 mod publish;
 
@@ -52,6 +53,18 @@ enum Command {
     /// Example: model-pruner dlq list; model-pruner dlq replay --experiment-id 12
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Bring queues declared by an earlier version to this version's arguments, moving their
+    /// messages through holding queues (each copy confirmed before its original is acked).
+    ///
+    /// Needed when the worker stops with PRECONDITION_FAILED after an upgrade. Stop the
+    /// workers first; running it again finishes an interrupted migration.
+    ///
+    /// Example: model-pruner migrate-queues --dry-run; model-pruner migrate-queues
+    MigrateQueues {
+        /// Say which queues differ; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check an experiment's stored files against MLflow and its policy; exit 0 consistent,
     /// 1 needs attention, 2 the audit failed.
     ///
@@ -183,6 +196,7 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Publish(command) => publish::run(&settings, command).await,
         Command::Dlq(command) => dlq::run(&settings, command).await,
         Command::Audit(args) => Ok(audit::run(&settings, args).await),
+        Command::MigrateQueues { dry_run } => migrate::run(&settings, dry_run).await,
         Command::Config(ConfigCommand::Check) => {
             print!("{}", settings.to_redacted_toml());
             Ok(ExitCode::SUCCESS)

@@ -95,6 +95,14 @@ impl Event {
         }
     }
 
+    /// The run a `run.finished` event names; none for a sweep.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Event::RunFinished(e) => Some(&e.run_id),
+            Event::ExperimentPrune(_) => None,
+        }
+    }
+
     /// The JSON body of this event, as published.
     pub fn to_body(&self) -> Vec<u8> {
         match self {

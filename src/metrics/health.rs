@@ -1,5 +1,7 @@
-//! What `/readyz` answers. Ready means: consuming the work queue, and neither MLflow nor the
-//! store has gone [`UNANSWERED_FOR`] failing without one answer.
+//! What `/healthz` and `/readyz` answer. Alive means: the worker's loop (connecting,
+//! consuming, reconnecting) has run within its stall limit, so a worker stuck on a hung call
+//! gets restarted. Ready means: consuming the work queue, and neither MLflow nor the store has
+//! gone [`UNANSWERED_FOR`] failing without one answer.
 //!
 //! A dependency not asked yet counts as ready ("unknown"), and so does one that answered the
 //! last time it was asked, however long ago: an idle worker is a healthy worker. A short run of
@@ -69,26 +71,65 @@ struct Seen {
     failing_since: u64,
 }
 
-/// The worker's own part of readiness: whether its broker session is consuming.
-#[derive(Debug, Default)]
-pub struct Readiness {
+/// The worker's own part of health: whether its broker session is consuming, and when its
+/// loop last ran.
+#[derive(Debug)]
+pub struct Health {
     consuming: AtomicBool,
+    /// Unix milliseconds of the last [`Health::beat`]; 0 before the first.
+    last_beat: AtomicU64,
+    /// How long the loop may go without a beat before the worker counts as stalled.
+    stalled_after: Duration,
 }
 
-/// What `/readyz` answers: 200 when `ready`, else 503, with `body` saying what is not ready.
+/// How long a worker's loop may go without a beat when nothing says otherwise.
+pub const STALLED_AFTER: Duration = Duration::from_secs(120);
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(STALLED_AFTER)
+    }
+}
+
+/// What a probe answers: 200 when `ok`, else 503, with `body` saying what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadinessReport {
-    pub ready: bool,
+pub struct ProbeReport {
+    pub ok: bool,
     pub body: String,
 }
 
-impl Readiness {
+impl Health {
+    /// `stalled_after` must exceed the longest step of the loop between two beats.
+    pub fn new(stalled_after: Duration) -> Self {
+        Health {
+            consuming: AtomicBool::new(false),
+            last_beat: AtomicU64::new(0),
+            stalled_after,
+        }
+    }
+
     /// Set when the session starts consuming, cleared when it stops (shutdown or lost connection).
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
     }
 
-    pub fn report(&self) -> ReadinessReport {
+    /// The worker's loop ran: called at every connection attempt and every second of a session.
+    pub fn beat(&self) {
+        let now = super::unix_now().as_millis().max(1) as u64;
+        self.last_beat.store(now, Ordering::Relaxed);
+    }
+
+    /// What `/healthz` answers.
+    pub fn liveness(&self) -> ProbeReport {
+        liveness(
+            self.last_beat.load(Ordering::Relaxed),
+            self.stalled_after,
+            super::unix_now(),
+        )
+    }
+
+    /// What `/readyz` answers.
+    pub fn readiness(&self) -> ProbeReport {
         report(
             self.consuming.load(Ordering::Relaxed),
             [("mlflow", MLFLOW.seen()), ("store", STORE.seen())],
@@ -97,7 +138,25 @@ impl Readiness {
     }
 }
 
-fn report(consuming: bool, deps: [(&str, Seen); 2], now: Duration) -> ReadinessReport {
+fn liveness(last_beat: u64, stalled_after: Duration, now: Duration) -> ProbeReport {
+    let since = (now.as_millis() as u64).saturating_sub(last_beat);
+    if last_beat == 0 || since < stalled_after.as_millis() as u64 {
+        return ProbeReport {
+            ok: true,
+            body: "ok\n".to_owned(),
+        };
+    }
+    ProbeReport {
+        ok: false,
+        body: format!(
+            "stalled: the worker's loop last ran {}s ago (limit {}s)\n",
+            since / 1000,
+            stalled_after.as_secs()
+        ),
+    }
+}
+
+fn report(consuming: bool, deps: [(&str, Seen); 2], now: Duration) -> ProbeReport {
     let mut lines = vec![(
         "broker",
         consuming,
@@ -120,8 +179,8 @@ fn report(consuming: bool, deps: [(&str, Seen); 2], now: Duration) -> ReadinessR
     for (name, _, text) in &lines {
         let _ = writeln!(body, "{name}: {text}");
     }
-    ReadinessReport {
-        ready: failing.is_empty(),
+    ProbeReport {
+        ok: failing.is_empty(),
         body,
     }
 }
@@ -168,7 +227,7 @@ mod tests {
     #[test]
     fn a_fresh_idle_worker_is_ready_with_unknown_dependencies() {
         let r = report(true, deps(Seen::default(), Seen::default()), NOW);
-        assert!(r.ready, "{}", r.body);
+        assert!(r.ok, "{}", r.body);
         assert_eq!(
             r.body,
             "ready\nbroker: ok (consuming the work queue)\n\
@@ -179,7 +238,7 @@ mod tests {
     #[test]
     fn not_consuming_is_not_ready_and_says_so() {
         let r = report(false, deps(Seen::default(), Seen::default()), NOW);
-        assert!(!r.ready);
+        assert!(!r.ok);
         assert!(r.body.starts_with("not ready: broker\n"), "{}", r.body);
     }
 
@@ -190,7 +249,7 @@ mod tests {
             failing_since: 0,
         };
         let r = report(true, deps(old, old), NOW);
-        assert!(r.ready, "{}", r.body);
+        assert!(r.ok, "{}", r.body);
         assert!(r.body.contains("mlflow: ok (last answer 86400s ago)"));
     }
 
@@ -201,7 +260,7 @@ mod tests {
             failing_since: at(30),
         };
         let r = report(true, deps(blip, Seen::default()), NOW);
-        assert!(r.ready, "{}", r.body);
+        assert!(r.ok, "{}", r.body);
         assert!(
             r.body.contains("mlflow: degraded (failing for 30s"),
             "{}",
@@ -213,13 +272,26 @@ mod tests {
             failing_since: at(301),
         };
         let r = report(true, deps(Seen::default(), down), NOW);
-        assert!(!r.ready);
+        assert!(!r.ok);
         assert!(r.body.starts_with("not ready: store\n"), "{}", r.body);
         assert!(
             r.body
                 .contains("store: not ready (failing for 301s, never answered)"),
             "{}",
             r.body
+        );
+    }
+
+    #[test]
+    fn a_loop_that_stopped_beating_is_not_alive() {
+        let limit = Duration::from_secs(120);
+        assert!(liveness(0, limit, NOW).ok, "not started yet");
+        assert!(liveness(at(119), limit, NOW).ok);
+        let stalled = liveness(at(121), limit, NOW);
+        assert!(!stalled.ok);
+        assert_eq!(
+            stalled.body,
+            "stalled: the worker's loop last ran 121s ago (limit 120s)\n"
         );
     }
 

@@ -4,8 +4,8 @@
 //! experiment or run id.
 //!
 //! - `server`: the HTTP listener ([`Server`]).
-//! - `health`: what `/readyz` answers ([`Readiness`]), from the broker session and from when
-//!   MLflow and the store last answered.
+//! - `health`: what `/healthz` and `/readyz` answer ([`Health`]), from the worker's loop, its
+//!   broker session and when MLflow and the store last answered.
 //! - `reason`: low-cardinality reasons of failed calls, for the retry counter.
 
 mod health;
@@ -22,7 +22,7 @@ use prometheus::{
     Registry,
 };
 
-pub use health::{Readiness, ReadinessReport, UNANSWERED_FOR};
+pub use health::{Health, ProbeReport, STALLED_AFTER, UNANSWERED_FOR};
 pub use reason::{mlflow_reason, store_reason};
 pub use server::Server;
 
@@ -67,6 +67,7 @@ struct Metrics {
     request_duration: HistogramVec,
     retries: IntCounterVec,
     dead_letters: IntCounterVec,
+    acks_lost: IntCounterVec,
 }
 
 static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -82,7 +83,9 @@ impl Metrics {
             finished: counter_vec(
                 "model_pruner_messages_finished_total",
                 "Deliveries settled, by kind and outcome: ok (acked), delayed (sent to a delay \
-                 queue), dead_lettered, retried (re-publishing failed: back to the work queue).",
+                 queue), dead_lettered, retried (re-publishing failed: back to the work queue), \
+                 handed_back (held up to broker.ack_deadline: sent through the first delay queue \
+                 with its attempt unchanged).",
                 &["kind", "outcome"],
             ),
             processing: histogram_vec(
@@ -169,6 +172,12 @@ impl Metrics {
                 "Messages sent to the dead-letter queue, by error class and reason (error kind).",
                 &["class", "reason"],
             ),
+            acks_lost: counter_vec(
+                "model_pruner_acks_lost_total",
+                "Acks and nacks that did not reach RabbitMQ (the channel had closed, e.g. after \
+                 consumer_timeout), by operation: the broker redelivers those messages.",
+                &["operation"],
+            ),
         };
         let build_info = register(
             IntGaugeVec::new(
@@ -186,12 +195,15 @@ impl Metrics {
         // Series that exist from the start, so rates and ratios are 0 rather than absent.
         for kind in KINDS {
             m.received.with_label_values(&[kind]);
-            for outcome in ["ok", "retried", "delayed", "dead_lettered"] {
+            for outcome in ["ok", "retried", "delayed", "dead_lettered", "handed_back"] {
                 m.finished.with_label_values(&[kind, outcome]);
             }
         }
         for outcome in ["ok", "failed"] {
             m.passes.with_label_values(&[outcome]);
+        }
+        for operation in ["ack", "nack"] {
+            m.acks_lost.with_label_values(&[operation]);
         }
         for decision in ["kept", "protected", "skipped", "pruned"] {
             m.runs.with_label_values(&[decision]);
@@ -272,6 +284,8 @@ pub enum Finished<'a> {
     /// Re-publishing failed; the delivery was returned to the work queue.
     Retried,
     Delayed,
+    /// Held up to `broker.ack_deadline`: sent through the first delay queue, attempt unchanged.
+    HandedBack,
     DeadLettered {
         class: &'a str,
         reason: &'a str,
@@ -308,6 +322,7 @@ impl Message {
             Finished::Ok => "ok",
             Finished::Retried => "retried",
             Finished::Delayed => "delayed",
+            Finished::HandedBack => "handed_back",
             Finished::DeadLettered { class, reason } => {
                 M.dead_letters.with_label_values(&[class, reason]).inc();
                 "dead_lettered"
@@ -324,6 +339,11 @@ impl Drop for Message {
     fn drop(&mut self) {
         M.in_flight.dec();
     }
+}
+
+/// Counts an ack or nack (`operation`) that did not reach the broker.
+pub fn ack_lost(operation: &'static str) {
+    M.acks_lost.with_label_values(&[operation]).inc();
 }
 
 /// Counts a pass that covered `events` deliveries; a successful one also counts its ranking.

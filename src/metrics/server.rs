@@ -1,5 +1,5 @@
-//! The HTTP listener (`metrics.listen`): `/metrics` in Prometheus text format, `/healthz` (the
-//! process is alive) and `/readyz` (200 or 503, the body says what is not ready). A minimal
+//! The HTTP listener (`metrics.listen`): `/metrics` in Prometheus text format, `/healthz` (200
+//! unless the worker's loop stalled) and `/readyz` (200 or 503, the body says what is not ready). A minimal
 //! hyper server: GET and HEAD only, HTTP/1.1, one task per connection.
 
 use std::convert::Infallible;
@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
-use super::{REGISTRY, Readiness};
+use super::{Health, ProbeReport, REGISTRY};
 
 /// A bound listener, not serving yet.
 #[derive(Debug)]
@@ -43,14 +43,14 @@ impl Server {
     }
 
     /// Serves in a background task until the returned guard is dropped.
-    pub fn spawn(self, readiness: Arc<Readiness>) -> DropGuard {
+    pub fn spawn(self, health: Arc<Health>) -> DropGuard {
         let stop = CancellationToken::new();
-        tokio::spawn(self.serve(readiness, stop.clone()));
+        tokio::spawn(self.serve(health, stop.clone()));
         stop.drop_guard()
     }
 
     /// Serves until `stop` is cancelled; open connections then finish their current request.
-    pub async fn serve(self, readiness: Arc<Readiness>, stop: CancellationToken) {
+    pub async fn serve(self, health: Arc<Health>, stop: CancellationToken) {
         loop {
             let stream = tokio::select! {
                 () = stop.cancelled() => return,
@@ -64,11 +64,11 @@ impl Server {
                     }
                 },
             };
-            let readiness = readiness.clone();
+            let health = health.clone();
             let stop = stop.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let response = respond(&req, &readiness);
+                    let response = respond(&req, &health);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let mut conn =
@@ -88,27 +88,28 @@ impl Server {
     }
 }
 
-fn respond(req: &Request<Incoming>, readiness: &Readiness) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match req.uri().path() {
         "/metrics" => metrics(),
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => {
-            let report = readiness.report();
-            let status = if report.ready {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            text(status, report.body)
-        }
+        "/healthz" => probe(health.liveness()),
+        "/readyz" => probe(health.readiness()),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: /metrics, /healthz and /readyz are served\n".into(),
         ),
     }
+}
+
+fn probe(report: ProbeReport) -> Response<Full<Bytes>> {
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, report.body)
 }
 
 fn metrics() -> Response<Full<Bytes>> {
@@ -137,16 +138,16 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<F
 mod tests {
     use super::*;
 
-    async fn serve(readiness: Arc<Readiness>) -> (String, DropGuard) {
+    async fn serve(health: Arc<Health>) -> (String, DropGuard) {
         let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let base = format!("http://{}", server.local_addr());
-        (base, server.spawn(readiness))
+        (base, server.spawn(health))
     }
 
     #[tokio::test]
-    async fn serves_metrics_health_and_readiness() {
-        let readiness = Arc::new(Readiness::default());
-        let (base, _guard) = serve(readiness.clone()).await;
+    async fn serves_metrics_health_and_health() {
+        let health = Arc::new(Health::default());
+        let (base, _guard) = serve(health.clone()).await;
         let http = reqwest::Client::new();
         let get = |path: &str| http.get(format!("{base}{path}")).send();
 
@@ -176,8 +177,10 @@ mod tests {
                 .unwrap()
                 .starts_with("not ready: broker\n")
         );
-        readiness.set_consuming(true);
+        health.set_consuming(true);
         assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        health.beat();
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
 
         assert_eq!(get("/nope").await.unwrap().status(), 404);
         let post = http.post(format!("{base}/metrics")).send().await.unwrap();
@@ -185,8 +188,18 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_loop_fails_the_liveness_probe() {
+        let health = Arc::new(Health::new(Duration::ZERO));
+        health.beat();
+        let (base, _guard) = serve(health).await;
+        let live = reqwest::get(format!("{base}/healthz")).await.unwrap();
+        assert_eq!(live.status(), 503);
+        assert!(live.text().await.unwrap().starts_with("stalled: "));
+    }
+
+    #[tokio::test]
     async fn dropping_the_guard_stops_the_listener() {
-        let (base, guard) = serve(Arc::new(Readiness::default())).await;
+        let (base, guard) = serve(Arc::new(Health::default())).await;
         drop(guard);
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -43,8 +43,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .await
         .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
     info!(address = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-    let readiness = Arc::new(metrics::Readiness::default());
-    let _server = server.spawn(readiness.clone());
+    let health = Arc::new(metrics::Health::new(stall_limit(&settings)));
+    let _server = server.spawn(health.clone());
     let engine = Engine::new(&settings).context("cannot build the pruning engine")?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -61,16 +61,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         identity: format!("{host}:{}", std::process::id()),
         host,
         broker: settings.broker,
-        readiness,
+        health,
     };
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
+        ctx.health.beat();
         let started = tokio::time::Instant::now();
         match session::run(&ctx, &shutdown).await {
             Ok(()) => break,
             Err(SessionError::Declare(e)) if e.is_refusal() => {
                 error!(error = %e, "RabbitMQ refused the topology");
-                return Err(e).context("RabbitMQ refused the topology; check the broker settings");
+                return Err(e).context(
+                    "RabbitMQ refused the topology. If a queue exists with other arguments \
+                     (after an upgrade, or a changed broker.delivery_limit), stop the workers and \
+                     run `model-pruner migrate-queues` (README: Upgrading the queues); otherwise \
+                     check the broker settings and permissions",
+                );
             }
             Err(e) => {
                 if matches!(e, SessionError::Lost(_)) {
@@ -87,6 +93,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     }
     info!("worker stopped");
     Ok(())
+}
+
+/// How long the worker's loop may go without a beat before `/healthz` fails: longer than any
+/// bounded step between two beats (two connections and the declarations, a reconnect wait).
+fn stall_limit(settings: &Settings) -> std::time::Duration {
+    let steps = settings.broker.connect_timeout * 4 + MAX_RECONNECT_DELAY;
+    (steps * 2).max(metrics::STALLED_AFTER)
 }
 
 /// A token cancelled on the first SIGTERM (what Kubernetes sends to start a graceful shutdown)

@@ -114,6 +114,23 @@ impl<T> Scheduler<T> {
         }
     }
 
+    /// Takes out the waiting jobs `expired` picks, in arrival order per experiment; an
+    /// experiment left with none waiting is no longer ready.
+    pub fn take_waiting(&mut self, expired: impl Fn(&Job<T>) -> bool) -> Vec<Job<T>> {
+        let mut taken = Vec::new();
+        for queue in self.waiting.values_mut() {
+            let (out, keep): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(queue).into_iter().partition(&expired);
+            *queue = keep;
+            taken.extend(out);
+        }
+        self.waiting.retain(|_, queue| !queue.is_empty());
+        let waiting = &self.waiting;
+        self.ready
+            .retain(|experiment| waiting.contains_key(experiment));
+        taken
+    }
+
     /// Experiments with a pass running.
     pub fn in_flight(&self) -> usize {
         self.running.len()
@@ -261,6 +278,34 @@ mod tests {
             s.finish(&b.request.experiment_id);
         }
         assert_eq!(order, [1, 2, 3]);
+    }
+
+    #[test]
+    fn expired_waiting_jobs_are_taken_out_and_the_rest_still_run() {
+        let mut s = Scheduler::new(1);
+        s.push(prune("a", 1));
+        let running = s.next_batch().unwrap();
+        s.push(run("a", "r1", None, 2));
+        s.push(run("a", "r2", None, 3));
+        s.push(prune("b", 4));
+        s.push(prune("c", 5));
+        let mut taken: Vec<u32> = s
+            .take_waiting(|j| [2, 4].contains(&j.delivery))
+            .into_iter()
+            .map(|j| j.delivery)
+            .collect();
+        taken.sort();
+        assert_eq!(taken, [2, 4]);
+        assert_eq!(s.waiting(), 2);
+        s.finish(&running.request.experiment_id);
+        let mut order = Vec::new();
+        while let Some(b) = s.next_batch() {
+            order.push(tags(&b));
+            s.finish(&b.request.experiment_id);
+        }
+        // b has nothing left and is not served; c, then a (ready again when its pass ended).
+        assert_eq!(order, [vec![5], vec![3]]);
+        assert!(s.take_waiting(|_| true).is_empty());
     }
 
     #[test]

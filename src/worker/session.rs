@@ -1,5 +1,11 @@
-//! One broker connection's life: declare, consume, schedule passes, settle deliveries, and on
-//! shutdown or connection loss drain the passes in flight.
+//! One broker session's life: connect, declare, consume, schedule passes, settle deliveries,
+//! hand back what is held too long, and on shutdown or connection loss drain the passes in
+//! flight.
+//!
+//! A session has two connections: RabbitMQ blocks a connection that publishes while a memory
+//! or disk alarm is on, and a blocked connection carries no acks either. Copies (delay,
+//! dead letter, hand-back) go out on the publishing one, acks and nacks on the consuming one,
+//! which never publishes.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -9,6 +15,7 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt};
 use lapin::options::BasicCancelOptions;
 use tokio::task::{Id, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
@@ -18,8 +25,11 @@ use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::domain::event::Event;
 use crate::engine::{Engine, PassReport, PruneError};
-use crate::metrics::{self, Readiness};
+use crate::metrics::{self, Health};
 use crate::settings::BrokerSettings;
+
+/// How often the session beats for `/healthz` and looks for deliveries held too long.
+const TICK: Duration = Duration::from_secs(1);
 
 /// What a session needs; shared by every session of a worker.
 pub struct Context {
@@ -32,8 +42,8 @@ pub struct Context {
     /// `<host>:<pid>`, for the connection name and the consumer tag.
     pub identity: String,
     pub host: String,
-    /// Told when consuming starts and stops, for `/readyz`.
-    pub readiness: Arc<Readiness>,
+    /// Told when consuming starts and stops (`/readyz`) and that the loop runs (`/healthz`).
+    pub health: Arc<Health>,
 }
 
 /// Why a session ended other than by shutdown.
@@ -50,28 +60,29 @@ pub enum SessionError {
     Lost(BrokerError),
 }
 
-/// Connects, consumes until `shutdown` (returns `Ok`) or until the connection fails.
+/// Connects, consumes until `shutdown` (returns `Ok`) or until a connection fails.
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), SessionError> {
     let name = format!(
         "model-pruner worker {} on {}",
         ctx.identity, ctx.topology.work_queue
     );
-    let broker = Arc::new(
-        Broker::connect(&ctx.broker, &name)
-            .await
-            .map_err(SessionError::Connect)?,
-    );
-    broker
+    let publisher = Broker::connect(&ctx.broker, &format!("{name} (publish)"))
+        .await
+        .map_err(SessionError::Connect)?;
+    publisher
         .declare(&ctx.topology)
         .await
         .map_err(SessionError::Declare)?;
+    let consuming = Broker::connect(&ctx.broker, &format!("{name} (consume)"))
+        .await
+        .map_err(SessionError::Connect)?;
     let tag = format!(
         "model-pruner-{}-{:08x}",
         ctx.identity,
         rand::random::<u32>()
     );
     let queue = ctx.topology.work_queue.as_str();
-    let (channel, mut consumer) = broker
+    let (channel, mut consumer) = consuming
         .consume(queue, &tag, ctx.broker.prefetch)
         .await
         .map_err(SessionError::Connect)?;
@@ -79,20 +90,26 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         queue,
         prefetch = ctx.broker.prefetch,
         max_in_flight = ctx.max_in_flight,
+        ack_deadline = ?ctx.broker.ack_deadline,
         "consuming"
     );
-    ctx.readiness.set_consuming(true);
+    ctx.health.set_consuming(true);
 
+    let mut publisher_events = publisher.events();
     let settler = Arc::new(Settler {
-        broker: broker.clone(),
+        broker: Arc::new(publisher),
         topology: ctx.topology.clone(),
         host: ctx.host.clone(),
         failed_republications: Default::default(),
     });
+    let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
-    // The experiment each task holds (none for an invalid message), to free it when done.
+    // The experiment each task holds (none for an invalid message or a hand-back), to free it
+    // when done.
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut holding: HashMap<Id, Option<String>> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let ended = loop {
         tokio::select! {
@@ -110,6 +127,34 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                     scheduler.finish(&experiment);
                 }
             }
+            _ = tick.tick() => {
+                ctx.health.beat();
+                let now = Instant::now();
+                for job in scheduler.take_waiting(|j| now >= j.delivery.received_at + deadline) {
+                    let settler = settler.clone();
+                    let task = tasks.spawn(async move {
+                        let subject = Subject {
+                            experiment_id: Some(job.event.experiment_id()),
+                            run_id: job.event.run_id(),
+                        };
+                        settler.hand_back(job.delivery, subject).await;
+                    });
+                    holding.insert(task.id(), None);
+                }
+            }
+            Some(event) = publisher_events.next() => match event {
+                lapin::Event::Error(source) => {
+                    break Err(BrokerError::Amqp { op: "publishing connection", source });
+                }
+                lapin::Event::ConnectionBlocked(reason) => warn!(
+                    reason,
+                    "RabbitMQ blocked the publishing connection (resource alarm): copies to \
+                     delay and dead-letter queues wait up to broker.confirm_timeout, then their \
+                     deliveries go back to the work queue"
+                ),
+                lapin::Event::ConnectionUnblocked => info!("RabbitMQ unblocked the publishing connection"),
+                _ => {}
+            },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let received = Received::new(delivery, &ctx.topology);
@@ -136,12 +181,13 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 ctx.engine.clone(),
                 settler.clone(),
                 ctx.rules,
+                deadline,
                 batch,
             ));
             holding.insert(task.id(), Some(experiment));
         }
     };
-    ctx.readiness.set_consuming(false);
+    ctx.health.set_consuming(false);
 
     match &ended {
         Ok(()) => {
@@ -163,24 +209,36 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             "connection lost: finishing passes in flight; their deliveries will be redelivered"
         ),
     }
-    drain(&mut tasks, ctx.shutdown_grace).await;
+    drain(&mut tasks, ctx.shutdown_grace, &ctx.health).await;
     drop(scheduler);
-    if ended.is_ok()
-        && let Err(e) = broker.close().await
-    {
-        warn!(error = %e, "closing the connection failed");
+    if ended.is_ok() {
+        for (broker, what) in [(&*settler.broker, "publishing"), (&consuming, "consuming")] {
+            if let Err(e) = broker.close().await {
+                warn!(error = %e, "closing the {what} connection failed");
+            }
+        }
     }
     ended.map_err(SessionError::Lost)
 }
 
 /// Lets the passes in flight finish within `grace`; aborts the rest (their deliveries stay
-/// unacked, so the broker redelivers them).
-async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
+/// unacked, so the broker redelivers them). Beats while it waits.
+async fn drain(tasks: &mut JoinSet<()>, grace: Duration, health: &Health) {
     if tasks.is_empty() {
         return;
     }
     let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(grace, all_done).await.is_err() {
+    let beating = async {
+        loop {
+            health.beat();
+            tokio::time::sleep(TICK).await;
+        }
+    };
+    let finished = tokio::select! {
+        finished = tokio::time::timeout(grace, all_done) => finished.is_ok(),
+        () = beating => unreachable!("beating never ends"),
+    };
+    if !finished {
         warn!(
             remaining = tasks.len(),
             grace = ?grace,
@@ -191,30 +249,49 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration) {
     }
 }
 
-/// Runs one pass and settles every delivery it covers.
+/// Runs one pass and settles every delivery it covers. A pass still running when its oldest
+/// delivery reaches `ack_deadline` hands all its deliveries back (they come back through a
+/// delay queue and run again, harmlessly) and then runs to its end, settling nothing.
 async fn run_batch(
     engine: Arc<Engine>,
     settler: Arc<Settler>,
     rules: RetryRules,
+    ack_deadline: Duration,
     batch: Batch<Received>,
 ) {
     let Batch { request, jobs } = batch;
     let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
     async move {
         let started = std::time::Instant::now();
-        let result = guarded(engine.run_pass(&request)).await;
-        match &result {
-            Ok(result) => metrics::pass_finished(result, jobs.len(), started.elapsed()),
-            Err(panic) => {
-                error!(panic = %panic, "the pass panicked: its events are retried after a delay");
-                metrics::pass_panicked(jobs.len(), started.elapsed());
-            }
-        }
+        let pass = guarded(engine.run_pass(&request));
+        tokio::pin!(pass);
+        let oldest = jobs.iter().map(|j| j.delivery.received_at).min();
+        let handed_back = oldest.map(|t| tokio::time::sleep_until(t + ack_deadline));
+        let result = match handed_back {
+            Some(deadline) => tokio::select! {
+                result = &mut pass => result,
+                () = deadline => {
+                    warn!(
+                        "the pass is still running at broker.ack_deadline: handing its events \
+                         back; it goes on to its end"
+                    );
+                    for job in jobs {
+                        let subject = Subject {
+                            experiment_id: Some(&request.experiment_id),
+                            run_id: job.event.run_id(),
+                        };
+                        settler.hand_back(job.delivery, subject).await;
+                    }
+                    let result = pass.await;
+                    record(&result, 0, started.elapsed());
+                    return;
+                }
+            },
+            None => pass.await,
+        };
+        record(&result, jobs.len(), started.elapsed());
         for job in jobs {
-            let run_id = match &job.event {
-                Event::RunFinished(e) => Some(e.run_id.as_str()),
-                Event::ExperimentPrune(_) => None,
-            };
+            let run_id = job.event.run_id();
             let failure = match &result {
                 Ok(result) => job_result(result, &request.experiment_id, run_id),
                 Err(panic) => Err(Failure::panic(&request.experiment_id, panic)),
@@ -229,6 +306,17 @@ async fn run_batch(
     }
     .instrument(span)
     .await
+}
+
+/// Counts how a pass covering `events` deliveries ended, and logs a panic.
+fn record(result: &Result<Result<PassReport, PruneError>, String>, events: usize, took: Duration) {
+    match result {
+        Ok(result) => metrics::pass_finished(result, events, took),
+        Err(panic) => {
+            error!(panic = %panic, "the pass panicked: its events are retried after a delay");
+            metrics::pass_panicked(events, took);
+        }
+    }
 }
 
 /// Runs `pass`, turning a panic into its message, so the deliveries it covers are still

@@ -11,6 +11,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::outcome::{Failure, Outcome};
@@ -25,41 +26,22 @@ pub struct Received {
     pub routing_key: String,
     /// This delivery's attempt, 1 for the first.
     pub attempt: u32,
+    /// When the consumer received it: RabbitMQ's consumer_timeout runs from about then.
+    pub received_at: Instant,
     /// Counts the delivery as received and in flight until dropped.
     pub metrics: metrics::Message,
 }
 
 impl Received {
-    /// Reads the delivery. The worker's own headers (original routing key, attempts so far)
-    /// are trusted only on a message that came back from one of the worker's delay queues: the
-    /// broker dead-lettered it (latest `x-death`: one of `topology`'s delay queues, expired) to
-    /// the work queue through the default exchange. Any other message is what its publisher
-    /// sent: the delivery's routing key decides how it is parsed and it is attempt 1, whatever
-    /// headers it carries, so a publisher allowed one routing key cannot make another event or
-    /// skip its retries.
+    /// Reads the delivery as [`Topology::origin`] says it may be believed.
     pub fn new(delivery: Delivery, topology: &Topology) -> Self {
-        let h = delivery.properties.headers().as_ref();
-        let from_delay_queue = delivery.exchange.as_str().is_empty()
-            && delivery.routing_key.as_str() == topology.work_queue
-            && headers::last_death(h).is_some_and(|(queue, reason)| {
-                reason == "expired" && topology.delay_queues.iter().any(|d| d.name == queue)
-            });
-        let delivered_with = delivery.routing_key.as_str();
-        let (routing_key, attempt) = if from_delay_queue {
-            let routing_key = headers::get_str(h, headers::ROUTING_KEY)
-                .unwrap_or_else(|| delivered_with.to_owned());
-            let attempt = headers::get_u32(h, headers::ATTEMPTS)
-                .unwrap_or(0)
-                .saturating_add(1);
-            (routing_key, attempt)
-        } else {
-            (delivered_with.to_owned(), 1)
-        };
+        let origin = topology.origin(&delivery);
         Received {
-            metrics: metrics::Message::received(&routing_key),
+            metrics: metrics::Message::received(&origin.routing_key),
             delivery,
-            routing_key,
-            attempt,
+            routing_key: origin.routing_key,
+            attempt: origin.attempt,
+            received_at: Instant::now(),
         }
     }
 }
@@ -110,7 +92,7 @@ impl Settler {
                     "event handled"
                 );
                 received.metrics.finished(Finished::from(&outcome));
-                return ack(&received.delivery).await;
+                return ack(&received, subject).await;
             }
             Outcome::Delay {
                 failure,
@@ -127,34 +109,18 @@ impl Settler {
         };
         let properties = republished_properties(
             &received,
-            failure,
-            attempts,
-            OffsetDateTime::now_utc(),
-            &self.host,
+            failure_headers(
+                received.delivery.properties.headers().as_ref(),
+                routing_key,
+                failure,
+                attempts,
+                OffsetDateTime::now_utc(),
+                &self.host,
+            ),
         );
-        let published = self
-            .broker
-            .publish_to_queue(queue, &received.delivery.data, properties)
-            .await;
-        if let Err(e) = published {
-            let failures = self.failed_republications.fetch_add(1, Ordering::Relaxed) + 1;
-            let wait = requeue_delay(failures);
-            error!(
-                experiment_id, run_id, routing_key, queue, error = %e, retry_in = ?wait,
-                "could not re-publish the message; returning it to the work queue"
-            );
-            tokio::time::sleep(wait).await;
-            received.metrics.finished(Finished::Retried);
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = received.delivery.acker.nack(requeue).await {
-                warn!(error = %e, "nack lost; the broker will redeliver the message");
-            }
+        if !self.republish(&received, queue, properties, subject).await {
             return;
         }
-        self.failed_republications.store(0, Ordering::Relaxed);
         let (class, kind, message) = (failure.class.as_str(), failure.kind, &failure.message);
         match outcome {
             Outcome::Delay { .. } => warn!(
@@ -167,34 +133,111 @@ impl Settler {
             ),
         }
         received.metrics.finished(Finished::from(&outcome));
-        ack(&received.delivery).await;
+        ack(&received, subject).await;
+    }
+
+    /// Hands back a delivery held for `broker.ack_deadline`: a copy goes through the first
+    /// delay queue with its routing key and attempt unchanged, then the delivery is acked, so
+    /// RabbitMQ never times the consumer out and no delivery is counted against the limit.
+    pub async fn hand_back(&self, received: Received, subject: Subject<'_>) {
+        let queue = self.topology.delay_queue(1).name.as_str();
+        let original = received.delivery.properties.headers().as_ref();
+        let h = headers::handed_back(original, &received.routing_key, received.attempt);
+        let properties = republished_properties(&received, h);
+        if !self.republish(&received, queue, properties, subject).await {
+            return;
+        }
+        warn!(
+            experiment_id = subject.experiment_id.unwrap_or(""),
+            run_id = subject.run_id.unwrap_or(""),
+            routing_key = received.routing_key.as_str(),
+            attempt = received.attempt,
+            held = ?received.received_at.elapsed(),
+            queue,
+            "event held up to broker.ack_deadline: handed back through a delay queue"
+        );
+        received.metrics.finished(Finished::HandedBack);
+        ack(&received, subject).await;
+    }
+
+    /// Publishes a copy of `received` into `queue` with confirms; true once the broker has it.
+    /// Otherwise the delivery goes back to the work queue after a wait growing with the
+    /// failures in a row, and false.
+    async fn republish(
+        &self,
+        received: &Received,
+        queue: &str,
+        properties: BasicProperties,
+        subject: Subject<'_>,
+    ) -> bool {
+        let published = self
+            .broker
+            .publish_to_queue(queue, &received.delivery.data, properties)
+            .await;
+        let Err(e) = published else {
+            self.failed_republications.store(0, Ordering::Relaxed);
+            return true;
+        };
+        let failures = self.failed_republications.fetch_add(1, Ordering::Relaxed) + 1;
+        let wait = requeue_delay(failures);
+        error!(
+            experiment_id = subject.experiment_id.unwrap_or(""),
+            run_id = subject.run_id.unwrap_or(""),
+            routing_key = received.routing_key.as_str(),
+            queue, error = %e, retry_in = ?wait,
+            "could not re-publish the message; returning it to the work queue"
+        );
+        tokio::time::sleep(wait).await;
+        received.metrics.finished(Finished::Retried);
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        let nacked = received.delivery.acker.nack(requeue).await;
+        settled(nacked, "nack", received, subject);
+        false
     }
 }
 
-async fn ack(delivery: &Delivery) {
-    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-        warn!(error = %e, "ack lost; the broker will redeliver the message");
-    }
+async fn ack(received: &Received, subject: Subject<'_>) {
+    let acked = received
+        .delivery
+        .acker
+        .ack(BasicAckOptions::default())
+        .await;
+    settled(acked, "ack", received, subject);
+}
+
+/// Counts and logs an ack or nack (`operation`) that did not reach the broker: lapin answers
+/// `Ok(false)` when the channel had already closed (RabbitMQ's consumer_timeout, a lost
+/// connection), and the broker then redelivers the message.
+fn settled(
+    result: lapin::Result<bool>,
+    operation: &'static str,
+    received: &Received,
+    subject: Subject<'_>,
+) {
+    let error = match result {
+        Ok(true) => return,
+        Ok(false) => "the channel was closed".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    metrics::ack_lost(operation);
+    error!(
+        experiment_id = subject.experiment_id.unwrap_or(""),
+        run_id = subject.run_id.unwrap_or(""),
+        routing_key = received.routing_key.as_str(),
+        delivery_tag = received.delivery.delivery_tag,
+        operation,
+        error,
+        "the broker did not get this {operation}; it will redeliver the message"
+    );
 }
 
 /// The properties of a re-published copy: the original ones that matter, persistent, with
-/// the worker's headers updated. The body is left as it was.
-pub fn republished_properties(
-    received: &Received,
-    failure: &Failure,
-    attempts: u32,
-    now: OffsetDateTime,
-    host: &str,
-) -> BasicProperties {
+/// `headers`. The body is left as it was.
+pub fn republished_properties(received: &Received, headers: FieldTable) -> BasicProperties {
     let original = &received.delivery.properties;
-    let headers = failure_headers(
-        original.headers().as_ref(),
-        &received.routing_key,
-        failure,
-        attempts,
-        now,
-        host,
-    );
     let mut p = BasicProperties::default()
         .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
         .with_headers(headers);
@@ -337,6 +380,32 @@ mod tests {
             &topology(),
         );
         assert_eq!((r.routing_key.as_str(), r.attempt), ("run.finished", 1));
+    }
+
+    #[test]
+    fn a_handed_back_copy_returns_as_the_same_attempt_of_the_same_event() {
+        let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
+        let held = Received::new(delivery("", "work", back), &topology());
+        assert_eq!(held.attempt, 3);
+        let original = held.delivery.properties.headers().as_ref();
+        let mut copy = headers::handed_back(original, &held.routing_key, held.attempt);
+        // What the broker adds when the copy expires from the delay queue.
+        copy.insert(
+            "x-death".into(),
+            headers::tests::with_deaths(&[("p.30s", "expired")]).inner()["x-death"].clone(),
+        );
+        let returned = Received::new(delivery("", "work", copy), &topology());
+        assert_eq!(
+            (returned.routing_key.as_str(), returned.attempt),
+            ("experiment.prune", 3)
+        );
+
+        let first = Received::new(
+            delivery("x", "run.finished", FieldTable::default()),
+            &topology(),
+        );
+        let copy = headers::handed_back(None, &first.routing_key, first.attempt);
+        assert_eq!(headers::get_u32(Some(&copy), headers::ATTEMPTS), Some(0));
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! `/readyz` follows the broker: unready before the first connection and while the worker
-//! reconnects after the broker closed its connection; `/healthz` answers all along.
+//! reconnects after the broker closed its connection; `/healthz` answers all along, because
+//! the worker never hangs on the broker: an address that accepts TCP and never speaks AMQP is
+//! given up after `broker.connect_timeout` and tried again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +41,53 @@ async fn the_listener_is_up_and_unready_while_the_broker_is_unreachable() {
         endpoint.get("/healthz").await.is_none(),
         "the listener stops with the worker"
     );
+}
+
+#[tokio::test]
+async fn a_broker_address_that_never_speaks_amqp_is_given_up_and_tried_again() {
+    // What a load balancer with no healthy backend does: accept, then say nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = silent.local_addr().expect("an address");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let listener = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            open.push(socket);
+        }
+    });
+    let mut s = settings();
+    s.broker.url = format!("amqp://guest:guest@{address}/%2f").into();
+    s.broker.connect_timeout = Duration::from_secs(1);
+    let endpoint = Endpoint::of(&s);
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(model_pruner::worker::run(s, shutdown.clone()));
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while accepted.load(Ordering::SeqCst) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker hangs on its first connection ({} accepted)",
+            accepted.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = endpoint.get("/healthz").await.expect("/healthz answers");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, body) = endpoint.get("/readyz").await.expect("/readyz answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: broker\n"), "{body}");
+
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .expect("the worker stops")
+        .expect("no panic")
+        .expect("a clean stop");
+    listener.abort();
 }
 
 #[tokio::test]

@@ -37,10 +37,26 @@ pub fn cli(settings: &Settings, args: &[&str]) -> Command {
             "MODEL_PRUNER__BROKER__DELAY_QUEUE_PREFIX",
             &b.delay_queue_prefix,
         )
+        .env("MODEL_PRUNER__RETRY__DELAYS", delays(settings))
         .env("MODEL_PRUNER__LOG__FORMAT", "pretty")
         .env("RUST_LOG", "off")
         .kill_on_drop(true);
     cmd
+}
+
+/// `retry.delays` as the environment writes them: `500ms,1m`.
+fn delays(settings: &Settings) -> String {
+    settings
+        .retry
+        .delays
+        .iter()
+        .map(|d| {
+            humantime_serde::re::humantime::format_duration(**d)
+                .to_string()
+                .replace(' ', "")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs the binary to completion.

@@ -7,4 +7,5 @@ mod support;
 mod audit;
 mod dlq;
 mod helpers;
+mod migrate;
 mod publish;

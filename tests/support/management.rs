@@ -1,5 +1,5 @@
 //! The RabbitMQ management API, from `RABBITMQ_MANAGEMENT_URL` (as `scripts/stack.sh env`
-//! prints it): broker connections by client-given name, closing them, and queue counts.
+//! prints it): broker connections by client-given name, closing them, and queues.
 
 use std::time::Duration;
 
@@ -106,10 +106,16 @@ impl Management {
             .expect("connection closed by the broker");
     }
 
+    /// `queue` in the default vhost as the API shows it (type, arguments, counts, message
+    /// statistics); `None` if the API does not answer or has no such queue.
+    pub async fn queue(&self, queue: &str) -> Option<Value> {
+        self.get_json(&["queues", "/", queue]).await
+    }
+
     /// `messages` (ready + unacked) of `queue` in the default vhost; `None` if the API does
     /// not answer.
     pub async fn queue_messages(&self, queue: &str) -> Option<u64> {
-        let v: Value = self.get_json(&["queues", "/", queue]).await?;
+        let v = self.queue(queue).await?;
         Some(v["messages"].as_u64()? + v["messages_unacknowledged"].as_u64().unwrap_or(0))
     }
 }

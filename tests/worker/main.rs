@@ -5,6 +5,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod broker_wide;
 mod burst;
 mod crash;
 mod faults;

@@ -1,0 +1,216 @@
+//! `model-pruner migrate-queues` brings queues declared by an earlier version (a classic delay
+//! queue, a work queue dead-lettering at most once) to this version's arguments, and every
+//! message comes out as what it was: a pipeline's event through the exchange, a retry as the
+//! same attempt.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use model_pruner::broker::{BINDINGS, Topology, headers};
+
+use crate::helpers::{TestApp, outcome, run_cli, settings};
+use crate::support::management::Management;
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// Declares the queues of `t` as the version before at-least-once dead-lettering did.
+async fn declare_old_topology(app: &TestApp, t: &Topology) {
+    let channel = app.broker.channel();
+    let mut work = FieldTable::default();
+    work.insert("x-queue-type".into(), string("quorum"));
+    work.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(t.delivery_limit.into()),
+    );
+    work.insert("x-dead-letter-exchange".into(), string(""));
+    work.insert(
+        "x-dead-letter-routing-key".into(),
+        string(&t.dead_letter_queue),
+    );
+    channel
+        .queue_declare(
+            t.work_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            work,
+        )
+        .await
+        .expect("old work queue");
+    for key in BINDINGS {
+        channel
+            .queue_bind(
+                t.work_queue.as_str().into(),
+                t.exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+    let delay = &t.delay_queues[0];
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(delay.delay.as_millis() as i64),
+    );
+    args.insert("x-dead-letter-exchange".into(), string(""));
+    args.insert("x-dead-letter-routing-key".into(), string(&t.work_queue));
+    channel
+        .queue_declare(
+            delay.name.as_str().into(),
+            QueueDeclareOptions::durable(),
+            args,
+        )
+        .await
+        .expect("old classic delay queue");
+}
+
+/// A retry as the worker writes it: the event's routing key and the attempts so far.
+fn retry(routing_key: &str, attempts: u32) -> BasicProperties {
+    let mut h = FieldTable::default();
+    headers::set_str(&mut h, headers::ROUTING_KEY, routing_key);
+    headers::set_u32(&mut h, headers::ATTEMPTS, attempts);
+    BasicProperties::default().with_headers(h)
+}
+
+#[tokio::test]
+async fn old_queues_are_migrated_and_every_message_keeps_what_it_is() {
+    let mut s = settings();
+    s.retry.delays = vec![Duration::from_secs(8).into()];
+    // Only the exchange and the dead-letter queue: the rest is declared the old way.
+    let app = TestApp::without_worker(&{
+        let mut bare = crate::helpers::same_queues(&s);
+        bare.broker.work_queue = format!("{}-unused", s.broker.work_queue);
+        bare.retry.delays = vec![Duration::from_secs(1).into()];
+        bare.broker.delay_queue_prefix = format!("{}-unused", s.broker.delay_queue_prefix);
+        bare
+    })
+    .await;
+    let t = Topology::from_settings(&s);
+    declare_old_topology(&app, &t).await;
+    let delay = t.delay_queues[0].name.clone();
+
+    // A pipeline's event, waiting in the work queue.
+    app.broker
+        .publish(
+            &t.exchange,
+            "run.finished",
+            b"pipeline",
+            FieldTable::default(),
+        )
+        .await
+        .expect("publish");
+    // A retry already back from the delay queue (it expired at once), attempt 3.
+    app.broker
+        .publish_to_queue(
+            &delay,
+            b"returned retry",
+            retry("experiment.prune", 2).with_expiration("1".into()),
+        )
+        .await
+        .expect("publish");
+    app.wait_len(&t.work_queue, 2, Duration::from_secs(10))
+        .await;
+    // A retry still waiting in the delay queue, attempt 2.
+    app.broker
+        .publish_to_queue(&delay, b"waiting retry", retry("run.finished", 1))
+        .await
+        .expect("publish");
+
+    let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues", "--dry-run"]).await);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{delay}: declared with other arguments")),
+        "{stdout}"
+    );
+    assert_eq!(
+        app.queue_len(&t.work_queue).await,
+        2,
+        "a dry run moves nothing"
+    );
+
+    let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues"]).await);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{}: migrated", t.work_queue)),
+        "{stdout}"
+    );
+
+    let management = Management::from_env();
+    for queue in [&t.work_queue, &delay] {
+        let q = management.queue(queue).await.expect("listed");
+        assert_eq!(q["type"], "quorum", "{queue}");
+        assert_eq!(
+            q["arguments"]["x-dead-letter-strategy"], "at-least-once",
+            "{queue}"
+        );
+    }
+    // The pipeline's event is back through the exchange; the returned retry waits in the
+    // delay queue again, next to the one that was waiting.
+    let first = app
+        .next_message(&t.work_queue, Duration::from_secs(5))
+        .await
+        .expect("the pipeline's event");
+    assert_eq!(first.data, b"pipeline");
+    let origin = t.origin(&first);
+    assert_eq!(
+        (origin.routing_key.as_str(), origin.attempt),
+        ("run.finished", 1)
+    );
+    assert!(!origin.from_delay_queue);
+
+    let mut retries = Vec::new();
+    for _ in 0..2 {
+        let d = app
+            .next_message(&t.work_queue, Duration::from_secs(20))
+            .await
+            .expect("a retry back from the new delay queue");
+        let o = t.origin(&d);
+        retries.push((
+            String::from_utf8_lossy(&d.data).into_owned(),
+            o.routing_key,
+            o.attempt,
+        ));
+    }
+    retries.sort();
+    assert_eq!(
+        retries,
+        [
+            (
+                "returned retry".to_owned(),
+                "experiment.prune".to_owned(),
+                3
+            ),
+            ("waiting retry".to_owned(), "run.finished".to_owned(), 2),
+        ]
+    );
+
+    let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues"]).await);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(stdout.matches("up to date").count(), 2, "{stdout}");
+    assert!(
+        !stdout.contains("holding"),
+        "no holding queue is left: {stdout}"
+    );
+    for hold in [
+        "migrating.run.finished",
+        "migrating.experiment.prune",
+        "migrating.as-is",
+    ] {
+        assert!(
+            management
+                .queue(&format!("{}.{hold}", t.work_queue))
+                .await
+                .is_none(),
+            "{hold} is deleted"
+        );
+    }
+    let mut cleanup = TestApp::without_worker(&s).await;
+    cleanup.topology = t;
+    cleanup.cleanup().await;
+    app.cleanup().await;
+}
