@@ -80,8 +80,13 @@ impl RetryPolicy {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        RetryIf::start(self.delays(), op, |e: &E| {
-            let retry = e.class() == ErrorClass::Transient;
+        // Called on every failure, the last one too: only a failure another attempt follows is
+        // a retry to log and count.
+        let mut failures = 0;
+        let attempts = self.attempts;
+        RetryIf::start(self.delays(), op, move |e: &E| {
+            failures += 1;
+            let retry = e.class() == ErrorClass::Transient && failures < attempts;
             if retry {
                 let reason = e.reason();
                 tracing::warn!(target_system = target, operation = what, reason, error = %e, "transient failure, retrying");
@@ -142,6 +147,29 @@ mod tests {
             .await;
         assert!(r.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn only_failures_another_attempt_follows_count_as_retries() {
+        let r: Result<(), Fail> = policy(3)
+            .run("retry-count-test", "op", || async {
+                Err(Fail(ErrorClass::Transient))
+            })
+            .await;
+        assert!(r.is_err());
+        let counted: f64 = crate::metrics::REGISTRY
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "model_pruner_retries_total")
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.value() == "retry-count-test")
+            })
+            .map(|m| m.get_counter().value())
+            .sum();
+        assert_eq!(counted, 2.0, "three attempts, two retries");
     }
 
     #[tokio::test]
