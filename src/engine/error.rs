@@ -78,6 +78,19 @@ impl PruneError {
         }
     }
 
+    /// Every [`PruneError::kind`], so metrics can start each series at zero.
+    pub const KINDS: [&'static str; 9] = [
+        "unknown_experiment",
+        "run_not_in_experiment",
+        "invalid_policy",
+        "metric_missing",
+        "safety_valve",
+        "refused_location",
+        "mlflow",
+        "store",
+        "experiment_not_empty",
+    ];
+
     /// Low-cardinality kind for metrics and dead-letter headers.
     pub fn kind(&self) -> &'static str {
         match self {

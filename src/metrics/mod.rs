@@ -26,6 +26,7 @@ pub use health::{Health, ProbeReport, STALLED_AFTER, UNANSWERED_FOR};
 pub use reason::{mlflow_reason, store_reason};
 pub use server::Server;
 
+use crate::domain::classify::ErrorClass;
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
 use crate::engine::{PassReport, PruneError};
 use crate::store::StoreError;
@@ -205,6 +206,13 @@ impl Metrics {
         for operation in ["ack", "nack"] {
             m.acks_lost.with_label_values(&[operation]);
         }
+        // A counter series that appears at 1 shows no increase() or rate() in its first
+        // window: the dashboard would miss the first retry of a kind.
+        for target in [Target::Mlflow, Target::Store] {
+            for reason in reason::REASONS {
+                m.retries.with_label_values(&[target.as_str(), reason]);
+            }
+        }
         for decision in ["kept", "protected", "skipped", "pruned"] {
             m.runs.with_label_values(&[decision]);
         }
@@ -338,6 +346,16 @@ impl Message {
 impl Drop for Message {
     fn drop(&mut self) {
         M.in_flight.dec();
+    }
+}
+
+/// Starts the dead-letter counter at zero for every error class and each of `kinds`, so that
+/// the first dead letter of a kind shows as an increase.
+pub fn expect_dead_letters(kinds: impl IntoIterator<Item = &'static str>) {
+    for kind in kinds {
+        for class in [ErrorClass::Transient, ErrorClass::Permanent] {
+            M.dead_letters.with_label_values(&[class.as_str(), kind]);
+        }
     }
 }
 

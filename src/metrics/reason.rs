@@ -4,6 +4,21 @@
 use crate::mlflow::MlflowError;
 use crate::store::{Reason, StoreError};
 
+/// Every reason the functions below give, so the retry counter can start each series at zero.
+pub const REASONS: [&str; 11] = [
+    "throttled",
+    "server_error",
+    "client_error",
+    "timeout",
+    "connect",
+    "transport",
+    "decode",
+    "build",
+    "key_errors",
+    "bad_listing",
+    "refused",
+];
+
 /// S3 codes that mean "slow down".
 const THROTTLING_CODES: &[&str] = &[
     "SlowDown",
@@ -50,6 +65,13 @@ fn by_status(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_reason_is_listed() {
+        for status in [400, 404, 408, 429, 500, 503, 599] {
+            assert!(REASONS.contains(&by_status(status)), "{status}");
+        }
+    }
 
     #[test]
     fn statuses_map_to_a_few_reasons() {

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::broker::Topology;
-use crate::engine::Engine;
+use crate::engine::{Engine, PruneError};
 use crate::metrics;
 use crate::settings::Settings;
 use outcome::RetryRules;
@@ -44,6 +44,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
     info!(address = %server.local_addr(), "serving /metrics, /healthz and /readyz");
     let health = Arc::new(metrics::Health::new(stall_limit(&settings)));
+    metrics::expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
     let _server = server.spawn(health.clone());
     let engine = Engine::new(&settings).context("cannot build the pruning engine")?;
     let host = hostname::get()

@@ -6,6 +6,9 @@ use crate::domain::classify::ErrorClass;
 use crate::domain::event::EventError;
 use crate::engine::PruneError;
 
+/// Every [`Failure::kind`] that is not a [`PruneError::kind`].
+pub const MESSAGE_KINDS: [&str; 3] = ["invalid_message", "unknown_routing_key", "panic"];
+
 /// Why handling a delivery failed, in the terms the dead-letter headers use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
