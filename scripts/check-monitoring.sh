@@ -5,6 +5,8 @@
 #   3. promtool check config  deploy/prometheus/prometheus.yml
 #   4. every model_pruner_* metric that the dashboard and the rules name is one the worker
 #      exports (the Rust test deploy::deploy_files_name_only_metrics_the_worker_exports).
+# The dashboard and the rules against a real Prometheus scraping a real worker are checked by
+# tests/observability/dashboard.rs, part of the test suite.
 # promtool comes from Debian's `prometheus` package, installed when missing.
 # Set SKIP_CARGO=1 to skip step 4 (for instance when the test suite runs it anyway).
 set -euo pipefail

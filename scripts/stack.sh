@@ -25,6 +25,7 @@ GARAGE_ADMIN_TOKEN="78b9b44bff619b87188c92a92e23c449"
 HOST="127.0.0.1"
 AMQP_PORT=5672
 RABBIT_MGMT_PORT=15672
+RABBIT_PROMETHEUS_PORT=15692
 MLFLOW_PORT=5000
 # A second tracking server with proxied artifacts (mlflow-artifacts:/ URIs), for the tests of
 # how the pruner maps them; its own database, artifacts under s3://mlflow/proxied/.
@@ -55,7 +56,7 @@ usage() {
 Usage: scripts/stack.sh COMMAND
 
 Local services for model-pruner, on loopback:
-  RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT
+  RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT, metrics http://$HOST:$RABBIT_PROMETHEUS_PORT
   MLflow    $MLFLOW_URL (sqlite backend, artifacts in s3://mlflow/)
             $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
@@ -170,6 +171,7 @@ with_install_lock() {
 
 rabbit_up() { tcp_open "$HOST" "$AMQP_PORT"; }
 rabbit_mgmt_up() { [[ "$(http_code -u guest:guest "http://$HOST:$RABBIT_MGMT_PORT/api/overview")" == 200 ]]; }
+rabbit_prometheus_up() { [[ "$(http_code "http://$HOST:$RABBIT_PROMETHEUS_PORT/metrics")" == 200 ]]; }
 
 ensure_rabbitmq() {
   if ! rabbit_up; then
@@ -189,6 +191,12 @@ ensure_rabbitmq() {
     log "enabling rabbitmq_management"
     rabbitmq-plugins enable rabbitmq_management >&2
     wait_until "RabbitMQ management API on $HOST:$RABBIT_MGMT_PORT" 60 "" rabbit_mgmt_up
+  fi
+  # Queue depth and consumers for the dashboard check (tests/observability/dashboard.rs).
+  if ! rabbit_prometheus_up; then
+    log "enabling rabbitmq_prometheus"
+    rabbitmq-plugins enable rabbitmq_prometheus >&2
+    wait_until "RabbitMQ metrics on $HOST:$RABBIT_PROMETHEUS_PORT" 60 "" rabbit_prometheus_up
   fi
   log "RabbitMQ up: amqp://$HOST:$AMQP_PORT, management http://$HOST:$RABBIT_MGMT_PORT"
 }
@@ -488,6 +496,7 @@ export AWS_SECRET_ACCESS_KEY='$S3_SECRET_ACCESS_KEY'
 export AWS_DEFAULT_REGION='$S3_REGION'
 export AMQP_URL='$AMQP_URL'
 export RABBITMQ_MANAGEMENT_URL='http://guest:guest@$HOST:$RABBIT_MGMT_PORT'
+export RABBITMQ_PROMETHEUS_URL='http://$HOST:$RABBIT_PROMETHEUS_PORT'
 export MODEL_PRUNER_PYTHON='$VENV/bin/python'
 export MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI='$PROXIED_MLFLOW_URL'
 export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$PROXIED_DESTINATION'

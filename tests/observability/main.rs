@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod dashboard;
 mod deploy;
 mod events;
 mod readiness;
