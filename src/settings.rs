@@ -51,8 +51,9 @@ pub struct BrokerSettings {
     /// Longest wait for the broker to confirm a published message.
     #[serde(with = "humantime_serde")]
     pub confirm_timeout: Duration,
-    /// Longest time the worker holds a delivery unacknowledged; one held longer is handed back
-    /// through the first delay queue. Must stay under RabbitMQ's `consumer_timeout`.
+    /// Longest time the worker holds a delivery unacknowledged: a waiting one is handed back
+    /// through the first delay queue, a pass still running is cancelled and retried. Must stay
+    /// under RabbitMQ's `consumer_timeout`.
     #[serde(with = "humantime_serde")]
     pub ack_deadline: Duration,
 }

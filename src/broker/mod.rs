@@ -36,6 +36,10 @@ pub enum BrokerError {
     },
     #[error("RabbitMQ: {op}: no answer within {after:?}")]
     Timeout { op: &'static str, after: Duration },
+    #[error("RabbitMQ has blocked the publishing connection (a memory or disk alarm)")]
+    Blocked,
+    #[error("RabbitMQ closed the {connection} connection")]
+    Closed { connection: &'static str },
     #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
     ConsumerCancelled { queue: String },
     #[error(
@@ -79,6 +83,29 @@ impl BrokerError {
             Some(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::ACCESSREFUSED)
         )
     }
+}
+
+/// The properties of a copy of a message the worker or the ops tools publish: the original
+/// content type, ids, timestamp and app id, persistent, with `headers`. Nothing else (an
+/// expiration, a user id, a priority) is carried over.
+pub fn copy_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut p = BasicProperties::default()
+        .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(headers);
+    if let Some(v) = original.message_id() {
+        p = p.with_message_id(v.clone());
+    }
+    if let Some(v) = original.correlation_id() {
+        p = p.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        p = p.with_timestamp(*v);
+    }
+    if let Some(v) = original.app_id() {
+        p = p.with_app_id(v.clone());
+    }
+    p
 }
 
 fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
@@ -141,6 +168,11 @@ impl Broker {
                 .map_err(amqp("declare topology"))
         })
         .await
+    }
+
+    /// Whether the connection is still open.
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
     }
 
     /// The connection's events: errors (the connection is gone), and RabbitMQ blocking or

@@ -1,20 +1,19 @@
 //! `model-pruner migrate-queues`: brings the queues an earlier version declared to the arguments
 //! this version declares (RabbitMQ cannot change a queue's arguments: the worker's declaration
-//! fails with PRECONDITION_FAILED), without losing a message.
+//! fails with PRECONDITION_FAILED), without losing a message or changing what it is.
 //!
-//! Queues are emptied into holding queues (each message copied with a confirm, then acked),
-//! deleted, declared again, and refilled. Every delay queue is emptied first, since one expiring
-//! into the work queue while that is replaced would lose the message; the work queue only if it
-//! differs. Its messages keep what the worker may believe of them: one a pipeline published goes
-//! back through the exchange with its routing key (holding queues bound to the exchange also
-//! catch what pipelines publish while the work queue is gone); one back from a delay queue goes
-//! into the first delay queue as the same attempt. Run it with the workers stopped; running it
-//! again finishes an interrupted migration.
+//! A queue that differs is emptied into a holding queue (each message copied with a confirm,
+//! then acked), deleted, declared again and refilled. When the work queue is replaced, every
+//! delay queue is emptied first (those that match stay, empty), so none expires into it while
+//! it is gone, and holding queues bound to the exchange catch what pipelines publish meanwhile.
+//! Every message of the work queue, and every one caught, goes back through the first delay
+//! queue as what the worker would have believed it to be: its routing key and attempt, from
+//! [`Topology::origin`]. Run it with the workers stopped; running it again finishes an
+//! interrupted migration.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -22,7 +21,7 @@ use lapin::options::{
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
 
-use crate::broker::{BINDINGS, Broker, BrokerError, PERSISTENT, Topology, headers};
+use crate::broker::{BINDINGS, Broker, BrokerError, Topology, copy_properties, headers};
 use crate::settings::Settings;
 
 /// A worker queue as the broker has it.
@@ -38,13 +37,11 @@ enum State {
     },
 }
 
-/// Where a moved message goes.
-enum Destination<'a> {
-    /// Through the default exchange into this queue, properties kept.
-    Queue(&'a str),
-    /// Through this exchange with this routing key, properties kept.
-    Exchange(&'a str, &'a str),
-    /// Into this (delay) queue as the same attempt of the event with this routing key.
+/// What a moved message becomes.
+enum Copy<'a> {
+    /// The same message in `queue`, without the headers the broker manages.
+    Plain { queue: &'a str },
+    /// Into the (delay) `queue` as this attempt of the event with this routing key.
     HandBack {
         queue: &'a str,
         routing_key: String,
@@ -57,19 +54,24 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     let broker = Broker::connect(&settings.broker, "model-pruner migrate-queues")
         .await
         .context("connecting to RabbitMQ")?;
-    let mut queues: Vec<&str> = topology
+    let work = topology.work_queue.as_str();
+    let delays: Vec<&str> = topology
         .delay_queues
         .iter()
         .map(|d| d.name.as_str())
         .collect();
-    queues.push(&topology.work_queue);
     let mut states = Vec::new();
     let mut pending = false;
-    for queue in &queues {
+    for queue in delays.iter().copied().chain([work]) {
         let state = state(&broker, &topology, queue).await?;
-        let leftovers = leftovers(&broker, &topology, queue).await?;
-        println!("{queue}: {}", describe(state, leftovers));
-        pending |= leftovers > 0 || matches!(state, State::Differs { .. });
+        let mut held = Vec::new();
+        for (name, _) in holding(&topology, queue) {
+            if let Some((messages, _)) = passive(&broker, &name).await? {
+                held.push(format!("{name} ({messages} messages)"));
+            }
+        }
+        println!("{queue}: {}", describe(state, &held));
+        pending |= !held.is_empty() || matches!(state, State::Differs { .. });
         states.push(state);
     }
     if dry_run || !pending {
@@ -79,37 +81,33 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         let _ = broker.close().await;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some((_, consumers)) = passive(&broker, &topology.work_queue).await?
-        && consumers > 0
-    {
-        bail!(
-            "{} has {consumers} consumers: stop the workers, then run this again",
-            topology.work_queue
-        );
-    }
-    // Every delay queue is emptied first, whether it differs or not: a delay queue expiring
-    // into the work queue while it is being replaced would lose the message.
-    let mut moved = vec![0; queues.len()];
-    for (i, queue) in queues[..queues.len() - 1].iter().enumerate() {
-        if states[i] == State::Missing {
+    no_consumers(&broker, work).await?;
+    let work_differs = matches!(states[delays.len()], State::Differs { .. });
+    let mut moved = vec![0; delays.len() + 1];
+    for (i, queue) in delays.iter().enumerate() {
+        let differs = matches!(states[i], State::Differs { .. });
+        if states[i] == State::Missing || !(differs || work_differs) {
             continue;
         }
         let (hold, _) = holding(&topology, queue).remove(0);
-        declare_holding(broker.channel(), &hold).await?;
-        moved[i] = drain_and_delete(&broker, queue, |_| Destination::Queue(&hold)).await?;
+        declare_holding(&broker, &hold).await?;
+        moved[i] = drain(&broker, queue, |_| Copy::Plain { queue: &hold }).await?;
+        if differs {
+            delete_drained(&broker, queue).await?;
+        }
     }
-    if matches!(states[queues.len() - 1], State::Differs { .. }) {
-        moved[queues.len() - 1] = migrate_work_queue(&broker, &topology).await?;
+    if work_differs {
+        moved[delays.len()] = migrate_work_queue(&broker, &topology).await?;
     }
     broker
         .declare(&topology)
         .await
         .context("declaring the topology after the migration")?;
-    for (i, queue) in queues.iter().enumerate() {
+    for (i, queue) in delays.iter().copied().chain([work]).enumerate() {
         let refilled = refill(&broker, &topology, queue).await?;
-        if states[i] != State::UpToDate || refilled > 0 {
+        if states[i] != State::UpToDate || moved[i] > 0 || refilled > 0 {
             println!(
-                "{queue}: migrated ({} messages moved, {refilled} put back)",
+                "{queue}: migrated ({} messages moved out, {refilled} put back)",
                 moved[i]
             );
         }
@@ -118,7 +116,7 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(state: State, leftovers: u32) -> String {
+fn describe(state: State, held: &[String]) -> String {
     let mut text = match state {
         State::Missing => "missing (the worker declares it)".to_owned(),
         State::UpToDate => "up to date".to_owned(),
@@ -130,16 +128,17 @@ fn describe(state: State, leftovers: u32) -> String {
              {consumers} consumers)"
         ),
     };
-    if leftovers > 0 {
+    if !held.is_empty() {
         text.push_str(&format!(
-            "; {leftovers} messages wait in holding queues of an interrupted migration"
+            "; holding queues of an interrupted migration: {}",
+            held.join(", ")
         ));
     }
     text
 }
 
 /// Compares `queue` with the arguments this version declares, on throw-away channels (a
-/// refused declaration closes its channel). Declares a missing queue only if it matches.
+/// refused declaration closes its channel).
 async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Result<State> {
     let Some((messages, consumers)) = passive(broker, queue).await? else {
         return Ok(State::Missing);
@@ -195,50 +194,54 @@ async fn passive(broker: &Broker, queue: &str) -> anyhow::Result<Option<(u32, u3
     }
 }
 
-/// The holding queues of `queue`: one for the delay queues; for the work queue one per
-/// routing key it is bound to, plus one for messages that go back as they are.
+/// Fails while a worker consumes the work queue.
+async fn no_consumers(broker: &Broker, work: &str) -> anyhow::Result<()> {
+    if let Some((_, consumers)) = passive(broker, work).await?
+        && consumers > 0
+    {
+        bail!("{work} has {consumers} consumers: stop the workers, then run this again");
+    }
+    Ok(())
+}
+
+/// The holding queues of `queue`: a delay queue's own, or for the work queue one per routing
+/// key it is bound to (bound to the exchange while the work queue is replaced).
 fn holding(topology: &Topology, queue: &str) -> Vec<(String, Option<&'static str>)> {
     if queue != topology.work_queue {
         return vec![(format!("{queue}.migrating"), None)];
     }
-    let mut names: Vec<_> = BINDINGS
+    BINDINGS
         .iter()
         .map(|key| (format!("{queue}.migrating.{key}"), Some(*key)))
-        .collect();
-    names.push((format!("{queue}.migrating.as-is"), None));
-    names
+        .collect()
 }
 
-async fn leftovers(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Result<u32> {
-    let mut total = 0;
-    for (name, _) in holding(topology, queue) {
-        total += passive(broker, &name).await?.map_or(0, |(m, _)| m);
-    }
-    Ok(total)
+/// The holding queue of the first delay queue, where the work queue's messages wait.
+fn first_delay_holding(topology: &Topology) -> String {
+    holding(topology, &topology.delay_queue(1).name).remove(0).0
 }
 
 async fn migrate_work_queue(broker: &Broker, topology: &Topology) -> anyhow::Result<u64> {
     let queue = topology.work_queue.as_str();
     let exchange = topology.exchange.as_str();
     let channel = broker.channel();
-    let holds = holding(topology, queue);
-    declare_holding(channel, &first_delay_holding(topology)).await?;
-    for (name, key) in &holds {
-        declare_holding(channel, name).await?;
-        if let Some(key) = key {
-            // Bound before the work queue is unbound: what pipelines publish meanwhile is
-            // caught (perhaps twice, which a pass does not mind), never dropped.
-            channel
-                .queue_bind(
-                    name.as_str().into(),
-                    exchange.into(),
-                    (*key).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .with_context(|| format!("binding {name} to {exchange} with {key}"))?;
-        }
+    let first_delay = first_delay_holding(topology);
+    declare_holding(broker, &first_delay).await?;
+    for (name, key) in holding(topology, queue) {
+        let key = key.expect("the work queue's holding queues have a key");
+        declare_holding(broker, &name).await?;
+        // Bound before the work queue is unbound: what pipelines publish meanwhile is
+        // caught (perhaps twice, which a pass does not mind), never dropped.
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("binding {name} to {exchange} with {key}"))?;
     }
     for key in BINDINGS {
         channel
@@ -251,37 +254,25 @@ async fn migrate_work_queue(broker: &Broker, topology: &Topology) -> anyhow::Res
             .await
             .with_context(|| format!("unbinding {queue} from {exchange}"))?;
     }
-    // The delay queues are gone by now: a retry waits in the first one's holding queue.
-    let first_delay = first_delay_holding(topology);
-    let moved = drain_and_delete(broker, queue, |delivery| {
+    let moved = drain(broker, queue, |delivery| {
         let origin = topology.origin(delivery);
-        if origin.from_delay_queue {
-            return Destination::HandBack {
-                queue: &first_delay,
-                routing_key: origin.routing_key,
-                attempt: origin.attempt,
-            };
-        }
-        let published = delivery.exchange.as_str() == exchange;
-        match holds
-            .iter()
-            .find(|(_, key)| published && *key == Some(delivery.routing_key.as_str()))
-        {
-            Some((name, _)) => Destination::Queue(name),
-            None => Destination::Queue(&holds[holds.len() - 1].0),
+        Copy::HandBack {
+            queue: &first_delay,
+            routing_key: origin.routing_key,
+            attempt: origin.attempt,
         }
     })
     .await?;
+    no_consumers(broker, queue).await?;
+    delete_drained(broker, queue).await?;
     Ok(moved)
 }
 
-fn first_delay_holding(topology: &Topology) -> String {
-    holding(topology, &topology.delay_queue(1).name).remove(0).0
-}
-
-/// Puts the messages of `queue`'s holding queues back (the work queue's through the exchange
-/// with their routing key, or as they are), then deletes the holding queues.
+/// Empties and deletes `queue`'s holding queues: a delay queue's messages go back into it; what
+/// the work queue's holding queues caught goes through the first delay queue as the event its
+/// publisher sent (the routing key it was published with, attempt 1).
 async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Result<u64> {
+    let first_delay = topology.delay_queue(1).name.as_str();
     let mut total = 0;
     for (name, key) in holding(topology, queue) {
         if passive(broker, &name).await?.is_none() {
@@ -299,24 +290,37 @@ async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Re
                 .await
                 .with_context(|| format!("unbinding {name}"))?;
         }
-        total += drain_and_delete(broker, &name, |_| match key {
-            Some(key) => Destination::Exchange(&topology.exchange, key),
-            None => Destination::Queue(queue),
+        total += drain(broker, &name, |delivery| match key {
+            Some(_) => Copy::HandBack {
+                queue: first_delay,
+                routing_key: delivery.routing_key.to_string(),
+                attempt: 1,
+            },
+            None => Copy::Plain { queue },
         })
         .await?;
+        // Holding queues are classic: deleted only if nothing arrived since.
+        broker
+            .channel()
+            .queue_delete(
+                name.as_str().into(),
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..QueueDeleteOptions::default()
+                },
+            )
+            .await
+            .with_context(|| format!("deleting {name} (is something publishing into it?)"))?;
     }
     Ok(total)
 }
 
-/// Copies every message of `from` where `route` says, with a confirm before each ack, then
-/// deletes `from`. Nothing else may publish into `from` meanwhile (the workers are stopped,
-/// the exchange no longer routes to it, the delay queues feeding the work queue are gone):
-/// quorum queues cannot be deleted only-if-empty, so the broker's count of what the delete
-/// dropped is checked instead.
-async fn drain_and_delete<'a>(
+/// Copies every message of `from` as `copy` says, each confirmed by the broker before the
+/// original is acked.
+async fn drain<'a>(
     broker: &Broker,
     from: &str,
-    route: impl Fn(&Delivery) -> Destination<'a>,
+    copy: impl Fn(&Delivery) -> Copy<'a>,
 ) -> anyhow::Result<u64> {
     let channel = broker.open_channel().await?;
     let mut moved = 0;
@@ -326,50 +330,58 @@ async fn drain_and_delete<'a>(
         .with_context(|| format!("basic.get on {from}"))?
     {
         let delivery = message.delivery;
-        let properties = delivery.properties.clone().with_delivery_mode(PERSISTENT);
-        let (exchange, routing_key, properties) = match route(&delivery) {
-            Destination::Queue(queue) => ("", queue.to_owned(), properties),
-            Destination::Exchange(exchange, key) => (exchange, key.to_owned(), properties),
-            Destination::HandBack {
+        let original = &delivery.properties;
+        let (queue, h) = match copy(&delivery) {
+            Copy::Plain { queue } => (queue, headers::republished(original.headers().as_ref())),
+            Copy::HandBack {
                 queue,
                 routing_key,
                 attempt,
-            } => {
-                let h = headers::handed_back(
-                    delivery.properties.headers().as_ref(),
-                    &routing_key,
-                    attempt,
-                );
-                ("", queue.to_owned(), properties.with_headers(h))
-            }
+            } => (
+                queue,
+                headers::handed_back(original.headers().as_ref(), &routing_key, attempt),
+            ),
         };
         broker
-            .publish_with(exchange, &routing_key, &delivery.data, properties)
+            .publish_to_queue(queue, &delivery.data, copy_properties(original, h))
             .await
-            .with_context(|| format!("moving a message of {from} to {routing_key}"))?;
-        delivery
+            .with_context(|| format!("moving a message of {from} to {queue}"))?;
+        let acked = delivery
             .acker
             .ack(BasicAckOptions::default())
             .await
             .with_context(|| format!("acking a moved message of {from}"))?;
+        if !acked {
+            bail!("the channel reading {from} closed; run this again to finish");
+        }
         moved += 1;
     }
-    let dropped = channel
-        .queue_delete(from.into(), QueueDeleteOptions::default())
-        .await
-        .with_context(|| format!("deleting {from}"))?;
     let _ = channel.close(200, "OK".into()).await;
-    if dropped > 0 {
-        bail!(
-            "{dropped} messages reached {from} after it was emptied and were deleted with it: \
-             something still publishes into it (a worker?)"
-        );
-    }
     Ok(moved)
 }
 
-async fn declare_holding(channel: &Channel, name: &str) -> anyhow::Result<()> {
-    channel
+/// Deletes a queue [`drain`] emptied. Quorum queues cannot be deleted only-if-empty, so the
+/// broker's count of what the delete dropped is checked: nothing may publish into `queue` by
+/// now (the workers are stopped, the exchange no longer routes to it, the delay queues that
+/// fed it are empty).
+async fn delete_drained(broker: &Broker, queue: &str) -> anyhow::Result<()> {
+    let dropped = broker
+        .channel()
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await
+        .with_context(|| format!("deleting {queue}"))?;
+    if dropped > 0 {
+        bail!(
+            "{dropped} messages reached {queue} after it was emptied and were deleted with it: \
+             something still publishes into it (a worker, a shovel, another binding)"
+        );
+    }
+    Ok(())
+}
+
+async fn declare_holding(broker: &Broker, name: &str) -> anyhow::Result<()> {
+    broker
+        .channel()
         .queue_declare(
             name.into(),
             QueueDeclareOptions::durable(),

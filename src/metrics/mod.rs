@@ -104,7 +104,8 @@ impl Metrics {
             ),
             passes: counter_vec(
                 "model_pruner_passes_total",
-                "Ranking passes, by outcome (ok, failed).",
+                "Ranking passes, by outcome (ok, failed, panicked, timed_out: cancelled at \
+                 broker.ack_deadline).",
                 &["outcome"],
             ),
             pass_duration: register(
@@ -200,7 +201,7 @@ impl Metrics {
                 m.finished.with_label_values(&[kind, outcome]);
             }
         }
-        for outcome in ["ok", "failed"] {
+        for outcome in ["ok", "failed", "panicked", "timed_out"] {
             m.passes.with_label_values(&[outcome]);
         }
         for operation in ["ack", "nack"] {
@@ -386,11 +387,12 @@ pub fn pass_finished(result: &Result<PassReport, PruneError>, events: usize, ela
     M.last_pass.set(unix_now().as_secs() as i64);
 }
 
-/// Counts a pass that panicked (`result="panicked"`); its deliveries are retried later.
-pub fn pass_panicked(events: usize, elapsed: Duration) {
+/// Counts a pass that panicked (`outcome="panicked"`) or was cancelled at the ack deadline
+/// (`outcome="timed_out"`); its deliveries are retried later.
+pub fn pass_interrupted(outcome: &'static str, events: usize, elapsed: Duration) {
     M.pass_duration.observe(elapsed.as_secs_f64());
     M.coalesced.inc_by(events.saturating_sub(1) as u64);
-    M.passes.with_label_values(&["panicked"]).inc();
+    M.passes.with_label_values(&[outcome]).inc();
 }
 
 /// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.

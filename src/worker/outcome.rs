@@ -7,7 +7,12 @@ use crate::domain::event::EventError;
 use crate::engine::PruneError;
 
 /// Every [`Failure::kind`] that is not a [`PruneError::kind`].
-pub const MESSAGE_KINDS: [&str; 3] = ["invalid_message", "unknown_routing_key", "panic"];
+pub const MESSAGE_KINDS: [&str; 4] = [
+    "invalid_message",
+    "unknown_routing_key",
+    "panic",
+    "pass_timeout",
+];
 
 /// Why handling a delivery failed, in the terms the dead-letter headers use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +54,22 @@ impl Failure {
             class: ErrorClass::Transient,
             kind: "panic",
             message: format!("the pass over experiment {experiment_id} panicked: {message}"),
+        }
+    }
+
+    /// A pass still running when its oldest delivery reached `broker.ack_deadline`: cancelled
+    /// before RabbitMQ's consumer_timeout could take its deliveries back. Transient: the next
+    /// pass resumes where it stopped (deleted files stay deleted), and a pass that never fits
+    /// is dead-lettered once out of attempts instead of looping.
+    pub fn pass_timeout(experiment_id: &str, limit: std::time::Duration) -> Self {
+        Failure {
+            class: ErrorClass::Transient,
+            kind: "pass_timeout",
+            message: format!(
+                "the pass over experiment {experiment_id} was still running at \
+                 broker.ack_deadline ({limit:?}) and was cancelled; if passes of this experiment \
+                 take longer, raise broker.ack_deadline and RabbitMQ's consumer_timeout"
+            ),
         }
     }
 

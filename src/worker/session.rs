@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt};
@@ -101,6 +102,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         topology: ctx.topology.clone(),
         host: ctx.host.clone(),
         failed_republications: Default::default(),
+        blocked: Default::default(),
     });
     let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
@@ -129,30 +131,32 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             }
             _ = tick.tick() => {
                 ctx.health.beat();
+                // lapin reports an error only to a listener that existed when it happened.
+                if !settler.broker.is_connected() {
+                    break Err(BrokerError::Closed { connection: "publishing" });
+                }
                 let now = Instant::now();
                 for job in scheduler.take_waiting(|j| now >= j.delivery.received_at + deadline) {
-                    let settler = settler.clone();
-                    let task = tasks.spawn(async move {
-                        let subject = Subject {
-                            experiment_id: Some(job.event.experiment_id()),
-                            run_id: job.event.run_id(),
-                        };
-                        settler.hand_back(job.delivery, subject).await;
-                    });
-                    holding.insert(task.id(), None);
+                    hand_back(&mut tasks, &mut holding, &settler, job);
                 }
             }
             Some(event) = publisher_events.next() => match event {
                 lapin::Event::Error(source) => {
                     break Err(BrokerError::Amqp { op: "publishing connection", source });
                 }
-                lapin::Event::ConnectionBlocked(reason) => warn!(
-                    reason,
-                    "RabbitMQ blocked the publishing connection (resource alarm): copies to \
-                     delay and dead-letter queues wait up to broker.confirm_timeout, then their \
-                     deliveries go back to the work queue"
-                ),
-                lapin::Event::ConnectionUnblocked => info!("RabbitMQ unblocked the publishing connection"),
+                lapin::Event::ConnectionBlocked(reason) => {
+                    settler.blocked.store(true, Ordering::Relaxed);
+                    warn!(
+                        reason,
+                        "RabbitMQ blocked the publishing connection (resource alarm): deliveries \
+                         that need a copy (delay, dead letter, hand-back) go back to the work \
+                         queue after a backoff until it is unblocked"
+                    );
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    settler.blocked.store(false, Ordering::Relaxed);
+                    info!("RabbitMQ unblocked the publishing connection");
+                }
                 _ => {}
             },
             next = consumer.next() => match next {
@@ -175,8 +179,21 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 None => break Err(BrokerError::ConsumerCancelled { queue: queue.to_owned() }),
             },
         }
-        while let Some(batch) = scheduler.next_batch() {
+        while let Some(mut batch) = scheduler.next_batch() {
             let experiment = batch.request.experiment_id.clone();
+            let now = Instant::now();
+            let (late, fresh): (Vec<_>, Vec<_>) = batch
+                .jobs
+                .into_iter()
+                .partition(|j| too_late_to_start(j.delivery.received_at, now, deadline));
+            for job in late {
+                hand_back(&mut tasks, &mut holding, &settler, job);
+            }
+            if fresh.is_empty() {
+                scheduler.finish(&experiment);
+                continue;
+            }
+            batch.jobs = fresh;
             let task = tasks.spawn(run_batch(
                 ctx.engine.clone(),
                 settler.clone(),
@@ -249,9 +266,42 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration, health: &Health) {
     }
 }
 
-/// Runs one pass and settles every delivery it covers. A pass still running when its oldest
-/// delivery reaches `ack_deadline` hands all its deliveries back (they come back through a
-/// delay queue and run again, harmlessly) and then runs to its end, settling nothing.
+/// A pass gets at least half the deadline: a delivery that has waited longer than that goes
+/// back (same attempt) rather than into a pass cut short on its account.
+fn too_late_to_start(received_at: Instant, now: Instant, deadline: Duration) -> bool {
+    now + deadline / 2 > received_at + deadline
+}
+
+/// Hands `job` back through the first delay queue, in a task of its own.
+fn hand_back(
+    tasks: &mut JoinSet<()>,
+    holding: &mut HashMap<Id, Option<String>>,
+    settler: &Arc<Settler>,
+    job: Job<Received>,
+) {
+    let settler = settler.clone();
+    let task = tasks.spawn(async move {
+        let subject = Subject {
+            experiment_id: Some(job.event.experiment_id()),
+            run_id: job.event.run_id(),
+        };
+        settler.hand_back(job.delivery, subject).await;
+    });
+    holding.insert(task.id(), None);
+}
+
+/// How a pass ended.
+enum Ended {
+    Finished(Result<PassReport, PruneError>),
+    Panicked(String),
+    /// Cancelled when its oldest delivery reached `broker.ack_deadline`.
+    TimedOut,
+}
+
+/// Runs one pass and settles every delivery it covers, all at once. A pass still running when
+/// its oldest delivery reaches `ack_deadline` is cancelled (the next one resumes where it
+/// stopped) and its deliveries handled as a transient failure, so RabbitMQ's consumer_timeout
+/// never takes them back and a pass that never fits ends in the dead-letter queue.
 async fn run_batch(
     engine: Arc<Engine>,
     settler: Arc<Settler>,
@@ -263,60 +313,54 @@ async fn run_batch(
     let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
     async move {
         let started = std::time::Instant::now();
-        let pass = guarded(engine.run_pass(&request));
-        tokio::pin!(pass);
         let oldest = jobs.iter().map(|j| j.delivery.received_at).min();
-        let handed_back = oldest.map(|t| tokio::time::sleep_until(t + ack_deadline));
-        let result = match handed_back {
-            Some(deadline) => tokio::select! {
-                result = &mut pass => result,
-                () = deadline => {
-                    warn!(
-                        "the pass is still running at broker.ack_deadline: handing its events \
-                         back; it goes on to its end"
-                    );
-                    for job in jobs {
-                        let subject = Subject {
-                            experiment_id: Some(&request.experiment_id),
-                            run_id: job.event.run_id(),
-                        };
-                        settler.hand_back(job.delivery, subject).await;
-                    }
-                    let result = pass.await;
-                    record(&result, 0, started.elapsed());
-                    return;
-                }
+        let cut_off = oldest.unwrap_or_else(Instant::now) + ack_deadline;
+        let ended = tokio::select! {
+            result = guarded(engine.run_pass(&request)) => match result {
+                Ok(result) => Ended::Finished(result),
+                Err(panic) => Ended::Panicked(panic),
             },
-            None => pass.await,
+            () = tokio::time::sleep_until(cut_off) => Ended::TimedOut,
         };
-        record(&result, jobs.len(), started.elapsed());
-        for job in jobs {
-            let run_id = job.event.run_id();
-            let failure = match &result {
-                Ok(result) => job_result(result, &request.experiment_id, run_id),
-                Err(panic) => Err(Failure::panic(&request.experiment_id, panic)),
+        let took = started.elapsed();
+        match &ended {
+            Ended::Finished(result) => metrics::pass_finished(result, jobs.len(), took),
+            Ended::Panicked(panic) => {
+                error!(panic = %panic, "the pass panicked: its events are retried after a delay");
+                metrics::pass_interrupted("panicked", jobs.len(), took);
+            }
+            Ended::TimedOut => {
+                warn!(
+                    ack_deadline = ?ack_deadline,
+                    "the pass was still running at broker.ack_deadline: cancelled, its events \
+                     are retried after a delay"
+                );
+                metrics::pass_interrupted("timed_out", jobs.len(), took);
+            }
+        }
+        let settled = jobs.into_iter().map(|job| {
+            let failure = match &ended {
+                Ended::Finished(result) => {
+                    job_result(result, &request.experiment_id, job.event.run_id())
+                }
+                Ended::Panicked(panic) => Err(Failure::panic(&request.experiment_id, panic)),
+                Ended::TimedOut => Err(Failure::pass_timeout(&request.experiment_id, ack_deadline)),
             };
             let outcome = decide(failure, job.delivery.attempt, rules);
-            let subject = Subject {
-                experiment_id: Some(&request.experiment_id),
-                run_id,
-            };
-            settler.settle(job.delivery, outcome, subject).await;
-        }
+            let settler = &settler;
+            let experiment_id = request.experiment_id.as_str();
+            async move {
+                let subject = Subject {
+                    experiment_id: Some(experiment_id),
+                    run_id: job.event.run_id(),
+                };
+                settler.settle(job.delivery, outcome, subject).await;
+            }
+        });
+        futures::future::join_all(settled).await;
     }
     .instrument(span)
     .await
-}
-
-/// Counts how a pass covering `events` deliveries ended, and logs a panic.
-fn record(result: &Result<Result<PassReport, PruneError>, String>, events: usize, took: Duration) {
-    match result {
-        Ok(result) => metrics::pass_finished(result, events, took),
-        Err(panic) => {
-            error!(panic = %panic, "the pass panicked: its events are retried after a delay");
-            metrics::pass_panicked(events, took);
-        }
-    }
 }
 
 /// Runs `pass`, turning a panic into its message, so the deliveries it covers are still
@@ -368,6 +412,38 @@ mod tests {
         })
         .await;
         assert_eq!(panicked, Err("index out of bounds: 3".to_owned()));
+    }
+
+    #[test]
+    fn a_delivery_starts_a_pass_only_with_half_the_deadline_left() {
+        let deadline = Duration::from_secs(600);
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(!too_late_to_start(t0, at(0), deadline));
+        assert!(!too_late_to_start(t0, at(300), deadline));
+        assert!(too_late_to_start(t0, at(301), deadline));
+    }
+
+    #[test]
+    fn a_pass_cut_at_the_deadline_is_retried_then_dead_lettered_not_looped() {
+        let rules = RetryRules {
+            max_attempts: 2,
+            delay_steps: 1,
+        };
+        let failure = || Err(Failure::pass_timeout("12", Duration::from_secs(900)));
+        assert!(matches!(
+            decide(failure(), 1, rules),
+            Outcome::Delay { step: 0, .. }
+        ));
+        let Outcome::DeadLetter { failure, .. } = decide(failure(), 2, rules) else {
+            panic!("dead-lettered once out of attempts");
+        };
+        assert_eq!(failure.kind, "pass_timeout");
+        assert!(
+            failure.message.contains("broker.ack_deadline"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! confirms and ack only once the broker has the copy, so a message is never lost.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 use super::outcome::{Failure, Outcome};
-use crate::broker::{Broker, JSON, Topology, headers};
+use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::metrics::{self, Finished};
 
 /// A delivery with what the worker read from its headers.
@@ -60,6 +60,9 @@ pub struct Settler {
     pub host: String,
     /// Re-publications that failed in a row, for the backoff before handing a delivery back.
     pub failed_republications: AtomicU32,
+    /// RabbitMQ blocked the publishing connection (a resource alarm): nothing is published
+    /// until it is unblocked, so timed-out copies do not pile up to be sent at once later.
+    pub blocked: AtomicBool,
 }
 
 /// First wait before a delivery whose re-publication failed goes back to the queue.
@@ -107,8 +110,8 @@ impl Settler {
                 (self.topology.dead_letter_queue.as_str(), failure, *attempts)
             }
         };
-        let properties = republished_properties(
-            &received,
+        let properties = copy_properties(
+            &received.delivery.properties,
             failure_headers(
                 received.delivery.properties.headers().as_ref(),
                 routing_key,
@@ -143,7 +146,7 @@ impl Settler {
         let queue = self.topology.delay_queue(1).name.as_str();
         let original = received.delivery.properties.headers().as_ref();
         let h = headers::handed_back(original, &received.routing_key, received.attempt);
-        let properties = republished_properties(&received, h);
+        let properties = copy_properties(&received.delivery.properties, h);
         if !self.republish(&received, queue, properties, subject).await {
             return;
         }
@@ -170,10 +173,13 @@ impl Settler {
         properties: BasicProperties,
         subject: Subject<'_>,
     ) -> bool {
-        let published = self
-            .broker
-            .publish_to_queue(queue, &received.delivery.data, properties)
-            .await;
+        let published = if self.blocked.load(Ordering::Relaxed) {
+            Err(BrokerError::Blocked)
+        } else {
+            self.broker
+                .publish_to_queue(queue, &received.delivery.data, properties)
+                .await
+        };
         let Err(e) = published else {
             self.failed_republications.store(0, Ordering::Relaxed);
             return true;
@@ -232,28 +238,6 @@ fn settled(
         error,
         "the broker did not get this {operation}; it will redeliver the message"
     );
-}
-
-/// The properties of a re-published copy: the original ones that matter, persistent, with
-/// `headers`. The body is left as it was.
-pub fn republished_properties(received: &Received, headers: FieldTable) -> BasicProperties {
-    let original = &received.delivery.properties;
-    let mut p = BasicProperties::default()
-        .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
-        .with_headers(headers);
-    if let Some(v) = original.message_id() {
-        p = p.with_message_id(v.clone());
-    }
-    if let Some(v) = original.correlation_id() {
-        p = p.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        p = p.with_timestamp(*v);
-    }
-    if let Some(v) = original.app_id() {
-        p = p.with_app_id(v.clone());
-    }
-    p
 }
 
 /// The original headers (minus those the broker manages) plus the worker's: attempts, the

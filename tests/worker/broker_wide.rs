@@ -12,7 +12,7 @@ use std::time::Duration;
 use model_pruner::metrics::REGISTRY;
 use model_pruner::settings::Settings;
 
-use crate::helpers::{TestApp, prune, settings, wait_drained};
+use crate::helpers::{TestApp, prune, run_finished, settings, wait_drained};
 use crate::support::management::Management;
 use crate::support::mlflow_fixtures::ExperimentFixture;
 use crate::support::proxy::{Action, Proxy};
@@ -113,7 +113,7 @@ fn counter(name: &str, label: (&str, &str)) -> f64 {
 }
 
 #[tokio::test]
-async fn broker_wide_a_pass_outliving_the_consumer_timeout_hands_its_event_back_in_time() {
+async fn broker_wide_a_pass_outliving_the_ack_deadline_is_cut_before_the_consumer_timeout() {
     let _env = short_consumer_timeout();
     let world = World::new("worker");
     let proxy = Proxy::store().await;
@@ -122,7 +122,10 @@ async fn broker_wide_a_pass_outliving_the_consumer_timeout_hands_its_event_back_
     s.broker.confirm_timeout = Duration::from_secs(2);
     let app = TestApp::spawn(s).await;
 
+    // The sweep's pass stalls on the store; the run.finished waits for it.
     app.publish("experiment.prune", &prune(&exp, 2, false))
+        .await;
+    app.publish("run.finished", &run_finished(&exp, &runs[2], 2))
         .await;
     world
         .wait_pruned(&runs, &[1, 2], Duration::from_secs(90))
@@ -132,14 +135,25 @@ async fn broker_wide_a_pass_outliving_the_consumer_timeout_hands_its_event_back_
     assert_eq!(
         redelivered(&app.topology.work_queue).await,
         0,
-        "RabbitMQ never timed the worker out and took the event back"
+        "RabbitMQ never timed the worker out and took an event back"
+    );
+    assert!(
+        counter("model_pruner_passes_total", ("outcome", "timed_out")) >= 1.0,
+        "the stalled pass was cut at the deadline"
+    );
+    assert!(
+        counter(
+            "model_pruner_messages_finished_total",
+            ("outcome", "delayed")
+        ) >= 1.0,
+        "its event was retried after a delay"
     );
     assert!(
         counter(
             "model_pruner_messages_finished_total",
             ("outcome", "handed_back")
         ) >= 1.0,
-        "the event was handed back while the slow pass ran"
+        "the event waiting for it was handed back"
     );
     assert_eq!(
         counter("model_pruner_acks_lost_total", ("operation", "ack")),

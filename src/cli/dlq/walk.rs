@@ -2,12 +2,12 @@
 //! re-publication of a dead letter.
 
 use anyhow::Context;
+use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
 
-use crate::broker::{Broker, BrokerError, JSON, PERSISTENT, headers};
+use crate::broker::{Broker, BrokerError, copy_properties, headers};
 
 /// Prefix of the headers the worker writes (attempts, routing key, failure): dropped on replay.
 const WORKER_HEADERS: &str = "model-pruner-";
@@ -28,22 +28,7 @@ pub async fn republish(
             fresh.insert(k.clone(), v.clone());
         }
     }
-    let mut properties = BasicProperties::default()
-        .with_content_type(original.content_type().clone().unwrap_or(JSON.into()))
-        .with_delivery_mode(PERSISTENT)
-        .with_headers(fresh);
-    if let Some(v) = original.message_id() {
-        properties = properties.with_message_id(v.clone());
-    }
-    if let Some(v) = original.correlation_id() {
-        properties = properties.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        properties = properties.with_timestamp(*v);
-    }
-    if let Some(v) = original.app_id() {
-        properties = properties.with_app_id(v.clone());
-    }
+    let properties = copy_properties(original, fresh);
     broker
         .publish_with(exchange, routing_key, &delivery.data, properties)
         .await
