@@ -9,6 +9,8 @@ pub const ATTEMPTS: &str = "model-pruner-attempts";
 /// The routing key the message was first published with; delay-queue dead-lettering replaces
 /// the delivery's own routing key with the work queue's name.
 pub const ROUTING_KEY: &str = "model-pruner-routing-key";
+/// Times the message was handed back unstarted at the ack deadline since its last attempt.
+pub const HAND_BACKS: &str = "model-pruner-hand-backs";
 /// `transient` or `permanent`.
 pub const ERROR_CLASS: &str = "model-pruner-error-class";
 /// Low-cardinality kind of the last error (`mlflow`, `unknown_experiment`, `invalid_message`...).
@@ -113,11 +115,17 @@ pub fn republished(original: Option<&FieldTable>) -> FieldTable {
 
 /// The headers of a copy that goes through a delay queue and must come back as the same
 /// attempt of the same event: the original ones (minus those the broker manages) with the
-/// routing key and the attempts before this one.
-pub fn handed_back(original: Option<&FieldTable>, routing_key: &str, attempt: u32) -> FieldTable {
+/// routing key, the attempts before this one and how often it was handed back.
+pub fn handed_back(
+    original: Option<&FieldTable>,
+    routing_key: &str,
+    attempt: u32,
+    hand_backs: u32,
+) -> FieldTable {
     let mut h = republished(original);
     set_u32(&mut h, ATTEMPTS, attempt.saturating_sub(1));
     set_str(&mut h, ROUTING_KEY, routing_key);
+    set_u32(&mut h, HAND_BACKS, hand_backs);
     h
 }
 

@@ -40,6 +40,8 @@ pub enum BrokerError {
     Blocked,
     #[error("RabbitMQ closed the {connection} connection")]
     Closed { connection: &'static str },
+    #[error("a copy to one of the worker's own queues was unroutable: declaring them again")]
+    TopologyGone,
     #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
     ConsumerCancelled { queue: String },
     #[error(
@@ -170,9 +172,15 @@ impl Broker {
         .await
     }
 
-    /// Whether the connection is still open.
+    /// Whether the connection and its publishing channel are still open.
     pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+
+    /// Whether RabbitMQ has blocked this connection (a memory or disk alarm); lapin sends
+    /// nothing while it is.
+    pub fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
     }
 
     /// The connection's events: errors (the connection is gone), and RabbitMQ blocking or

@@ -50,6 +50,8 @@ pub struct Origin {
     pub attempt: u32,
     /// It came back from one of the worker's delay queues, so its worker headers are trusted.
     pub from_delay_queue: bool,
+    /// Times it was handed back unstarted since its last attempt (0 unless trusted).
+    pub hand_backs: u32,
 }
 
 /// A queue that holds messages for `delay`, then dead-letters them back to the work queue.
@@ -107,6 +109,7 @@ impl Topology {
                 routing_key: delivered_with.to_owned(),
                 attempt: 1,
                 from_delay_queue,
+                hand_backs: 0,
             };
         }
         Origin {
@@ -116,6 +119,7 @@ impl Topology {
                 .unwrap_or(0)
                 .saturating_add(1),
             from_delay_queue,
+            hand_backs: headers::get_u32(h, headers::HAND_BACKS).unwrap_or(0),
         }
     }
 

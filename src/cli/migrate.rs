@@ -46,6 +46,7 @@ enum Copy<'a> {
         queue: &'a str,
         routing_key: String,
         attempt: u32,
+        hand_backs: u32,
     },
 }
 
@@ -55,6 +56,13 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         .await
         .context("connecting to RabbitMQ")?;
     let work = topology.work_queue.as_str();
+    let dead = topology.dead_letter_queue.as_str();
+    if let State::Differs { .. } = state(&broker, &topology, dead).await? {
+        bail!(
+            "{dead} exists with arguments this version does not declare; this command does not \
+             migrate the dead-letter queue: empty it (model-pruner dlq replay) and delete it first"
+        );
+    }
     let delays: Vec<&str> = topology
         .delay_queues
         .iter()
@@ -260,6 +268,7 @@ async fn migrate_work_queue(broker: &Broker, topology: &Topology) -> anyhow::Res
             queue: &first_delay,
             routing_key: origin.routing_key,
             attempt: origin.attempt,
+            hand_backs: origin.hand_backs,
         }
     })
     .await?;
@@ -295,6 +304,7 @@ async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Re
                 queue: first_delay,
                 routing_key: delivery.routing_key.to_string(),
                 attempt: 1,
+                hand_backs: 0,
             },
             None => Copy::Plain { queue },
         })
@@ -337,9 +347,15 @@ async fn drain<'a>(
                 queue,
                 routing_key,
                 attempt,
+                hand_backs,
             } => (
                 queue,
-                headers::handed_back(original.headers().as_ref(), &routing_key, attempt),
+                headers::handed_back(
+                    original.headers().as_ref(),
+                    &routing_key,
+                    attempt,
+                    hand_backs,
+                ),
             ),
         };
         broker
@@ -379,14 +395,13 @@ async fn delete_drained(broker: &Broker, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A classic queue whatever the vhost's default type: it is deleted only-if-empty.
 async fn declare_holding(broker: &Broker, name: &str) -> anyhow::Result<()> {
+    let mut args = FieldTable::default();
+    headers::set_str(&mut args, "x-queue-type", "classic");
     broker
         .channel()
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions::durable(),
-            FieldTable::default(),
-        )
+        .queue_declare(name.into(), QueueDeclareOptions::durable(), args)
         .await
         .with_context(|| format!("declaring the holding queue {name}"))?;
     Ok(())

@@ -7,11 +7,12 @@ use crate::domain::event::EventError;
 use crate::engine::PruneError;
 
 /// Every [`Failure::kind`] that is not a [`PruneError::kind`].
-pub const MESSAGE_KINDS: [&str; 4] = [
+pub const MESSAGE_KINDS: [&str; 5] = [
     "invalid_message",
     "unknown_routing_key",
     "panic",
     "pass_timeout",
+    "held_too_long",
 ];
 
 /// Why handling a delivery failed, in the terms the dead-letter headers use.
@@ -69,6 +70,20 @@ impl Failure {
                 "the pass over experiment {experiment_id} was still running at \
                  broker.ack_deadline ({limit:?}) and was cancelled; if passes of this experiment \
                  take longer, raise broker.ack_deadline and RabbitMQ's consumer_timeout"
+            ),
+        }
+    }
+
+    /// An event handed back unstarted `times` times in a row at the ack deadline: the worker
+    /// is overloaded. Transient, so it costs an attempt instead of circulating for ever.
+    pub fn held_too_long(experiment_id: &str, times: u32) -> Self {
+        Failure {
+            class: ErrorClass::Transient,
+            kind: "held_too_long",
+            message: format!(
+                "the event for experiment {experiment_id} reached broker.ack_deadline without \
+                 starting {times} times in a row: the workers are overloaded (add replicas or \
+                 raise concurrency.max_in_flight)"
             ),
         }
     }

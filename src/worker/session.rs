@@ -31,6 +31,8 @@ use crate::settings::BrokerSettings;
 
 /// How often the session beats for `/healthz` and looks for deliveries held too long.
 const TICK: Duration = Duration::from_secs(1);
+/// Hand-backs of a delivery that never started before it costs an attempt.
+const MAX_HAND_BACKS: u32 = 3;
 
 /// What a session needs; shared by every session of a worker.
 pub struct Context {
@@ -102,7 +104,8 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         topology: ctx.topology.clone(),
         host: ctx.host.clone(),
         failed_republications: Default::default(),
-        blocked: Default::default(),
+        ack_deadline: ctx.broker.ack_deadline,
+        topology_gone: Default::default(),
     });
     let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
@@ -135,26 +138,44 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 if !settler.broker.is_connected() {
                     break Err(BrokerError::Closed { connection: "publishing" });
                 }
+                if settler.topology_gone.load(Ordering::Relaxed) {
+                    break Err(BrokerError::TopologyGone);
+                }
                 let now = Instant::now();
                 for job in scheduler.take_waiting(|j| now >= j.delivery.received_at + deadline) {
-                    hand_back(&mut tasks, &mut holding, &settler, job);
+                    if job.delivery.hand_backs < MAX_HAND_BACKS {
+                        hand_back(&mut tasks, &mut holding, &settler, job);
+                        continue;
+                    }
+                    // Handed back again and again without starting: the worker is overloaded.
+                    // It costs an attempt now, so the message cannot circulate for ever.
+                    let outcome = decide(
+                        Err(Failure::held_too_long(job.event.experiment_id(), MAX_HAND_BACKS)),
+                        job.delivery.attempt,
+                        ctx.rules,
+                    );
+                    let settler = settler.clone();
+                    let task = tasks.spawn(async move {
+                        let subject = Subject {
+                            experiment_id: Some(job.event.experiment_id()),
+                            run_id: job.event.run_id(),
+                        };
+                        settler.settle(job.delivery, outcome, subject).await;
+                    });
+                    holding.insert(task.id(), None);
                 }
             }
             Some(event) = publisher_events.next() => match event {
                 lapin::Event::Error(source) => {
                     break Err(BrokerError::Amqp { op: "publishing connection", source });
                 }
-                lapin::Event::ConnectionBlocked(reason) => {
-                    settler.blocked.store(true, Ordering::Relaxed);
-                    warn!(
-                        reason,
-                        "RabbitMQ blocked the publishing connection (resource alarm): deliveries \
-                         that need a copy (delay, dead letter, hand-back) go back to the work \
-                         queue after a backoff until it is unblocked"
-                    );
-                }
+                lapin::Event::ConnectionBlocked(reason) => warn!(
+                    reason,
+                    "RabbitMQ blocked the publishing connection (resource alarm): copies (delay, \
+                     dead letter, hand-back) wait for it within their deadline, then their \
+                     deliveries go back to the work queue"
+                ),
                 lapin::Event::ConnectionUnblocked => {
-                    settler.blocked.store(false, Ordering::Relaxed);
                     info!("RabbitMQ unblocked the publishing connection");
                 }
                 _ => {}
@@ -182,10 +203,10 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         while let Some(mut batch) = scheduler.next_batch() {
             let experiment = batch.request.experiment_id.clone();
             let now = Instant::now();
-            let (late, fresh): (Vec<_>, Vec<_>) = batch
-                .jobs
-                .into_iter()
-                .partition(|j| too_late_to_start(j.delivery.received_at, now, deadline));
+            let (late, fresh): (Vec<_>, Vec<_>) = batch.jobs.into_iter().partition(|j| {
+                j.delivery.hand_backs < MAX_HAND_BACKS
+                    && too_late_to_start(j.delivery.received_at, now, deadline)
+            });
             for job in late {
                 hand_back(&mut tasks, &mut holding, &settler, job);
             }
@@ -193,6 +214,10 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 scheduler.finish(&experiment);
                 continue;
             }
+            batch
+                .request
+                .run_ids
+                .retain(|id| fresh.iter().any(|j| j.event.run_id() == Some(id.as_str())));
             batch.jobs = fresh;
             let task = tasks.spawn(run_batch(
                 ctx.engine.clone(),
@@ -444,6 +469,23 @@ mod tests {
             "{}",
             failure.message
         );
+    }
+
+    #[test]
+    fn an_event_handed_back_too_often_costs_an_attempt() {
+        let rules = RetryRules {
+            max_attempts: 2,
+            delay_steps: 1,
+        };
+        let failure = || Err(Failure::held_too_long("12", MAX_HAND_BACKS));
+        assert!(matches!(
+            decide(failure(), 1, rules),
+            Outcome::Delay { step: 0, .. }
+        ));
+        let Outcome::DeadLetter { failure, .. } = decide(failure(), 2, rules) else {
+            panic!("dead-lettered once out of attempts");
+        };
+        assert_eq!(failure.kind, "held_too_long");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Received {
     pub routing_key: String,
     /// This delivery's attempt, 1 for the first.
     pub attempt: u32,
+    /// Times it was handed back unstarted since its last attempt.
+    pub hand_backs: u32,
     /// When the consumer received it: RabbitMQ's consumer_timeout runs from about then.
     pub received_at: Instant,
     /// Counts the delivery as received and in flight until dropped.
@@ -41,6 +43,7 @@ impl Received {
             delivery,
             routing_key: origin.routing_key,
             attempt: origin.attempt,
+            hand_backs: origin.hand_backs,
             received_at: Instant::now(),
         }
     }
@@ -60,10 +63,15 @@ pub struct Settler {
     pub host: String,
     /// Re-publications that failed in a row, for the backoff before handing a delivery back.
     pub failed_republications: AtomicU32,
-    /// RabbitMQ blocked the publishing connection (a resource alarm): nothing is published
-    /// until it is unblocked, so timed-out copies do not pile up to be sent at once later.
-    pub blocked: AtomicBool,
+    /// `broker.ack_deadline`: how long a copy may wait for RabbitMQ to unblock publishing.
+    pub ack_deadline: Duration,
+    /// A copy to one of the worker's own queues was unroutable (the queue was deleted): the
+    /// session ends, and the next one declares the topology again.
+    pub topology_gone: AtomicBool,
 }
+
+/// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
+const SETTLE_MARGIN: Duration = Duration::from_secs(15);
 
 /// First wait before a delivery whose re-publication failed goes back to the queue.
 const FIRST_REQUEUE_DELAY: Duration = Duration::from_secs(1);
@@ -145,7 +153,12 @@ impl Settler {
     pub async fn hand_back(&self, received: Received, subject: Subject<'_>) {
         let queue = self.topology.delay_queue(1).name.as_str();
         let original = received.delivery.properties.headers().as_ref();
-        let h = headers::handed_back(original, &received.routing_key, received.attempt);
+        let h = headers::handed_back(
+            original,
+            &received.routing_key,
+            received.attempt,
+            received.hand_backs + 1,
+        );
         let properties = copy_properties(&received.delivery.properties, h);
         if !self.republish(&received, queue, properties, subject).await {
             return;
@@ -173,13 +186,28 @@ impl Settler {
         properties: BasicProperties,
         subject: Subject<'_>,
     ) -> bool {
-        let published = if self.blocked.load(Ordering::Relaxed) {
+        if !received.delivery.acker.usable() {
+            // The consuming channel closed: the broker redelivers the original, so a copy
+            // would only be a duplicate.
+            settled(Ok(false), "ack", received, subject);
+            return false;
+        }
+        // RabbitMQ blocks a publishing connection under a resource alarm: wait for it to lift,
+        // within the delivery's deadline, rather than queue a copy that would go out late.
+        let waited_until = received.received_at + self.ack_deadline.saturating_sub(SETTLE_MARGIN);
+        while self.broker.is_blocked() && Instant::now() < waited_until {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let published = if self.broker.is_blocked() {
             Err(BrokerError::Blocked)
         } else {
             self.broker
                 .publish_to_queue(queue, &received.delivery.data, properties)
                 .await
         };
+        if let Err(BrokerError::Unroutable { .. }) = &published {
+            self.topology_gone.store(true, Ordering::Relaxed);
+        }
         let Err(e) = published else {
             self.failed_republications.store(0, Ordering::Relaxed);
             return true;
@@ -256,6 +284,7 @@ pub fn failure_headers(
     let first = headers::get_str(original, headers::FIRST_FAILURE).unwrap_or_else(|| now.clone());
     let mut h = headers::republished(original);
     headers::set_u32(&mut h, headers::ATTEMPTS, attempts);
+    headers::set_u32(&mut h, headers::HAND_BACKS, 0);
     headers::set_str(&mut h, headers::ROUTING_KEY, routing_key);
     headers::set_str(&mut h, headers::ERROR_CLASS, failure.class.as_str());
     headers::set_str(&mut h, headers::ERROR_KIND, failure.kind);
@@ -349,6 +378,7 @@ mod tests {
 
     fn own_headers(mut h: FieldTable) -> FieldTable {
         headers::set_u32(&mut h, headers::ATTEMPTS, 2);
+        headers::set_u32(&mut h, headers::HAND_BACKS, 99);
         headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
         h
     }
@@ -357,7 +387,10 @@ mod tests {
     fn attempts_and_routing_key_come_from_the_headers_after_a_delay_queue() {
         let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
         let r = Received::new(delivery("", "work", back), &topology());
-        assert_eq!((r.routing_key.as_str(), r.attempt), ("experiment.prune", 3));
+        assert_eq!(
+            (r.routing_key.as_str(), r.attempt, r.hand_backs),
+            ("experiment.prune", 3, 99)
+        );
 
         let r = Received::new(
             delivery("x", "run.finished", FieldTable::default()),
@@ -372,7 +405,7 @@ mod tests {
         let held = Received::new(delivery("", "work", back), &topology());
         assert_eq!(held.attempt, 3);
         let original = held.delivery.properties.headers().as_ref();
-        let mut copy = headers::handed_back(original, &held.routing_key, held.attempt);
+        let mut copy = headers::handed_back(original, &held.routing_key, held.attempt, 2);
         // What the broker adds when the copy expires from the delay queue.
         copy.insert(
             "x-death".into(),
@@ -380,15 +413,19 @@ mod tests {
         );
         let returned = Received::new(delivery("", "work", copy), &topology());
         assert_eq!(
-            (returned.routing_key.as_str(), returned.attempt),
-            ("experiment.prune", 3)
+            (
+                returned.routing_key.as_str(),
+                returned.attempt,
+                returned.hand_backs
+            ),
+            ("experiment.prune", 3, 2)
         );
 
         let first = Received::new(
             delivery("x", "run.finished", FieldTable::default()),
             &topology(),
         );
-        let copy = headers::handed_back(None, &first.routing_key, first.attempt);
+        let copy = headers::handed_back(None, &first.routing_key, first.attempt, 1);
         assert_eq!(headers::get_u32(Some(&copy), headers::ATTEMPTS), Some(0));
     }
 
@@ -417,7 +454,10 @@ mod tests {
         ];
         for (exchange, routing_key, h) in forged {
             let r = Received::new(delivery(exchange, routing_key, h), &topology());
-            assert_eq!((r.routing_key.as_str(), r.attempt), (routing_key, 1));
+            assert_eq!(
+                (r.routing_key.as_str(), r.attempt, r.hand_backs),
+                (routing_key, 1, 0)
+            );
         }
     }
 }
