@@ -11,14 +11,30 @@ if [[ "${CI:-}" == "true" ]]; then
   # CI runs in a throw-away clone: stop the MLflow/Garage it started when done.
   trap 'scripts/stack.sh down || true' EXIT
 fi
+if [[ "${CI:-}" == "true" ]]; then
+  log "cargo fmt --all -- --check"
+  cargo fmt --all -- --check
+fi
+
+# The test build needs neither Garage nor MLflow: it runs while the stack installs and starts.
+# cargo nextest, the bench smoke run and check-deploy then reuse it.
+mkdir -p target
+build_log=target/test-build.log
+log "cargo test --workspace --all-targets --no-run (in the background; log $build_log)"
+cargo test --workspace --all-targets --no-run >"$build_log" 2>&1 &
+build=$!
+trap 'kill "$build" 2>/dev/null || true' INT TERM
 scripts/stack.sh up
+if ! wait "$build"; then
+  tail -n 50 "$build_log" >&2
+  log "the test build failed"
+  exit 1
+fi
 eval "$(scripts/stack.sh env)"
 # Workers started by tests bind their metrics listener to a free port, never 9464.
 export MODEL_PRUNER__METRICS__LISTEN=127.0.0.1:0
 
 if [[ "${CI:-}" == "true" ]]; then
-  log "cargo fmt --all -- --check"
-  cargo fmt --all -- --check
   log "cargo clippy --all-targets -- -D warnings"
   cargo clippy --all-targets -- -D warnings
 fi
