@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod demo;
 mod dlq;
 mod helpers;
 mod migrate;
