@@ -42,6 +42,8 @@ pub enum BrokerError {
     Closed { connection: &'static str },
     #[error("a copy to one of the worker's own queues was unroutable: declaring them again")]
     TopologyGone,
+    #[error("RabbitMQ has no queue {queue:?}")]
+    NoQueue { queue: String },
     #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
     ConsumerCancelled { queue: String },
     #[error(
@@ -296,8 +298,19 @@ impl Broker {
     /// Messages ready in `queue` (not those delivered and unacked); an error if it does not
     /// exist.
     pub async fn ready_messages(&self, queue: &str) -> Result<u32, BrokerError> {
-        let declared = self
-            .publisher
+        match self.lookup(queue).await? {
+            Some((ready, _)) => Ok(ready),
+            None => Err(BrokerError::NoQueue {
+                queue: queue.to_owned(),
+            }),
+        }
+    }
+
+    /// Messages ready in `queue` and its consumers, or `None` if it does not exist. On a
+    /// channel of its own, which the broker closes when the queue is missing.
+    pub async fn lookup(&self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+        let channel = self.open_channel().await?;
+        let declared = channel
             .queue_declare(
                 queue.into(),
                 QueueDeclareOptions {
@@ -307,8 +320,15 @@ impl Broker {
                 FieldTable::default(),
             )
             .await
-            .map_err(amqp("passive queue.declare"))?;
-        Ok(declared.message_count())
+            .map_err(amqp("passive queue.declare"));
+        match declared {
+            Ok(q) => {
+                let _ = channel.close(200, "OK".into()).await;
+                Ok(Some((q.message_count(), q.consumer_count())))
+            }
+            Err(e) if e.soft() == Some(AMQPSoftError::NOTFOUND) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// A new channel on this connection, for a call that may close it (a declaration the

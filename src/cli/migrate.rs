@@ -177,29 +177,10 @@ async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Res
 
 /// Ready messages and consumers of `queue`, or `None` if it does not exist.
 async fn passive(broker: &Broker, queue: &str) -> anyhow::Result<Option<(u32, u32)>> {
-    let channel = broker.open_channel().await?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    broker
+        .lookup(queue)
         .await
-        .map_err(|source| BrokerError::Amqp {
-            op: "passive queue.declare",
-            source,
-        });
-    match declared {
-        Ok(q) => {
-            let _ = channel.close(200, "OK".into()).await;
-            Ok(Some((q.message_count(), q.consumer_count())))
-        }
-        Err(e) if e.soft() == Some(AMQPSoftError::NOTFOUND) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("looking up {queue}")),
-    }
+        .with_context(|| format!("looking up {queue}"))
 }
 
 /// Fails while a worker consumes the work queue.
