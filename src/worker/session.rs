@@ -143,26 +143,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 }
                 let now = Instant::now();
                 for job in scheduler.take_waiting(|j| now >= j.delivery.received_at + deadline) {
-                    if job.delivery.hand_backs < MAX_HAND_BACKS {
-                        hand_back(&mut tasks, &mut holding, &settler, job);
-                        continue;
-                    }
-                    // Handed back again and again without starting: the worker is overloaded.
-                    // It costs an attempt now, so the message cannot circulate for ever.
-                    let outcome = decide(
-                        Err(Failure::held_too_long(job.event.experiment_id(), MAX_HAND_BACKS)),
-                        job.delivery.attempt,
-                        ctx.rules,
-                    );
-                    let settler = settler.clone();
-                    let task = tasks.spawn(async move {
-                        let subject = Subject {
-                            experiment_id: Some(job.event.experiment_id()),
-                            run_id: job.event.run_id(),
-                        };
-                        settler.settle(job.delivery, outcome, subject).await;
-                    });
-                    holding.insert(task.id(), None);
+                    give_back(&mut tasks, &mut holding, &settler, ctx.rules, job);
                 }
             }
             Some(event) = publisher_events.next() => match event {
@@ -208,7 +189,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                     && too_late_to_start(j.delivery.received_at, now, deadline)
             });
             for job in late {
-                hand_back(&mut tasks, &mut holding, &settler, job);
+                give_back(&mut tasks, &mut holding, &settler, ctx.rules, job);
             }
             if fresh.is_empty() {
                 scheduler.finish(&experiment);
@@ -297,11 +278,14 @@ fn too_late_to_start(received_at: Instant, now: Instant, deadline: Duration) -> 
     now + deadline / 2 > received_at + deadline
 }
 
-/// Hands `job` back through the first delay queue, in a task of its own.
-fn hand_back(
+/// Gives `job` back unstarted, in a task of its own: through the first delay queue, same
+/// attempt; or, once it was handed back [`MAX_HAND_BACKS`] times in a row (the worker is
+/// overloaded), as a transient failure that costs an attempt, so it cannot circulate for ever.
+fn give_back(
     tasks: &mut JoinSet<()>,
     holding: &mut HashMap<Id, Option<String>>,
     settler: &Arc<Settler>,
+    rules: RetryRules,
     job: Job<Received>,
 ) {
     let settler = settler.clone();
@@ -310,7 +294,12 @@ fn hand_back(
             experiment_id: Some(job.event.experiment_id()),
             run_id: job.event.run_id(),
         };
-        settler.hand_back(job.delivery, subject).await;
+        if job.delivery.hand_backs < MAX_HAND_BACKS {
+            return settler.hand_back(job.delivery, subject).await;
+        }
+        let failure = Failure::held_too_long(job.event.experiment_id(), MAX_HAND_BACKS);
+        let outcome = decide(Err(failure), job.delivery.attempt, rules);
+        settler.settle(job.delivery, outcome, subject).await;
     });
     holding.insert(task.id(), None);
 }
