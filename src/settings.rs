@@ -1,6 +1,7 @@
 //! Typed settings: `config/default.toml`, then an optional file, then `MODEL_PRUNER__*`
 //! environment variables. Unknown keys are errors; secrets never print.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
-use crate::domain::policy::Direction;
+use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
 
 /// Environment variable naming the optional settings file.
 pub const CONFIG_ENV: &str = "MODEL_PRUNER_CONFIG";
@@ -26,7 +27,7 @@ pub struct Settings {
     pub broker: BrokerSettings,
     pub mlflow: MlflowSettings,
     pub store: StoreSettings,
-    pub policy: PolicySettings,
+    pub policy: PolicyDefaults,
     pub retry: RetrySettings,
     pub concurrency: ConcurrencySettings,
     pub metrics: MetricsSettings,
@@ -90,15 +91,6 @@ pub struct StoreSettings {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub delete_batch_size: u16,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicySettings {
-    pub metric: String,
-    pub direction: Direction,
-    pub keep_top: u32,
-    pub max_deletions_per_pass: u32,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -188,10 +180,9 @@ impl Settings {
                 Err(SettingsError::Rule(msg.to_owned()))
             }
         };
-        rule(
-            !self.policy.metric.trim().is_empty(),
-            "policy.metric must not be empty",
-        )?;
+        // The settings' policy must resolve on its own, for an experiment without tags.
+        policy::resolve(&PolicyOverrides::default(), &BTreeMap::new(), &self.policy)
+            .map_err(|e| SettingsError::Rule(format!("[policy]: {e}")))?;
         rule(
             (1..=1000).contains(&self.store.delete_batch_size),
             "store.delete_batch_size must be between 1 and 1000 (the S3 limit)",

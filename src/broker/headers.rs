@@ -11,6 +11,9 @@ pub const ATTEMPTS: &str = "model-pruner-attempts";
 pub const ROUTING_KEY: &str = "model-pruner-routing-key";
 /// Times the message was handed back unstarted at the ack deadline since its last attempt.
 pub const HAND_BACKS: &str = "model-pruner-hand-backs";
+/// Milliseconds since the epoch at which a follow-up pass the worker scheduled itself is due
+/// (the end of a grace window); before that, the follow-up only travels on.
+pub const FOLLOW_UP_AT: &str = "model-pruner-follow-up-at";
 /// `transient` or `permanent`.
 pub const ERROR_CLASS: &str = "model-pruner-error-class";
 /// Low-cardinality kind of the last error (`mlflow`, `unknown_experiment`, `invalid_message`...).
@@ -53,6 +56,15 @@ pub fn get_str(headers: Option<&FieldTable>, name: &str) -> Option<String> {
 
 /// Reads a header as an unsigned integer, whatever integer type the publisher used.
 pub fn get_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
+    u32::try_from(get_int(headers, name)?).ok()
+}
+
+/// Reads a header as a signed 64-bit integer, whatever integer type the publisher used.
+pub fn get_i64(headers: Option<&FieldTable>, name: &str) -> Option<i64> {
+    i64::try_from(get_int(headers, name)?).ok()
+}
+
+fn get_int(headers: Option<&FieldTable>, name: &str) -> Option<i128> {
     let value: i128 = match headers?.inner().get(name)? {
         AMQPValue::ShortShortInt(v) => (*v).into(),
         AMQPValue::ShortShortUInt(v) => (*v).into(),
@@ -69,7 +81,7 @@ pub fn get_u32(headers: Option<&FieldTable>, name: &str) -> Option<u32> {
             .ok()?,
         _ => return None,
     };
-    u32::try_from(value).ok()
+    Some(value)
 }
 
 /// The queue and reason of the message's latest dead-lettering, from the broker's `x-death`
@@ -126,6 +138,16 @@ pub fn handed_back(
     set_u32(&mut h, ATTEMPTS, attempt.saturating_sub(1));
     set_str(&mut h, ROUTING_KEY, routing_key);
     set_u32(&mut h, HAND_BACKS, hand_backs);
+    h
+}
+
+/// The headers of a follow-up pass the worker schedules for itself: an `experiment.prune`,
+/// first attempt, due at `at` (milliseconds since the epoch).
+pub fn follow_up(routing_key: &str, at: i64) -> FieldTable {
+    let mut h = FieldTable::default();
+    set_u32(&mut h, ATTEMPTS, 0);
+    set_str(&mut h, ROUTING_KEY, routing_key);
+    h.insert(ShortString::from(FOLLOW_UP_AT), AMQPValue::LongLongInt(at));
     h
 }
 

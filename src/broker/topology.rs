@@ -52,6 +52,9 @@ pub struct Origin {
     pub from_delay_queue: bool,
     /// Times it was handed back unstarted since its last attempt (0 unless trusted).
     pub hand_backs: u32,
+    /// A follow-up the worker scheduled: when it is due, in milliseconds since the epoch
+    /// (none unless trusted).
+    pub follow_up_at: Option<i64>,
 }
 
 /// A queue that holds messages for `delay`, then dead-letters them back to the work queue.
@@ -110,6 +113,7 @@ impl Topology {
                 attempt: 1,
                 from_delay_queue,
                 hand_backs: 0,
+                follow_up_at: None,
             };
         }
         Origin {
@@ -120,6 +124,29 @@ impl Topology {
                 .saturating_add(1),
             from_delay_queue,
             hand_backs: headers::get_u32(h, headers::HAND_BACKS).unwrap_or(0),
+            follow_up_at: headers::get_i64(h, headers::FOLLOW_UP_AT),
+        }
+    }
+
+    /// The next leg of a follow-up due in `remaining`: the shortest delay queue that holds a
+    /// message that long, with the message's own expiration set to `remaining`; or, when the
+    /// wait is longer than every delay, the longest delay queue for its full delay (the
+    /// follow-up then travels on until it is due).
+    pub fn follow_up_leg(&self, remaining: Duration) -> (&DelayQueue, Option<Duration>) {
+        match self
+            .delay_queues
+            .iter()
+            .filter(|q| q.delay >= remaining)
+            .min_by_key(|q| q.delay)
+        {
+            Some(q) => (q, Some(remaining).filter(|r| *r < q.delay)),
+            None => (
+                self.delay_queues
+                    .iter()
+                    .max_by_key(|q| q.delay)
+                    .expect("settings require at least one delay step"),
+                None,
+            ),
         }
     }
 
@@ -275,6 +302,21 @@ mod tests {
         let delays: Vec<u64> = (1..=5).map(|n| t.delay_queue(n).delay.as_secs()).collect();
         assert_eq!(delays, [10, 60, 300, 300, 300]);
         assert_eq!(t.delay_queue(0).delay.as_secs(), 10);
+    }
+
+    #[test]
+    fn a_follow_up_takes_the_shortest_delay_queue_that_holds_it_with_its_own_expiration() {
+        let t = topology(&[60, 10, 300]);
+        let leg = |secs| {
+            let (q, expiration) = t.follow_up_leg(Duration::from_secs(secs));
+            (q.delay.as_secs(), expiration.map(|e| e.as_secs()))
+        };
+        assert_eq!(leg(4), (10, Some(4)));
+        assert_eq!(leg(10), (10, None));
+        assert_eq!(leg(11), (60, Some(11)));
+        assert_eq!(leg(299), (300, Some(299)));
+        // Longer than every delay: the longest queue, for its whole delay.
+        assert_eq!(leg(7200), (300, None));
     }
 
     #[test]

@@ -115,9 +115,27 @@ struct PolicyArgs {
     /// max keeps the highest values, min the lowest.
     #[arg(long, value_parser = ["max", "min"])]
     direction: Option<String>,
-    /// Models to keep.
+    /// Models to keep by rank (per group with --group-by).
     #[arg(long)]
     keep_top: Option<u32>,
+    /// Most recently finished runs kept besides the top N (per group).
+    #[arg(long)]
+    keep_latest: Option<u32>,
+    /// Leave runs that finished less than this ago (20s, 2h; 0s turns it off).
+    #[arg(long)]
+    grace: Option<String>,
+    /// Rank within groups of runs sharing params.<name> or tags.<name> ("" turns it off).
+    #[arg(long)]
+    group_by: Option<String>,
+    /// Runs whose metric is below this do not count towards the top N.
+    #[arg(long, allow_hyphen_values = true)]
+    min_metric: Option<f64>,
+    /// Runs whose metric is above this do not count towards the top N.
+    #[arg(long, allow_hyphen_values = true)]
+    max_metric: Option<f64>,
+    /// Only runs that finished at least this long ago are candidates (30d; 0s turns it off).
+    #[arg(long)]
+    older_than: Option<String>,
 }
 
 impl PolicyArgs {
@@ -126,6 +144,12 @@ impl PolicyArgs {
             metric: self.metric.clone(),
             direction: self.direction.clone(),
             keep_top: self.keep_top.map(i64::from),
+            keep_latest: self.keep_latest.map(i64::from),
+            grace: self.grace.clone(),
+            group_by: self.group_by.clone(),
+            min_metric: self.min_metric,
+            max_metric: self.max_metric,
+            older_than: self.older_than.clone(),
         }
     }
 }

@@ -4,9 +4,8 @@ use std::io::Write;
 
 use anyhow::Context;
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
+use crate::domain::ranking::rfc3339;
 use crate::engine::{Engine, PassReport};
 use crate::store::Usage;
 
@@ -48,6 +47,7 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         report.policy.metric.to_uppercase(),
         "ENDED".into(),
         "DECISION".into(),
+        "RULE".into(),
         "REASON".into(),
     ]];
     for r in &report.ranking.runs {
@@ -59,18 +59,16 @@ fn table(report: &PassReport, freed: &Usage) -> String {
                 .metric
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into()),
-            r.run
-                .end_time
-                .and_then(|ms| {
-                    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-                })
-                .and_then(|t| t.format(&Rfc3339).ok())
-                .unwrap_or_else(|| "-".into()),
+            r.run.end_time.map(rfc3339).unwrap_or_else(|| "-".into()),
             r.decision.label().into(),
+            serde_json::to_value(r.rule)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
             r.reason.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
+    let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut s = format!(
@@ -98,16 +96,35 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         "freed"
     };
     s.push_str(&format!(
-        "{} ranked: {} keep, {} delete, {} protected, {} skipped; {verb} {} models, {} objects, {} bytes\n",
+        "{} ranked: {} keep, {} delete, {} protected, {} in grace, {} skipped; {verb} {} models, {} objects, {} bytes\n",
         report.ranking.ranked,
         report.ranking.count("keep"),
         report.ranking.count("delete"),
         report.ranking.count("protected"),
+        report.ranking.count("grace"),
         report.ranking.count("skipped"),
         report.planned.len(),
         freed.objects,
         freed.bytes,
     ));
+    if let Some(until) = report.ranking.grace_ends() {
+        s.push_str(&format!(
+            "the first grace window ends at {}: a pass after that deletes what is still out of the top\n",
+            rfc3339(until)
+        ));
+    }
+    if !report.ranking.ungrouped.is_empty() {
+        s.push_str(&format!(
+            "ranked apart, without {}: {}\n",
+            report
+                .policy
+                .group_by
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            report.ranking.ungrouped.join(", ")
+        ));
+    }
     if report.experiment_deleted {
         s.push_str("experiment deleted\n");
     }

@@ -6,19 +6,29 @@
 //! 3. then run ids in byte order.
 //!
 //! Only candidates are ranked: active runs in status `FINISHED` that still have a stored model
-//! and a value for the metric. The first `keep_top` ranks are kept; protected runs below them are
-//! kept in addition; the rest are deleted.
+//! and a value for the metric (and, with `older_than`, that finished at least that long ago).
+//! With `group_by`, each group of runs sharing the param or tag value is ranked on its own; runs
+//! without the key form a group of their own.
+//!
+//! In each group, the first `keep_top` runs whose metric is within the floor (`min_metric`,
+//! `max_metric`) are kept by their rank. Below them a run is kept, in this order, when it is
+//! protected, among the `keep_latest` most recently finished of its group, or finished less than
+//! `grace` ago (kept until its grace ends, then deleted by a later pass). The rest are deleted.
+//! Every decision names the [`Rule`] that made it.
 //!
 //! Each run id is ranked once: a second row for an id (a paged read that repeated it) is
 //! ignored and named in [`Ranking::repeated`], so it can never take a second rank and push a
 //! keeper out of the top N.
 
-use std::cmp::Ordering;
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
-use crate::domain::policy::{Direction, RetentionPolicy};
+use crate::domain::policy::{Direction, GroupKey, RetentionPolicy};
 
 /// What ranking needs to know about one run; built from MLflow data by the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -39,6 +49,9 @@ pub struct RunFacts {
     pub pruned: bool,
     /// Why the run must never be deleted, if it must not.
     pub protection: Option<Protection>,
+    /// The run's value of the policy's `group_by` param or tag, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Why a run's model is kept whatever its rank.
@@ -78,6 +91,8 @@ pub enum SkipReason {
     MissingMetric,
     /// The run shares a logged model with another run that stays: kept this pass.
     SharedModelKept { model_id: String, run_id: String },
+    /// The run finished less than `older_than` ago (or has no end time): not a candidate yet.
+    TooRecent { older_than: String },
 }
 
 impl fmt::Display for SkipReason {
@@ -94,6 +109,12 @@ impl fmt::Display for SkipReason {
                     "shares logged model {model_id} with run {run_id}, which stays"
                 )
             }
+            SkipReason::TooRecent { older_than } => {
+                write!(
+                    f,
+                    "finished less than {older_than} ago (older_than): not a candidate"
+                )
+            }
         }
     }
 }
@@ -104,8 +125,17 @@ impl fmt::Display for SkipReason {
 pub enum Decision {
     Keep,
     Delete,
-    Protected { protection: Protection },
-    Skipped { reason: SkipReason },
+    Protected {
+        protection: Protection,
+    },
+    Skipped {
+        reason: SkipReason,
+    },
+    /// Out of the top N but finished less than `grace` ago: kept until `until` (milliseconds
+    /// since the epoch; none when the run has no end time, so its grace never runs out).
+    Grace {
+        until: Option<i64>,
+    },
 }
 
 impl Decision {
@@ -116,6 +146,7 @@ impl Decision {
             Decision::Delete => "delete",
             Decision::Protected { .. } => "protected",
             Decision::Skipped { .. } => "skipped",
+            Decision::Grace { .. } => "grace",
         }
     }
 }
@@ -127,17 +158,46 @@ impl fmt::Display for Decision {
             Decision::Delete => f.write_str("delete"),
             Decision::Protected { protection } => write!(f, "protected: {protection}"),
             Decision::Skipped { reason } => write!(f, "{reason}"),
+            Decision::Grace { until: Some(until) } => write!(f, "grace until {}", rfc3339(*until)),
+            Decision::Grace { until: None } => f.write_str("grace: no end time, kept"),
         }
     }
 }
 
-/// One run in the ranking, with its rank (1-based, among ranked candidates) when it has one.
+/// The rule that decided a run's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Its rank among the experiment's candidates, against `keep_top`.
+    Rank,
+    /// Its rank within its group (`group_by`), against `keep_top`.
+    Group,
+    /// Among the `keep_latest` most recently finished candidates of its group.
+    Latest,
+    /// It finished less than `grace` ago.
+    Grace,
+    /// Its metric is outside `min_metric`/`max_metric`: it does not count towards the top N.
+    Floor,
+    /// A registry version or the keep tag.
+    Protected,
+    /// It finished less than `older_than` ago: not a candidate.
+    Age,
+    /// Not a candidate: its status, the trash, no model, already pruned, no metric value, or a
+    /// logged model shared with a run that stays.
+    Candidacy,
+}
+
+/// One run in the ranking, with its rank (1-based, among ranked candidates of its group) when it
+/// has one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RankedRun {
     pub run: RunFacts,
     pub rank: Option<usize>,
     pub decision: Decision,
-    /// Human-readable reason, also written to MLflow as `model_pruner.reason` on deletion.
+    /// The rule that made the decision.
+    pub rule: Rule,
+    /// Human-readable reason naming the rule, also written to MLflow as `model_pruner.reason`
+    /// on deletion.
     pub reason: String,
 }
 
@@ -151,6 +211,9 @@ pub struct Ranking {
     /// Run ids that came more than once; only their first row was ranked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub repeated: Vec<String>,
+    /// With `group_by`: candidates without the key, ranked in a group of their own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ungrouped: Vec<String>,
 }
 
 impl Ranking {
@@ -184,12 +247,27 @@ impl Ranking {
         else {
             return false;
         };
-        if matches!(decision, Decision::Keep | Decision::Delete) {
-            return false;
-        }
+        let rule = match decision {
+            Decision::Protected { .. } => Rule::Protected,
+            Decision::Skipped { .. } => Rule::Candidacy,
+            Decision::Keep | Decision::Delete | Decision::Grace { .. } => return false,
+        };
         run.reason = format!("{}; {decision}", run.reason);
         run.decision = decision;
+        run.rule = rule;
         true
+    }
+
+    /// When the earliest grace window among the runs kept by it ends, in milliseconds since
+    /// the epoch: the time a pass should look again.
+    pub fn grace_ends(&self) -> Option<i64> {
+        self.runs
+            .iter()
+            .filter_map(|r| match r.decision {
+                Decision::Grace { until } => until,
+                _ => None,
+            })
+            .min()
     }
 
     /// Number of runs with the given decision label.
@@ -211,63 +289,71 @@ pub enum RankingError {
     NoMetric { metric: String, candidates: usize },
 }
 
-/// Ranks the runs under the policy. Pure and deterministic: the input order does not matter.
-pub fn rank(runs: Vec<RunFacts>, policy: &RetentionPolicy) -> Result<Ranking, RankingError> {
-    let mut ranked = Vec::new();
+/// Ranks the runs under the policy at `now` (milliseconds since the epoch, for `grace` and
+/// `older_than`). Pure and deterministic: the input order does not matter.
+pub fn rank(
+    runs: Vec<RunFacts>,
+    policy: &RetentionPolicy,
+    now: i64,
+) -> Result<Ranking, RankingError> {
+    let mut candidates = Vec::new();
     let mut skipped = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let mut repeated = Vec::new();
     for run in runs {
         if !seen.insert(run.run_id.clone()) {
             repeated.push(run.run_id);
             continue;
         }
-        match skip_reason(&run) {
+        match skip_reason(&run, policy, now) {
             Some(reason) => skipped.push((run, reason)),
-            None => ranked.push(run),
+            None => candidates.push(run),
         }
     }
     let missing = skipped
         .iter()
         .filter(|(_, r)| *r == SkipReason::MissingMetric)
         .count();
-    if ranked.is_empty() && missing > 0 {
+    if candidates.is_empty() && missing > 0 {
         return Err(RankingError::NoMetric {
             metric: policy.metric.clone(),
             candidates: missing,
         });
     }
 
-    ranked.sort_by(|a, b| compare(a, b, policy.direction));
-    skipped.sort_by(|(a, _), (b, _)| a.run_id.cmp(&b.run_id));
-
-    let total = ranked.len();
-    let keep_top = usize::try_from(policy.keep_top).unwrap_or(usize::MAX);
-    let mut out = Vec::with_capacity(total + skipped.len());
-    for (i, run) in ranked.into_iter().enumerate() {
-        let rank = i + 1;
-        let position = format!("rank {rank} of {total} by {policy}");
-        let (decision, reason) = if rank <= keep_top {
-            (Decision::Keep, position)
-        } else if let Some(protection) = run.protection.clone() {
-            let reason = format!("{position}; protected: {protection}");
-            (Decision::Protected { protection }, reason)
-        } else {
-            (Decision::Delete, position)
+    // Groups in key order, the runs without the key last.
+    let mut groups: BTreeMap<(bool, Option<String>), Vec<RunFacts>> = BTreeMap::new();
+    let mut ungrouped = Vec::new();
+    for run in candidates {
+        let key = match &policy.group_by {
+            Some(_) => run.group.clone(),
+            None => None,
         };
-        out.push(RankedRun {
-            run,
-            rank: Some(rank),
-            decision,
-            reason,
-        });
+        if policy.group_by.is_some() && key.is_none() {
+            ungrouped.push(run.run_id.clone());
+        }
+        groups.entry((key.is_none(), key)).or_default().push(run);
     }
+    ungrouped.sort();
+
+    let total: usize = groups.values().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total + skipped.len());
+    for ((_, value), runs) in groups {
+        let group = policy.group_by.as_ref().map(|key| (key, value.as_deref()));
+        out.extend(rank_group(runs, policy, group, now));
+    }
+    skipped.sort_by(|(a, _), (b, _)| a.run_id.cmp(&b.run_id));
     for (run, reason) in skipped {
+        let rule = match reason {
+            SkipReason::TooRecent { .. } => Rule::Age,
+            _ => Rule::Candidacy,
+        };
         out.push(RankedRun {
             run,
             rank: None,
             reason: reason.to_string(),
             decision: Decision::Skipped { reason },
+            rule,
         });
     }
     Ok(Ranking {
@@ -275,10 +361,105 @@ pub fn rank(runs: Vec<RunFacts>, policy: &RetentionPolicy) -> Result<Ranking, Ra
         runs: out,
         ranked: total,
         repeated,
+        ungrouped,
     })
 }
 
-fn skip_reason(run: &RunFacts) -> Option<SkipReason> {
+/// Decides the runs of one group (all candidates when the policy has no `group_by`).
+fn rank_group(
+    mut runs: Vec<RunFacts>,
+    policy: &RetentionPolicy,
+    group: Option<(&GroupKey, Option<&str>)>,
+    now: i64,
+) -> Vec<RankedRun> {
+    runs.sort_by(|a, b| compare(a, b, policy.direction));
+    let latest = latest(&runs, policy.keep_latest);
+    let total = runs.len();
+    let keep_top = usize::try_from(policy.keep_top).unwrap_or(usize::MAX);
+    let (rank_rule, scope) = match group {
+        None => (Rule::Rank, String::new()),
+        Some((key, Some(value))) => (Rule::Group, format!(" in group {key} = {value:?}")),
+        Some((key, None)) => (Rule::Group, format!(" among the runs without {key}")),
+    };
+    let mut counted = 0;
+    let mut out = Vec::with_capacity(total);
+    for (i, run) in runs.into_iter().enumerate() {
+        let rank = i + 1;
+        let position = format!("rank {rank} of {total}{scope} by {policy}");
+        let value = run.metric.unwrap_or(f64::NAN);
+        let within = policy.within_floor(value);
+        let grace_until = policy.grace.map(|grace| {
+            run.end_time
+                .map(|end| end.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)))
+        });
+        let (decision, rule, reason) = if within && counted < keep_top {
+            counted += 1;
+            (Decision::Keep, rank_rule, position)
+        } else if let Some(protection) = run.protection.clone() {
+            let reason = format!("{position}; protected: {protection}");
+            (Decision::Protected { protection }, Rule::Protected, reason)
+        } else if latest.contains(&run.run_id) {
+            let reason = format!(
+                "{position}; kept: among the {} latest finished (keep_latest)",
+                policy.keep_latest
+            );
+            (Decision::Keep, Rule::Latest, reason)
+        } else if let Some(until) = grace_until.filter(|u| u.is_none_or(|u| now < u)) {
+            let decision = Decision::Grace { until };
+            let reason = format!("{position}; {decision}");
+            (decision, Rule::Grace, reason)
+        } else if !within {
+            let reason = format!("{position}; {}", floor_miss(policy, value));
+            (Decision::Delete, Rule::Floor, reason)
+        } else {
+            (Decision::Delete, rank_rule, position)
+        };
+        out.push(RankedRun {
+            run,
+            rank: Some(rank),
+            decision,
+            rule,
+            reason,
+        });
+    }
+    out
+}
+
+/// The ids of the `k` most recently finished runs; a run without an end time counts as the
+/// most recent (it is kept rather than guessed at).
+fn latest(runs: &[RunFacts], k: u32) -> HashSet<String> {
+    let mut by_end: Vec<&RunFacts> = runs.iter().collect();
+    by_end.sort_by_key(|r| (Reverse(r.end_time.unwrap_or(i64::MAX)), r.run_id.as_str()));
+    by_end
+        .into_iter()
+        .take(usize::try_from(k).unwrap_or(usize::MAX))
+        .map(|r| r.run_id.clone())
+        .collect()
+}
+
+/// Why a value is outside the policy's floor.
+fn floor_miss(policy: &RetentionPolicy, value: f64) -> String {
+    let metric = &policy.metric;
+    match (policy.min_metric, policy.max_metric) {
+        (Some(min), _) if value.is_nan() || value < min => {
+            format!("below the floor: {metric} {value} < min_metric {min}")
+        }
+        (_, Some(max)) if value.is_nan() || value > max => {
+            format!("below the floor: {metric} {value} > max_metric {max}")
+        }
+        _ => format!("below the floor: {metric} {value}"),
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339, for reasons and tables.
+pub fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms after the epoch"))
+}
+
+fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: i64) -> Option<SkipReason> {
     if !run.active {
         Some(SkipReason::NotActive)
     } else if run.status != "FINISHED" {
@@ -291,6 +472,14 @@ fn skip_reason(run: &RunFacts) -> Option<SkipReason> {
         Some(SkipReason::NoModel)
     } else if run.metric.is_none() {
         Some(SkipReason::MissingMetric)
+    } else if let Some(age) = policy.older_than {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let old_enough = run
+            .end_time
+            .is_some_and(|end| now.saturating_sub(end) >= age_ms);
+        (!old_enough).then(|| SkipReason::TooRecent {
+            older_than: humantime_serde::re::humantime::format_duration(age).to_string(),
+        })
     } else {
         None
     }
@@ -325,6 +514,7 @@ fn compare_values(a: Option<f64>, b: Option<f64>, direction: Direction) -> Order
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn run(id: &str, metric: Option<f64>, end: i64) -> RunFacts {
         RunFacts {
@@ -337,15 +527,15 @@ mod tests {
             has_model: true,
             pruned: false,
             protection: None,
+            group: None,
         }
     }
 
+    /// "Now" in the tests: well after every end time they use.
+    const NOW: i64 = 1_000_000;
+
     fn policy(direction: Direction, keep_top: u32) -> RetentionPolicy {
-        RetentionPolicy {
-            metric: "accuracy".into(),
-            direction,
-            keep_top,
-        }
+        RetentionPolicy::top("accuracy", direction, keep_top)
     }
 
     fn decisions(r: &Ranking) -> Vec<(&str, &'static str)> {
@@ -362,7 +552,7 @@ mod tests {
             run("b", Some(0.9), 2),
             run("c", Some(0.5), 3),
         ];
-        let r = rank(runs, &policy(Direction::Max, 2)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 2), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [("b", "keep"), ("c", "keep"), ("a", "delete")]
@@ -377,7 +567,7 @@ mod tests {
             run("b", Some(0.9), 2),
             run("c", Some(0.5), 3),
         ];
-        let r = rank(runs, &policy(Direction::Min, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Min, 1), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [("a", "keep"), ("c", "delete"), ("b", "delete")]
@@ -387,14 +577,14 @@ mod tests {
     #[test]
     fn nan_metric_ranks_last_when_maximising() {
         let runs = vec![run("nan", Some(f64::NAN), 1), run("low", Some(-1e9), 2)];
-        let r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
         assert_eq!(decisions(&r), [("low", "keep"), ("nan", "delete")]);
     }
 
     #[test]
     fn nan_metric_ranks_last_when_minimising() {
         let runs = vec![run("nan", Some(f64::NAN), 1), run("high", Some(1e9), 2)];
-        let r = rank(runs, &policy(Direction::Min, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Min, 1), NOW).unwrap();
         assert_eq!(decisions(&r), [("high", "keep"), ("nan", "delete")]);
     }
 
@@ -405,7 +595,7 @@ mod tests {
             run("pos", Some(f64::INFINITY), 2),
             run("zero", Some(0.0), 3),
         ];
-        let r = rank(runs, &policy(Direction::Max, 3)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 3), NOW).unwrap();
         let order: Vec<_> = r.runs.iter().map(|x| x.run.run_id.as_str()).collect();
         assert_eq!(order, ["pos", "zero", "neg"]);
     }
@@ -417,7 +607,7 @@ mod tests {
             run("b-early", Some(0.5), 10),
             run("a-early", Some(0.5), 10),
         ];
-        let r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [
@@ -435,6 +625,7 @@ mod tests {
         let r = rank(
             vec![no_end, run("b", Some(0.5), 99)],
             &policy(Direction::Max, 1),
+            NOW,
         )
         .unwrap();
         assert_eq!(decisions(&r), [("b", "keep"), ("a", "delete")]);
@@ -447,7 +638,7 @@ mod tests {
             run("b", Some(0.2), 2),
             run("none", None, 3),
         ];
-        let r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [("b", "keep"), ("a", "delete"), ("none", "skipped")]
@@ -461,6 +652,7 @@ mod tests {
         let err = rank(
             vec![run("a", None, 1), run("b", None, 2)],
             &policy(Direction::Max, 0),
+            NOW,
         )
         .unwrap_err();
         assert_eq!(
@@ -477,7 +669,7 @@ mod tests {
     fn an_experiment_without_candidates_ranks_to_nothing() {
         let mut running = run("a", None, 1);
         running.status = "RUNNING".into();
-        let r = rank(vec![running], &policy(Direction::Max, 0)).unwrap();
+        let r = rank(vec![running], &policy(Direction::Max, 0), NOW).unwrap();
         assert_eq!(decisions(&r), [("a", "skipped")]);
     }
 
@@ -490,7 +682,7 @@ mod tests {
             runs.push(r);
         }
         runs.push(run("ok", Some(1.0), 1));
-        let r = rank(runs, &policy(Direction::Max, 0)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 0), NOW).unwrap();
         assert_eq!(r.to_delete().count(), 1);
         assert_eq!(r.count("skipped"), 4);
     }
@@ -506,6 +698,7 @@ mod tests {
         let r = rank(
             vec![trashed, pruned, bare, run("x", Some(1.0), 1)],
             &policy(Direction::Max, 0),
+            NOW,
         )
         .unwrap();
         assert_eq!(
@@ -532,7 +725,7 @@ mod tests {
             run("mid", Some(0.5), 1),
             run("low", Some(0.2), 1),
         ];
-        let r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [
@@ -550,6 +743,7 @@ mod tests {
         let r = rank(
             vec![run("a", Some(1.0), 1), run("b", Some(2.0), 1)],
             &policy(Direction::Max, 0),
+            NOW,
         )
         .unwrap();
         assert_eq!(r.to_delete().count(), 2);
@@ -564,7 +758,7 @@ mod tests {
             best,
             run("third", Some(0.1), 3),
         ];
-        let r = rank(runs, &policy(Direction::Max, 2)).unwrap();
+        let r = rank(runs, &policy(Direction::Max, 2), NOW).unwrap();
         assert_eq!(
             decisions(&r),
             [("best", "keep"), ("second", "keep"), ("third", "delete")]
@@ -577,7 +771,7 @@ mod tests {
     #[test]
     fn withdrawing_a_deletion_keeps_the_rank_in_the_reason() {
         let runs = vec![run("a", Some(0.9), 1), run("b", Some(0.1), 2)];
-        let mut r = rank(runs, &policy(Direction::Max, 1)).unwrap();
+        let mut r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
         let protected = Decision::Protected {
             protection: Protection::KeepTag,
         };
@@ -598,6 +792,282 @@ mod tests {
         assert!(!r.withdraw("b", skipped), "withdrawn once");
     }
 
+    fn with(policy: RetentionPolicy, f: impl FnOnce(&mut RetentionPolicy)) -> RetentionPolicy {
+        let mut policy = policy;
+        f(&mut policy);
+        policy
+    }
+
+    fn rules(r: &Ranking) -> Vec<(&str, &'static str, Rule)> {
+        r.runs
+            .iter()
+            .map(|x| (x.run.run_id.as_str(), x.decision.label(), x.rule))
+            .collect()
+    }
+
+    #[test]
+    fn keep_latest_keeps_the_most_recently_finished_besides_the_top() {
+        let runs = vec![
+            run("best", Some(0.9), 10),
+            run("old", Some(0.5), 20),
+            run("newest", Some(0.1), 40),
+            run("newer", Some(0.2), 30),
+        ];
+        let p = with(policy(Direction::Max, 1), |p| p.keep_latest = 2);
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("best", "keep", Rule::Rank),
+                ("old", "delete", Rule::Rank),
+                ("newer", "keep", Rule::Latest),
+                ("newest", "keep", Rule::Latest),
+            ]
+        );
+        assert!(
+            r.runs[2].reason.contains("keep_latest"),
+            "{}",
+            r.runs[2].reason
+        );
+    }
+
+    #[test]
+    fn keep_latest_counts_a_run_without_end_time_as_the_latest() {
+        let mut no_end = run("no-end", Some(0.1), 0);
+        no_end.end_time = None;
+        let runs = vec![
+            run("best", Some(0.9), 10),
+            run("recent", Some(0.2), 50),
+            no_end,
+        ];
+        let p = with(policy(Direction::Max, 1), |p| p.keep_latest = 1);
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            decisions(&r),
+            [("best", "keep"), ("recent", "delete"), ("no-end", "keep")]
+        );
+    }
+
+    #[test]
+    fn grace_keeps_a_recent_run_out_of_the_top_until_its_window_ends() {
+        let runs = vec![
+            run("best", Some(0.9), 1_000),
+            run("recent", Some(0.1), NOW - 5_000),
+            run("later", Some(0.2), NOW - 2_000),
+            run("old", Some(0.3), NOW - 60_000),
+        ];
+        let p = with(policy(Direction::Max, 1), |p| {
+            p.grace = Some(Duration::from_secs(20))
+        });
+        let r = rank(runs.clone(), &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("best", "keep", Rule::Rank),
+                ("old", "delete", Rule::Rank),
+                ("later", "grace", Rule::Grace),
+                ("recent", "grace", Rule::Grace),
+            ]
+        );
+        assert_eq!(
+            r.runs[3].decision,
+            Decision::Grace {
+                until: Some(NOW + 15_000)
+            }
+        );
+        assert!(
+            r.runs[3]
+                .reason
+                .contains("grace until 1970-01-01T00:16:55Z"),
+            "{}",
+            r.runs[3].reason
+        );
+        assert_eq!(r.grace_ends(), Some(NOW + 15_000));
+
+        // Once the window has passed, the same run is deleted by its rank.
+        let r = rank(runs, &p, NOW + 15_000).unwrap();
+        assert_eq!(r.runs[3].decision, Decision::Delete);
+        assert_eq!(r.grace_ends(), Some(NOW + 18_000));
+    }
+
+    #[test]
+    fn grace_never_ends_for_a_run_without_end_time() {
+        let mut no_end = run("no-end", Some(0.1), 0);
+        no_end.end_time = None;
+        let p = with(policy(Direction::Max, 0), |p| {
+            p.grace = Some(Duration::from_secs(1))
+        });
+        let r = rank(vec![no_end], &p, NOW).unwrap();
+        assert_eq!(r.runs[0].decision, Decision::Grace { until: None });
+        assert_eq!(r.grace_ends(), None);
+    }
+
+    #[test]
+    fn group_by_keeps_the_top_of_each_group_and_ranks_runs_without_the_key_apart() {
+        let grouped = |id: &str, metric: f64, group: Option<&str>| RunFacts {
+            group: group.map(str::to_owned),
+            ..run(id, Some(metric), 1)
+        };
+        let runs = vec![
+            grouped("b1", 0.9, Some("bert")),
+            grouped("b2", 0.8, Some("bert")),
+            grouped("r1", 0.3, Some("roberta")),
+            grouped("r2", 0.2, Some("roberta")),
+            grouped("n1", 0.5, None),
+            grouped("n2", 0.4, None),
+        ];
+        let p = with(policy(Direction::Max, 1), |p| {
+            p.group_by = Some(GroupKey::Param("base_model".into()))
+        });
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("b1", "keep", Rule::Group),
+                ("b2", "delete", Rule::Group),
+                ("r1", "keep", Rule::Group),
+                ("r2", "delete", Rule::Group),
+                ("n1", "keep", Rule::Group),
+                ("n2", "delete", Rule::Group),
+            ]
+        );
+        assert_eq!(
+            r.runs[1].reason,
+            "rank 2 of 2 in group params.base_model = \"bert\" by accuracy max, keep_top 1 per \
+             params.base_model"
+        );
+        assert!(
+            r.runs[5]
+                .reason
+                .contains("among the runs without params.base_model")
+        );
+        assert_eq!(r.ungrouped, ["n1", "n2"]);
+    }
+
+    #[test]
+    fn without_group_by_the_group_values_are_ignored() {
+        let runs = vec![
+            RunFacts {
+                group: Some("a".into()),
+                ..run("a", Some(0.9), 1)
+            },
+            RunFacts {
+                group: Some("b".into()),
+                ..run("b", Some(0.1), 1)
+            },
+        ];
+        let r = rank(runs, &policy(Direction::Max, 1), NOW).unwrap();
+        assert_eq!(decisions(&r), [("a", "keep"), ("b", "delete")]);
+        assert!(r.ungrouped.is_empty());
+    }
+
+    #[test]
+    fn a_run_below_the_floor_does_not_count_towards_the_top() {
+        let runs = vec![
+            run("good", Some(0.8), 1),
+            run("poor", Some(0.3), 2),
+            run("worse", Some(0.2), 3),
+        ];
+        let p = with(policy(Direction::Max, 3), |p| p.min_metric = Some(0.5));
+        let r = rank(runs.clone(), &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("good", "keep", Rule::Rank),
+                ("poor", "delete", Rule::Floor),
+                ("worse", "delete", Rule::Floor),
+            ]
+        );
+        assert!(
+            r.runs[1]
+                .reason
+                .ends_with("below the floor: accuracy 0.3 < min_metric 0.5"),
+            "{}",
+            r.runs[1].reason
+        );
+        // keep_latest still keeps the latest, below the floor or not.
+        let p = with(p, |p| p.keep_latest = 1);
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(r.runs[2].rule, Rule::Latest);
+    }
+
+    #[test]
+    fn max_metric_is_the_floor_of_a_loss_and_nan_is_never_within_it() {
+        let runs = vec![
+            run("low", Some(0.1), 1),
+            run("high", Some(2.0), 2),
+            run("nan", Some(f64::NAN), 3),
+        ];
+        let p = with(policy(Direction::Min, 3), |p| p.max_metric = Some(1.0));
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("low", "keep", Rule::Rank),
+                ("high", "delete", Rule::Floor),
+                ("nan", "delete", Rule::Floor),
+            ]
+        );
+        assert!(r.runs[1].reason.ends_with("accuracy 2 > max_metric 1"));
+    }
+
+    #[test]
+    fn a_floor_above_the_best_runs_keeps_the_ones_within_it() {
+        // max_metric on a maximised metric: the best values are outside the floor.
+        let runs = vec![run("suspicious", Some(1.0), 1), run("fine", Some(0.7), 2)];
+        let p = with(policy(Direction::Max, 1), |p| p.max_metric = Some(0.99));
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("suspicious", "delete", Rule::Floor),
+                ("fine", "keep", Rule::Rank),
+            ]
+        );
+    }
+
+    #[test]
+    fn older_than_leaves_recent_runs_out_of_the_candidates() {
+        let mut no_end = run("no-end", Some(0.0), 0);
+        no_end.end_time = None;
+        let runs = vec![
+            run("old-good", Some(0.9), NOW - 100_000),
+            run("old-poor", Some(0.1), NOW - 100_000),
+            run("young", Some(0.0), NOW - 1_000),
+            no_end,
+        ];
+        let p = with(policy(Direction::Max, 1), |p| {
+            p.older_than = Some(Duration::from_secs(60))
+        });
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("old-good", "keep", Rule::Rank),
+                ("old-poor", "delete", Rule::Rank),
+                ("no-end", "skipped", Rule::Age),
+                ("young", "skipped", Rule::Age),
+            ]
+        );
+        assert_eq!(r.ranked, 2);
+        assert_eq!(
+            r.runs[3].reason,
+            "finished less than 1m ago (older_than): not a candidate"
+        );
+    }
+
+    #[test]
+    fn protection_is_named_before_latest_and_grace() {
+        let mut kept = run("kept", Some(0.1), NOW - 1);
+        kept.protection = Some(Protection::KeepTag);
+        let p = with(policy(Direction::Max, 0), |p| {
+            p.keep_latest = 1;
+            p.grace = Some(Duration::from_secs(60));
+        });
+        let r = rank(vec![kept], &p, NOW).unwrap();
+        assert_eq!(rules(&r), [("kept", "protected", Rule::Protected)]);
+    }
+
     fn arb_run() -> impl Strategy<Value = RunFacts> {
         (
             "[a-f0-9]{4}",
@@ -614,9 +1084,10 @@ mod tests {
                 Just(f64::INFINITY)
             ]),
             any::<(bool, bool, bool, bool)>(),
+            proptest::option::of(prop_oneof![Just("x".to_string()), Just("y".to_string())]),
         )
             .prop_map(
-                |(id, status, active, end, metric, (model, pruned, keep, _))| RunFacts {
+                |(id, status, active, end, metric, (model, pruned, keep, _), group)| RunFacts {
                     run_name: id.clone(),
                     run_id: id,
                     status,
@@ -626,8 +1097,85 @@ mod tests {
                     has_model: model,
                     pruned,
                     protection: keep.then_some(Protection::KeepTag),
+                    group,
                 },
             )
+    }
+
+    /// Any policy the new rules allow, around the end times `arb_run` draws (0..5 ms).
+    fn arb_policy() -> impl Strategy<Value = RetentionPolicy> {
+        (
+            0u32..4,
+            any::<bool>(),
+            0u32..3,
+            proptest::option::of(0u64..6),
+            any::<bool>(),
+            proptest::option::of(-2i32..2),
+            proptest::option::of(-1i32..3),
+            proptest::option::of(0u64..6),
+        )
+            .prop_map(
+                |(keep_top, max, keep_latest, grace, grouped, min, max_metric, older_than)| {
+                    let direction = if max { Direction::Max } else { Direction::Min };
+                    RetentionPolicy {
+                        keep_latest,
+                        grace: grace.map(Duration::from_millis),
+                        group_by: grouped.then(|| GroupKey::Param("base".into())),
+                        min_metric: min.map(f64::from),
+                        max_metric: max_metric.map(f64::from),
+                        older_than: older_than.map(Duration::from_millis),
+                        ..RetentionPolicy::top("accuracy", direction, keep_top)
+                    }
+                },
+            )
+    }
+
+    /// What the rules promise to keep, computed from the policy's definition without the
+    /// ranking code: per group (or all), the best `keep_top` within the floor, the
+    /// `keep_latest` most recently finished, runs within grace, protected or not finished.
+    fn must_keep(runs: &[RunFacts], p: &RetentionPolicy, now: i64) -> HashSet<String> {
+        let mut keep = HashSet::new();
+        let candidates: Vec<&RunFacts> = runs
+            .iter()
+            .filter(|r| skip_reason(r, p, now).is_none())
+            .collect();
+        let group_of = |r: &RunFacts| p.group_by.as_ref().and(r.group.clone());
+        for run in &candidates {
+            let peers: Vec<&&RunFacts> = candidates
+                .iter()
+                .filter(|o| group_of(o) == group_of(run))
+                .collect();
+            let better_within = peers
+                .iter()
+                .filter(|o| {
+                    p.within_floor(o.metric.unwrap_or(f64::NAN))
+                        && compare(o, run, p.direction) == Ordering::Less
+                })
+                .count();
+            let later = peers
+                .iter()
+                .filter(|o| {
+                    let end = |r: &RunFacts| r.end_time.unwrap_or(i64::MAX);
+                    (Reverse(end(o)), &o.run_id) < (Reverse(end(run)), &run.run_id)
+                })
+                .count();
+            let top = p.within_floor(run.metric.unwrap_or(f64::NAN))
+                && better_within < p.keep_top as usize;
+            let latest = later < p.keep_latest as usize;
+            let in_grace = p.grace.is_some_and(|g| {
+                run.end_time
+                    .is_none_or(|end| now < end + g.as_millis() as i64)
+            });
+            if top || latest || in_grace || run.protection.is_some() {
+                keep.insert(run.run_id.clone());
+            }
+        }
+        for run in runs {
+            if run.status != "FINISHED" || !run.active {
+                keep.insert(run.run_id.clone());
+            }
+        }
+        keep
     }
 
     fn unique(mut runs: Vec<RunFacts>) -> Vec<RunFacts> {
@@ -646,9 +1194,9 @@ mod tests {
         ) {
             let direction = if max { Direction::Max } else { Direction::Min };
             let p = policy(direction, keep_top);
-            let Ok(r) = rank(runs.clone(), &p) else {
+            let Ok(r) = rank(runs.clone(), &p, NOW) else {
                 // Only possible when nothing is rankable but some candidate lacks the metric.
-                prop_assert!(runs.iter().all(|x| skip_reason(x).is_some()));
+                prop_assert!(runs.iter().all(|x| skip_reason(x, &p, NOW).is_some()));
                 return Ok(());
             };
 
@@ -666,11 +1214,11 @@ mod tests {
                     .map(|x| (x.run.run_id.clone(), x.rank, x.decision.clone(), x.reason.clone()))
                     .collect()
             };
-            prop_assert_eq!(project(&rank(shuffled, &p).unwrap()), project(&r));
+            prop_assert_eq!(project(&rank(shuffled, &p, NOW).unwrap()), project(&r));
 
             // Nothing outside the candidates, nothing protected, is ever deleted.
             for x in r.to_delete() {
-                prop_assert!(skip_reason(&x.run).is_none());
+                prop_assert!(skip_reason(&x.run, &p, NOW).is_none());
                 prop_assert!(x.run.protection.is_none());
                 prop_assert!(x.rank.unwrap() > keep_top as usize);
             }
@@ -683,6 +1231,33 @@ mod tests {
                 }
             }
             // Every input run appears exactly once.
+            prop_assert_eq!(r.runs.len(), runs.len());
+        }
+
+        /// Whatever the policy, a run that is in the top N of its group, among its latest K,
+        /// within grace, protected or unfinished is never deleted; and a deletion always names
+        /// the rule that made it.
+        #[test]
+        fn no_policy_deletes_a_run_any_rule_keeps(
+            runs in proptest::collection::vec(arb_run(), 0..40).prop_map(unique),
+            p in arb_policy(),
+            now in 0i64..10,
+        ) {
+            let Ok(r) = rank(runs.clone(), &p, now) else {
+                return Ok(());
+            };
+            let keep = must_keep(&runs, &p, now);
+            for x in r.to_delete() {
+                prop_assert!(!keep.contains(&x.run.run_id), "{} deleted: {}", x.run.run_id, x.reason);
+                prop_assert!(matches!(x.rule, Rule::Rank | Rule::Group | Rule::Floor));
+                prop_assert!(x.reason.starts_with("rank "), "{}", x.reason);
+            }
+            // And the rest is deleted: nothing kept that no rule keeps.
+            for x in &r.runs {
+                if x.rank.is_some() && !keep.contains(&x.run.run_id) {
+                    prop_assert_eq!(&x.decision, &Decision::Delete, "{}", x.reason);
+                }
+            }
             prop_assert_eq!(r.runs.len(), runs.len());
         }
 
@@ -711,11 +1286,11 @@ mod tests {
                         .collect::<Vec<_>>()
                 })
             };
-            let ranked = rank(paged, &p);
+            let ranked = rank(paged, &p, NOW);
             if let Ok(r) = &ranked {
                 prop_assert_eq!(r.repeated.len(), repeats.len());
             }
-            prop_assert_eq!(project(ranked), project(rank(runs, &p)));
+            prop_assert_eq!(project(ranked), project(rank(runs, &p, NOW)));
         }
     }
 }

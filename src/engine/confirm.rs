@@ -12,7 +12,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
 use super::guard;
-use super::inventory::{InventoryOptions, ModelSources, RUN_TAGS};
+use super::inventory::{InventoryOptions, ModelSources};
 use super::{Engine, PlannedDeletion, PruneError};
 use crate::domain::ranking::Decision;
 use crate::mlflow::{MlflowError, ModelVersion, Run, RunFields, VersionFilter};
@@ -80,10 +80,11 @@ impl Engine {
         };
         searches.extend(patterns.iter().map(|p| VersionFilter::SourceLike(p)));
         let params = options.params();
+        let tags = options.tags();
         let fields = RunFields {
             metrics: &[],
             params: &params,
-            tags: &RUN_TAGS,
+            tags: &tags,
         };
         let fresh = self.retry.run("mlflow", "runs/search", || {
             self.mlflow.search_runs_by_id(experiment_id, &ids, &fields)

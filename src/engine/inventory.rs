@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::domain::policy::GroupKey;
 use crate::domain::ranking::{Protection, RunFacts};
 use crate::mlflow::{LoggedModel, Run};
 
@@ -54,15 +55,35 @@ pub struct ModelSources {
 pub struct InventoryOptions<'a> {
     pub metric: &'a str,
     pub model_uploaded_param: &'a str,
+    /// The param or tag runs are grouped by, read as [`RunFacts::group`].
+    pub group_by: Option<&'a GroupKey>,
 }
-
-/// The run tags the inventory reads.
-pub const RUN_TAGS: [&str; 2] = [TAG_DELETED, TAG_KEEP];
 
 impl InventoryOptions<'_> {
     /// The run params the inventory reads.
-    pub fn params(&self) -> [&str; 2] {
-        [self.model_uploaded_param, PARAM_DELETED]
+    pub fn params(&self) -> Vec<&str> {
+        let mut params = vec![self.model_uploaded_param, PARAM_DELETED];
+        if let Some(GroupKey::Param(name)) = self.group_by {
+            params.push(name);
+        }
+        params
+    }
+
+    /// The run tags the inventory reads.
+    pub fn tags(&self) -> Vec<&str> {
+        let mut tags = vec![TAG_DELETED, TAG_KEEP];
+        if let Some(GroupKey::Tag(name)) = self.group_by {
+            tags.push(name);
+        }
+        tags
+    }
+
+    /// The run's value of the grouping key.
+    fn group(&self, run: &Run) -> Option<String> {
+        match self.group_by? {
+            GroupKey::Param(name) => run.params.get(name).cloned(),
+            GroupKey::Tag(name) => run.tags.get(name).cloned(),
+        }
     }
 }
 
@@ -147,6 +168,7 @@ pub fn build(
             has_model: !models.is_empty(),
             pruned: is_pruned(run),
             protection: is_true(run.tags.get(TAG_KEEP)).then_some(Protection::KeepTag),
+            group: options.group(run),
         });
         if !models.is_empty() {
             inventory.models.insert(run.run_id.clone(), models);
@@ -201,6 +223,7 @@ mod tests {
     const OPTS: InventoryOptions<'static> = InventoryOptions {
         metric: "acc",
         model_uploaded_param: "model_uploaded",
+        group_by: None,
     };
 
     fn classic(id: &str) -> Run {

@@ -36,14 +36,14 @@ pub use retry::RetryPolicy;
 
 use crate::domain::event::Event;
 use crate::domain::location::{LocationRules, Owner};
-use crate::domain::policy::{self, PolicyOverrides};
+use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
 use crate::domain::ranking;
 use crate::mlflow::{MlflowClient, MlflowError, RunFields};
-use crate::settings::{PolicySettings, Settings};
+use crate::settings::Settings;
 use crate::store::ObjectStore;
 use confirm::Depth;
 use guard::Share;
-use inventory::{InventoryOptions, RUN_TAGS, StoredModel};
+use inventory::{InventoryOptions, StoredModel};
 
 /// What kind of pass to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +97,7 @@ pub struct Engine {
     mlflow: MlflowClient,
     store: ObjectStore,
     rules: LocationRules,
-    defaults: PolicySettings,
+    defaults: PolicyDefaults,
     model_uploaded_param: String,
     log_deleted_param: bool,
     parallel_deletions: usize,
@@ -114,12 +114,7 @@ impl Engine {
                 allowed_buckets: settings.store.allowed_buckets.clone(),
                 artifacts_destination: settings.store.artifacts_destination.clone(),
             },
-            defaults: PolicySettings {
-                metric: settings.policy.metric.clone(),
-                direction: settings.policy.direction,
-                keep_top: settings.policy.keep_top,
-                max_deletions_per_pass: settings.policy.max_deletions_per_pass,
-            },
+            defaults: settings.policy.clone(),
             model_uploaded_param: settings.mlflow.model_uploaded_param.clone(),
             log_deleted_param: settings.mlflow.log_deleted_param,
             parallel_deletions: settings.concurrency.parallel_deletions,
@@ -177,12 +172,14 @@ impl Engine {
         let options = InventoryOptions {
             metric: &policy.metric,
             model_uploaded_param: &self.model_uploaded_param,
+            group_by: policy.group_by.as_ref(),
         };
         let params = options.params();
+        let tags = options.tags();
         let fields = RunFields {
             metrics: &[options.metric],
             params: &params,
-            tags: &RUN_TAGS,
+            tags: &tags,
         };
         let runs = self
             .retry
@@ -213,13 +210,18 @@ impl Engine {
             .map_err(mlflow_err)?;
 
         let mut inventory = inventory::build(runs, &logged_models, &options);
-        let mut ranking =
-            ranking::rank(std::mem::take(&mut inventory.facts), &policy).map_err(|source| {
-                PruneError::Ranking {
-                    experiment_id: experiment_id.to_owned(),
-                    source,
-                }
+        let mut ranking = ranking::rank(std::mem::take(&mut inventory.facts), &policy, now_ms())
+            .map_err(|source| PruneError::Ranking {
+                experiment_id: experiment_id.to_owned(),
+                source,
             })?;
+        if !ranking.ungrouped.is_empty() {
+            tracing::warn!(
+                run_ids = ?ranking.ungrouped,
+                group_by = %policy.group_by.as_ref().map(ToString::to_string).unwrap_or_default(),
+                "runs without the group_by key were ranked in a group of their own"
+            );
+        }
         if !ranking.repeated.is_empty() {
             tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
         }
@@ -396,7 +398,7 @@ impl Engine {
             .iter()
             .filter_map(|r| {
                 let blocking = match &r.decision {
-                    ranking::Decision::Keep => true,
+                    ranking::Decision::Keep | ranking::Decision::Grace { .. } => true,
                     ranking::Decision::Skipped { reason } => matches!(
                         reason,
                         ranking::SkipReason::MissingMetric
@@ -436,4 +438,13 @@ impl Engine {
         info!("experiment deleted");
         Ok(())
     }
+}
+
+/// The time a pass decides `grace` and `older_than` by, in milliseconds since the epoch (the
+/// unit of MLflow's end times).
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }

@@ -69,6 +69,7 @@ struct Metrics {
     retries: IntCounterVec,
     dead_letters: IntCounterVec,
     acks_lost: IntCounterVec,
+    follow_ups: IntCounter,
 }
 
 static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -86,7 +87,8 @@ impl Metrics {
                 "Deliveries settled, by kind and outcome: ok (acked), delayed (sent to a delay \
                  queue), dead_lettered, retried (re-publishing failed: back to the work queue), \
                  handed_back (held up to broker.ack_deadline: sent through the first delay queue \
-                 with its attempt unchanged).",
+                 with its attempt unchanged), snoozed (a follow-up pass that is not due yet, sent \
+                 on through a delay queue).",
                 &["kind", "outcome"],
             ),
             processing: histogram_vec(
@@ -135,8 +137,9 @@ impl Metrics {
             ),
             runs: counter_vec(
                 "model_pruner_runs_total",
-                "Runs by what passes did with them: kept, protected, skipped, or pruned (model \
-                 files deleted and run marked; dry runs prune nothing).",
+                "Runs by what passes did with them: kept, in_grace (out of the top N but \
+                 finished less than the policy's grace ago), protected, skipped, or pruned \
+                 (model files deleted and run marked; dry runs prune nothing).",
                 &["decision"],
             ),
             models_deleted: counter(
@@ -180,6 +183,11 @@ impl Metrics {
                  consumer_timeout), by operation: the broker redelivers those messages.",
                 &["operation"],
             ),
+            follow_ups: counter(
+                "model_pruner_follow_ups_scheduled_total",
+                "Follow-up passes scheduled at the end of a grace window (one per experiment \
+                 while one is pending).",
+            ),
         };
         let build_info = register(
             IntGaugeVec::new(
@@ -197,7 +205,14 @@ impl Metrics {
         // Series that exist from the start, so rates and ratios are 0 rather than absent.
         for kind in KINDS {
             m.received.with_label_values(&[kind]);
-            for outcome in ["ok", "retried", "delayed", "dead_lettered", "handed_back"] {
+            for outcome in [
+                "ok",
+                "retried",
+                "delayed",
+                "dead_lettered",
+                "handed_back",
+                "snoozed",
+            ] {
                 m.finished.with_label_values(&[kind, outcome]);
             }
         }
@@ -214,7 +229,7 @@ impl Metrics {
                 m.retries.with_label_values(&[target.as_str(), reason]);
             }
         }
-        for decision in ["kept", "protected", "skipped", "pruned"] {
+        for decision in ["kept", "in_grace", "protected", "skipped", "pruned"] {
             m.runs.with_label_values(&[decision]);
         }
         m
@@ -252,6 +267,11 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Hi
         HistogramVec::new(opts, labels),
         &["_bucket", "_sum", "_count"],
     )
+}
+
+/// Counts a follow-up pass scheduled at the end of a grace window.
+pub fn follow_up_scheduled() {
+    M.follow_ups.inc();
 }
 
 /// Registers every metric (and the build info); idempotent. The server calls it before serving.
@@ -295,6 +315,8 @@ pub enum Finished<'a> {
     Delayed,
     /// Held up to `broker.ack_deadline`: sent through the first delay queue, attempt unchanged.
     HandedBack,
+    /// A follow-up pass that is not due yet: sent on through a delay queue.
+    Snoozed,
     DeadLettered {
         class: &'a str,
         reason: &'a str,
@@ -332,6 +354,7 @@ impl Message {
             Finished::Retried => "retried",
             Finished::Delayed => "delayed",
             Finished::HandedBack => "handed_back",
+            Finished::Snoozed => "snoozed",
             Finished::DeadLettered { class, reason } => {
                 M.dead_letters.with_label_values(&[class, reason]).inc();
                 "dead_lettered"
@@ -377,6 +400,7 @@ pub fn pass_finished(result: &Result<PassReport, PruneError>, events: usize, ela
     M.runs_evaluated.inc_by(report.ranking.runs.len() as u64);
     for (decision, label) in [
         ("kept", "keep"),
+        ("in_grace", "grace"),
         ("protected", "protected"),
         ("skipped", "skipped"),
     ] {

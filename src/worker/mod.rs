@@ -4,9 +4,11 @@
 //!
 //! - [`scheduler`]: which deliveries go into which pass (pure).
 //! - [`outcome`]: what happens to a delivery after its pass (pure).
-//! - `settle`: carries an outcome out on the broker.
+//! - `follow_up`: one follow-up pass per experiment at the end of a grace window (pure).
+//! - `settle`: carries an outcome out on the broker, and publishes follow-ups.
 //! - `session`: one connection's consume loop.
 
+mod follow_up;
 pub mod outcome;
 pub mod scheduler;
 mod session;
@@ -63,6 +65,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         host,
         broker: settings.broker,
         health,
+        follow_ups: Default::default(),
     };
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {

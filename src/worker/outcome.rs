@@ -7,12 +7,13 @@ use crate::domain::event::EventError;
 use crate::engine::PruneError;
 
 /// Every [`Failure::kind`] that is not a [`PruneError::kind`].
-pub const MESSAGE_KINDS: [&str; 5] = [
+pub const MESSAGE_KINDS: [&str; 6] = [
     "invalid_message",
     "unknown_routing_key",
     "panic",
     "pass_timeout",
     "held_too_long",
+    "follow_up",
 ];
 
 /// Why handling a delivery failed, in the terms the dead-letter headers use.
@@ -84,6 +85,20 @@ impl Failure {
                 "the event for experiment {experiment_id} reached broker.ack_deadline without \
                  starting {times} times in a row: the workers are overloaded (add replicas or \
                  raise concurrency.max_in_flight)"
+            ),
+        }
+    }
+
+    /// A pass left runs in their grace window and its follow-up could not be scheduled.
+    /// Transient: the events come back and their pass (which finds its deletions done)
+    /// schedules it again, so no run stays in grace for ever unseen.
+    pub fn follow_up(experiment_id: &str, error: &str) -> Self {
+        Failure {
+            class: ErrorClass::Transient,
+            kind: "follow_up",
+            message: format!(
+                "could not schedule the follow-up pass of experiment {experiment_id} at the end \
+                 of its grace window: {error}"
             ),
         }
     }

@@ -9,8 +9,8 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt};
@@ -20,12 +20,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use super::follow_up::{self, FollowUps};
 use super::outcome::{Failure, RetryRules, decide};
 use super::scheduler::{Batch, Job, Scheduler};
 use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::domain::event::Event;
-use crate::engine::{Engine, PassReport, PruneError};
+use crate::engine::{Engine, PassReport, PruneError, now_ms};
 use crate::metrics::{self, Health};
 use crate::settings::BrokerSettings;
 
@@ -47,6 +48,8 @@ pub struct Context {
     pub host: String,
     /// Told when consuming starts and stops (`/readyz`) and that the loop runs (`/healthz`).
     pub health: Arc<Health>,
+    /// Follow-up passes this worker scheduled, kept across sessions.
+    pub follow_ups: Arc<Mutex<FollowUps>>,
 }
 
 /// Why a session ended other than by shutdown.
@@ -106,6 +109,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         failed_republications: Default::default(),
         ack_deadline: ctx.broker.ack_deadline,
         topology_gone: Default::default(),
+        follow_ups: ctx.follow_ups.clone(),
     });
     let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
@@ -164,6 +168,12 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let received = Received::new(delivery, &ctx.topology);
+                    if let Some(at) = received.follow_up_at.filter(|at| !follow_up::is_due(*at, now_ms())) {
+                        let settler = settler.clone();
+                        let task = tasks.spawn(async move { settler.snooze(received, at).await });
+                        holding.insert(task.id(), None);
+                        continue;
+                    }
                     match Event::parse(&received.routing_key, &received.delivery.data) {
                         Ok(event) => scheduler.push(Job { event, delivery: received }),
                         Err(e) => {
@@ -306,7 +316,7 @@ fn give_back(
 
 /// How a pass ended.
 enum Ended {
-    Finished(Result<PassReport, PruneError>),
+    Finished(Box<Result<PassReport, PruneError>>),
     Panicked(String),
     /// Cancelled when its oldest delivery reached `broker.ack_deadline`.
     TimedOut,
@@ -331,7 +341,7 @@ async fn run_batch(
         let cut_off = oldest.unwrap_or_else(Instant::now) + ack_deadline;
         let ended = tokio::select! {
             result = guarded(engine.run_pass(&request)) => match result {
-                Ok(result) => Ended::Finished(result),
+                Ok(result) => Ended::Finished(Box::new(result)),
                 Err(panic) => Ended::Panicked(panic),
             },
             () = tokio::time::sleep_until(cut_off) => Ended::TimedOut,
@@ -352,10 +362,33 @@ async fn run_batch(
                 metrics::pass_interrupted("timed_out", jobs.len(), took);
             }
         }
+        // Runs left in their grace window: the pass's work is done only once its follow-up is
+        // with the broker.
+        let grace_ends = match &ended {
+            Ended::Finished(result) if !request.dry_run => result
+                .as_ref()
+                .as_ref()
+                .ok()
+                .and_then(|r| r.ranking.grace_ends()),
+            _ => None,
+        };
+        let follow_up = match grace_ends {
+            Some(until) => settler
+                .follow_up(
+                    &request.experiment_id,
+                    &request.policy,
+                    until.saturating_add(follow_up::MARGIN_MS),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| Failure::follow_up(&request.experiment_id, &e.to_string())),
+            None => Ok(()),
+        };
         let settled = jobs.into_iter().map(|job| {
             let failure = match &ended {
                 Ended::Finished(result) => {
                     job_result(result, &request.experiment_id, job.event.run_id())
+                        .and_then(|()| follow_up.clone())
                 }
                 Ended::Panicked(panic) => Err(Failure::panic(&request.experiment_id, panic)),
                 Ended::TimedOut => Err(Failure::pass_timeout(&request.experiment_id, ack_deadline)),

@@ -1,8 +1,8 @@
 //! Carries out an [`Outcome`]: ack, or re-publish (delay queue or dead-letter queue) with
 //! confirms and ack only once the broker has the copy, so a message is never lost.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -14,8 +14,14 @@ use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::domain::ranking::rfc3339;
+
+use super::follow_up::FollowUps;
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
+use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
+use crate::domain::policy::PolicyOverrides;
+use crate::engine::now_ms;
 use crate::metrics::{self, Finished};
 
 /// A delivery with what the worker read from its headers.
@@ -28,6 +34,8 @@ pub struct Received {
     pub attempt: u32,
     /// Times it was handed back unstarted since its last attempt.
     pub hand_backs: u32,
+    /// A follow-up the worker scheduled itself: when it is due (milliseconds since the epoch).
+    pub follow_up_at: Option<i64>,
     /// When the consumer received it: RabbitMQ's consumer_timeout runs from about then.
     pub received_at: Instant,
     /// Counts the delivery as received and in flight until dropped.
@@ -44,6 +52,7 @@ impl Received {
             routing_key: origin.routing_key,
             attempt: origin.attempt,
             hand_backs: origin.hand_backs,
+            follow_up_at: origin.follow_up_at,
             received_at: Instant::now(),
         }
     }
@@ -68,6 +77,8 @@ pub struct Settler {
     /// A copy to one of the worker's own queues was unroutable (the queue was deleted): the
     /// session ends, and the next one declares the topology again.
     pub topology_gone: AtomicBool,
+    /// Follow-up passes scheduled and not due yet; outlives the session.
+    pub follow_ups: Arc<Mutex<FollowUps>>,
 }
 
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
@@ -174,6 +185,74 @@ impl Settler {
         );
         received.metrics.finished(Finished::HandedBack);
         ack(&received, subject).await;
+    }
+
+    /// Schedules a follow-up pass over the experiment at `at` (milliseconds since the epoch,
+    /// the end of a grace window), with the policy overrides of the pass that needs it, unless
+    /// one that comes no later is pending. Returns whether one was published (confirmed).
+    pub async fn follow_up(
+        &self,
+        experiment_id: &str,
+        policy: &PolicyOverrides,
+        at: i64,
+    ) -> Result<bool, BrokerError> {
+        let now = now_ms();
+        if !self.follow_ups().needed(experiment_id, at, now) {
+            return Ok(false);
+        }
+        let body = Event::ExperimentPrune(ExperimentPrune {
+            experiment_id: experiment_id.to_owned(),
+            policy: policy.clone(),
+            delete_experiment: false,
+            dry_run: false,
+            force: false,
+        })
+        .to_body();
+        let (queue, properties) = self.follow_up_leg(BasicProperties::default(), at, now);
+        let published = self.broker.publish_to_queue(queue, &body, properties).await;
+        if let Err(BrokerError::Unroutable { .. }) = &published {
+            self.topology_gone.store(true, Ordering::Relaxed);
+        }
+        published?;
+        self.follow_ups().scheduled(experiment_id, at, now);
+        metrics::follow_up_scheduled();
+        info!(experiment_id, due = %rfc3339(at), queue, "follow-up pass scheduled at the end of the grace window");
+        Ok(true)
+    }
+
+    /// Sends a follow-up that is not due yet on its way through a delay queue, then acks it.
+    pub async fn snooze(&self, received: Received, at: i64) {
+        let (queue, properties) =
+            self.follow_up_leg(received.delivery.properties.clone(), at, now_ms());
+        let subject = Subject::default();
+        if !self.republish(&received, queue, properties, subject).await {
+            return;
+        }
+        tracing::debug!(due = %rfc3339(at), queue, "follow-up not due yet: sent on");
+        received.metrics.finished(Finished::Snoozed);
+        ack(&received, subject).await;
+    }
+
+    /// The queue and properties of a follow-up's next leg towards `at`.
+    fn follow_up_leg(
+        &self,
+        original: BasicProperties,
+        at: i64,
+        now: i64,
+    ) -> (&str, BasicProperties) {
+        let remaining = Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0));
+        let (queue, expiration) = self.topology.follow_up_leg(remaining);
+        let mut properties = copy_properties(&original, headers::follow_up(EXPERIMENT_PRUNE, at));
+        if let Some(expiration) = expiration {
+            properties = properties.with_expiration(expiration.as_millis().to_string().into());
+        }
+        (queue.name.as_str(), properties)
+    }
+
+    fn follow_ups(&self) -> std::sync::MutexGuard<'_, FollowUps> {
+        self.follow_ups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Publishes a copy of `received` into `queue` with confirms; true once the broker has it.
@@ -304,6 +383,7 @@ pub fn failure_headers(
 mod tests {
     use super::*;
     use crate::domain::classify::ErrorClass;
+    use lapin::types::AMQPValue;
 
     fn failure() -> Failure {
         Failure {
@@ -380,6 +460,7 @@ mod tests {
         headers::set_u32(&mut h, headers::ATTEMPTS, 2);
         headers::set_u32(&mut h, headers::HAND_BACKS, 99);
         headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
+        h.insert(headers::FOLLOW_UP_AT.into(), AMQPValue::LongLongInt(42));
         h
     }
 
@@ -388,8 +469,13 @@ mod tests {
         let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
         let r = Received::new(delivery("", "work", back), &topology());
         assert_eq!(
-            (r.routing_key.as_str(), r.attempt, r.hand_backs),
-            ("experiment.prune", 3, 99)
+            (
+                r.routing_key.as_str(),
+                r.attempt,
+                r.hand_backs,
+                r.follow_up_at
+            ),
+            ("experiment.prune", 3, 99, Some(42))
         );
 
         let r = Received::new(
@@ -455,8 +541,13 @@ mod tests {
         for (exchange, routing_key, h) in forged {
             let r = Received::new(delivery(exchange, routing_key, h), &topology());
             assert_eq!(
-                (r.routing_key.as_str(), r.attempt, r.hand_backs),
-                (routing_key, 1, 0)
+                (
+                    r.routing_key.as_str(),
+                    r.attempt,
+                    r.hand_backs,
+                    r.follow_up_at
+                ),
+                (routing_key, 1, 0, None)
             );
         }
     }

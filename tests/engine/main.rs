@@ -5,6 +5,7 @@
 mod support;
 
 mod consistency;
+mod policies;
 mod protection;
 mod python_client;
 mod retention;

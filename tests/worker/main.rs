@@ -9,6 +9,7 @@ mod broker_wide;
 mod burst;
 mod crash;
 mod faults;
+mod grace;
 mod helpers;
 mod outage;
 mod reconnect;

@@ -1,7 +1,12 @@
-//! The JSON Schemas in `schemas/` agree with the parser: their examples parse, and removing a
-//! field they require is an error.
+//! The JSON Schemas in `schemas/` agree with the parser: their examples parse (and their
+//! policies resolve), every policy field is described, and removing a field they require is an
+//! error.
+
+use std::collections::BTreeMap;
 
 use model_pruner::domain::event::{EXPERIMENT_PRUNE, Event, RUN_FINISHED};
+use model_pruner::domain::policy::{self, PolicyOverrides};
+use model_pruner::settings::Settings;
 use serde_json::Value;
 
 fn schema(routing_key: &str) -> Value {
@@ -55,5 +60,35 @@ fn schema_properties_cover_every_field_the_worker_reads() {
         "force",
     ] {
         assert!(ep["properties"].get(f).is_some(), "experiment.prune.{f}");
+    }
+}
+
+#[test]
+fn schema_policy_covers_every_policy_field_and_examples_resolve() {
+    let every = PolicyOverrides {
+        metric: Some("m".into()),
+        direction: Some("max".into()),
+        keep_top: Some(1),
+        keep_latest: Some(1),
+        grace: Some("1h".into()),
+        group_by: Some("params.p".into()),
+        min_metric: Some(0.0),
+        max_metric: Some(1.0),
+        older_than: Some("1d".into()),
+    };
+    let fields = serde_json::to_value(&every).unwrap();
+    let defaults = Settings::load(None).expect("default settings").policy;
+    for key in [RUN_FINISHED, EXPERIMENT_PRUNE] {
+        let s = schema(key);
+        let properties = &s["$defs"]["policy"]["properties"];
+        for field in fields.as_object().unwrap().keys() {
+            assert!(properties.get(field).is_some(), "{key}: policy.{field}");
+        }
+        for example in s["examples"].as_array().unwrap() {
+            let policy: PolicyOverrides =
+                serde_json::from_value(example["policy"].clone()).unwrap_or_default();
+            policy::resolve(&policy, &BTreeMap::new(), &defaults)
+                .unwrap_or_else(|e| panic!("{key} example {example}: {e}"));
+        }
     }
 }

@@ -1,0 +1,166 @@
+//! A run out of the top N that finished less than `grace` ago stays, and the pass that left it
+//! schedules its own follow-up: after one event from the test, the run is pruned once its window
+//! has ended, unless someone tagged it to keep in between. A burst schedules one follow-up.
+
+use std::time::Duration;
+
+use model_pruner::metrics::REGISTRY;
+use model_pruner::settings::Settings;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::helpers::{TestApp, run_finished, settings, wait_drained};
+use crate::support::mlflow_fixtures::{ExperimentFixture, RunSpec, now_ms};
+use crate::support::world::{Layout, METRIC, ModelRun, World};
+
+const GRACE_MS: i64 = 15_000;
+
+/// The worker suite's settings with a second, long delay step: a follow-up due within it rides
+/// that queue with its own expiration.
+fn grace_settings() -> Settings {
+    let mut s = settings();
+    s.retry.delays = vec![
+        Duration::from_secs(1).into(),
+        Duration::from_secs(60).into(),
+    ];
+    s
+}
+
+async fn experiment(world: &World, grace: &str) -> ExperimentFixture {
+    world
+        .mlflow
+        .experiment_with_tags("worker-grace", &[("model_pruner.grace", grace)])
+        .await
+        .unwrap()
+}
+
+async fn model_run(
+    world: &World,
+    exp: &ExperimentFixture,
+    i: usize,
+    acc: f64,
+    end: i64,
+) -> ModelRun {
+    let spec = RunSpec::new(format!("run-{i}"))
+        .metric(METRIC, acc)
+        .end_time(Some(end));
+    world.model_run(exp, Layout::Classic, spec, 2).await
+}
+
+fn follow_ups_scheduled() -> f64 {
+    REGISTRY
+        .gather()
+        .iter()
+        .filter(|f| f.name() == "model_pruner_follow_ups_scheduled_total")
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_counter().value())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_ends() {
+    let world = World::new("worker");
+    let exp = experiment(&world, "15s").await;
+    let old = 1_700_000_000_000;
+    let now = now_ms();
+    let best = model_run(&world, &exp, 0, 0.9, old).await;
+    let poor = model_run(&world, &exp, 1, 0.1, old + 1).await;
+    let fresh = model_run(&world, &exp, 2, 0.2, now).await;
+    let rescued = model_run(&world, &exp, 3, 0.3, now).await;
+
+    let app = TestApp::spawn(grace_settings()).await;
+    app.publish("run.finished", &run_finished(&exp, &fresh, 1))
+        .await;
+
+    // The first pass prunes the old loser and leaves the two fresh ones in their window.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !world.marked(&poor).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the old loser was not pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        now_ms() < now + GRACE_MS,
+        "the first pass came after the window; nothing left to check"
+    );
+    for run in [&best, &fresh, &rescued] {
+        assert!(!world.marked(run).await);
+        assert_eq!(world.objects(run).await, 2);
+    }
+    // Someone keeps one of them within the window.
+    world
+        .mlflow
+        .set_tag(&rescued.run.run_id, "model_pruner.keep", "true")
+        .await
+        .unwrap();
+
+    // No further event: the follow-up prunes the other once its window has ended.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !world.marked(&fresh).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run in grace was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(world.objects(&fresh).await, 0);
+    let tags = world.mlflow.run_tags(&fresh.run.run_id).await.unwrap();
+    let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
+    let after_end = (deleted_at.unix_timestamp_nanos() / 1_000_000) as i64 - now;
+    assert!(
+        after_end >= GRACE_MS,
+        "pruned {after_end} ms after its end, within grace"
+    );
+    // It rode the 60 s delay queue with its own expiration, not the queue's.
+    assert!(
+        after_end < GRACE_MS + 20_000,
+        "pruned {after_end} ms after its end"
+    );
+    assert!(
+        tags["model_pruner.reason"] == "rank 3 of 3 by accuracy max, keep_top 1, grace 15s",
+        "{tags:?}"
+    );
+
+    for run in [&best, &rescued] {
+        assert!(!world.marked(run).await);
+        assert_eq!(world.objects(run).await, 2);
+    }
+    wait_drained(&app, Duration::from_secs(30)).await;
+    let dead = app.topology.dead_letter_queue.clone();
+    assert!(app.next_message(&dead, Duration::ZERO).await.is_none());
+    // The follow-up's own pass found nothing left in grace: nothing more scheduled.
+    assert_eq!(follow_ups_scheduled(), 1.0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_burst_of_events_schedules_one_follow_up() {
+    let world = World::new("worker");
+    let exp = experiment(&world, "1h").await;
+    let now = now_ms();
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        runs.push(model_run(&world, &exp, i, 0.1 * (i + 1) as f64, now).await);
+    }
+
+    let app = TestApp::spawn(grace_settings()).await;
+    for _ in 0..5 {
+        for run in &runs {
+            app.publish("run.finished", &run_finished(&exp, run, 1))
+                .await;
+        }
+    }
+    wait_drained(&app, Duration::from_secs(60)).await;
+
+    assert_eq!(follow_ups_scheduled(), 1.0);
+    // The follow-up waits in the longest delay queue (an hour is longer than every step).
+    let longest = app.topology.delay_queues[1].name.clone();
+    assert_eq!(app.queue_len(&longest).await, 1);
+    for run in &runs {
+        assert!(!world.marked(run).await);
+        assert_eq!(world.objects(run).await, 2);
+    }
+    app.cleanup().await;
+}
