@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`domain`]: pure logic without I/O: the event contract, retention policy resolution,
-//!   ranking, artifact-location resolution and error classification.
+//!   ranking, artifact-location resolution, the marking contract with MLflow, run states and
+//!   error classification.
 //! - [`mlflow`]: the MLflow tracking server's REST API.
 //! - [`store`]: the S3-compatible object store (listing and batch deletion).
 //! - [`broker`]: RabbitMQ: connection, topology, confirmed publishing and header names.
@@ -13,6 +14,19 @@
 //! - [`settings`]: typed settings from `config/default.toml`, a file and the environment.
 //! - [`telemetry`]: the tracing subscriber (JSON in production, readable on a terminal).
 //! - [`cli`]: the `model-pruner` command line.
+//!
+//! # Dependency direction
+//! Each module uses only modules below it; nothing below knows what is above:
+//!
+//! ```text
+//! cli ─▶ worker ─▶ engine ─▶ mlflow, store ─▶ metrics ─▶ domain
+//!   └──▶ broker ─────────────────────────────────────────▶ domain
+//! settings ─▶ domain          (every module above may read settings; telemetry reads them)
+//! ```
+//!
+//! `domain` is pure (no I/O, no other module); `metrics` knows labels and counts, not the
+//! errors or reports they come from: each error type names its own reason
+//! ([`domain::classify::Classified`]) and the worker turns a pass into counts.
 
 pub mod broker;
 pub mod cli;

@@ -114,11 +114,13 @@ pub fn set_u32(headers: &mut FieldTable, name: &str, value: u32) {
 }
 
 /// The headers of a message being re-published: the original ones without those the broker
-/// manages.
+/// manages and without a follow-up time, which only the worker's own follow-ups carry (set
+/// afresh on each of their legs), so a header a publisher wrote cannot become trusted by
+/// riding a retry through a delay queue.
 pub fn republished(original: Option<&FieldTable>) -> FieldTable {
     let mut headers = FieldTable::default();
     for (k, v) in original.map(FieldTable::inner).into_iter().flatten() {
-        if !BROKER_MANAGED.contains(&k.as_str()) {
+        if !BROKER_MANAGED.contains(&k.as_str()) && k.as_str() != FOLLOW_UP_AT {
             headers.insert(k.clone(), v.clone());
         }
     }
@@ -231,7 +233,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn republished_headers_drop_broker_managed_ones_only() {
+    fn republished_headers_drop_broker_managed_ones_and_a_follow_up_time() {
         let mut h = FieldTable::default();
         h.insert("x-death".into(), AMQPValue::FieldArray(vec![].into()));
         h.insert(
@@ -240,9 +242,11 @@ pub(crate) mod tests {
         );
         set_str(&mut h, "trace-id", "abc");
         set_u32(&mut h, ATTEMPTS, 1);
+        h.insert(FOLLOW_UP_AT.into(), AMQPValue::LongLongInt(1));
         let r = republished(Some(&h));
         assert!(!r.contains_key("x-death"));
         assert!(!r.contains_key("x-first-death-reason"));
+        assert!(!r.contains_key(FOLLOW_UP_AT));
         assert!(r.contains_key("trace-id"));
         assert!(r.contains_key(ATTEMPTS));
     }

@@ -14,11 +14,11 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::Target;
+use super::ExperimentArgs;
 use crate::domain::audit::{self, Finding};
 use crate::domain::event::{Event, ExperimentPrune};
-use crate::domain::location::{LocationRules, ModelLocation, Owner};
-use crate::engine::inventory::{PARAM_DELETED, TAG_DELETED};
+use crate::domain::location::{LocationRules, ModelLocation};
+use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED};
 use crate::engine::{Engine, PassKind};
 use crate::mlflow::{LoggedModel, MlflowClient, Run, RunFields};
 use crate::settings::Settings;
@@ -28,7 +28,7 @@ use crate::store::ObjectStore;
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     #[command(flatten)]
-    target: Target,
+    target: ExperimentArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -72,10 +72,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let experiment_id = args.target.experiment_id.as_str();
     let mlflow = MlflowClient::new(&settings.mlflow).context("building the MLflow client")?;
     let store = ObjectStore::new(&settings.store);
-    let rules = LocationRules {
-        allowed_buckets: settings.store.allowed_buckets.clone(),
-        artifacts_destination: settings.store.artifacts_destination.clone(),
-    };
+    let rules = settings.store.location_rules();
     let experiment = mlflow
         .get_experiment(experiment_id)
         .await
@@ -198,7 +195,6 @@ fn marked_locations(
     runs: &[Run],
     models: &[LoggedModel],
 ) -> Vec<(String, ModelLocation)> {
-    let is_true = |v: Option<&String>| v.is_some_and(|v| matches!(v.trim(), "1" | "true" | "True"));
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     let mut add = |owner: &str, location: Option<ModelLocation>| {
@@ -208,24 +204,20 @@ fn marked_locations(
             out.push((owner.to_owned(), l));
         }
     };
-    let logged = |m: &LoggedModel| {
-        rules
-            .resolve(&m.artifact_uri, "", Owner::LoggedModel(&m.model_id))
-            .ok()
-    };
-    for m in models.iter().filter(|m| is_true(m.tags.get(TAG_DELETED))) {
+    let logged = |m: &LoggedModel| marks::logged_location(rules, &m.artifact_uri, &m.model_id).ok();
+    for m in models.iter().filter(|m| marks::is_model_marked(&m.tags)) {
         add(
             &format!("logged model {} (marked deleted)", m.model_id),
             logged(m),
         );
     }
     for run in runs {
-        if !(is_true(run.tags.get(TAG_DELETED)) || is_true(run.params.get(PARAM_DELETED))) {
+        if !marks::is_marked(&run.tags, &run.params) {
             continue;
         }
         let owner = format!("run {} (marked deleted)", run.run_id);
-        if is_true(run.params.get(&settings.mlflow.model_uploaded_param)) {
-            let classic = rules.resolve(&run.artifact_uri, "model", Owner::Run(&run.run_id));
+        if marks::has_classic_model(&run.params, &settings.mlflow.model_uploaded_param) {
+            let classic = marks::classic_location(rules, &run.artifact_uri, &run.run_id);
             add(&owner, classic.ok());
         }
         for m in models.iter().filter(|m| {

@@ -79,7 +79,7 @@ enum Command {
     /// Example: model-pruner plan --experiment-id 12 --metric loss --direction min --keep-top 3
     Plan {
         #[command(flatten)]
-        target: Target,
+        target: ExperimentArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -89,7 +89,7 @@ enum Command {
     /// Example: model-pruner prune --experiment-id 12 --keep-top 5 --dry-run
     Prune {
         #[command(flatten)]
-        target: Target,
+        target: ExperimentArgs,
         #[command(flatten)]
         flags: SweepFlags,
         /// Print JSON instead of a table.
@@ -156,7 +156,7 @@ impl PolicyArgs {
 
 /// An experiment and optional policy overrides.
 #[derive(Debug, Args)]
-struct Target {
+struct ExperimentArgs {
     /// MLflow experiment id.
     #[arg(long)]
     experiment_id: String,
@@ -164,7 +164,7 @@ struct Target {
     policy: PolicyArgs,
 }
 
-impl Target {
+impl ExperimentArgs {
     fn request(&self, kind: PassKind, dry_run: bool) -> PassRequest {
         PassRequest {
             experiment_id: self.experiment_id.clone(),

@@ -13,7 +13,7 @@ use lapin::ExchangeKind;
 use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 
-use super::{PolicyArgs, SweepFlags, Target};
+use super::{ExperimentArgs, PolicyArgs, SweepFlags};
 use crate::broker::{Broker, BrokerError};
 use crate::domain::event::{Event, ExperimentPrune, RunFinished};
 use crate::settings::Settings;
@@ -45,7 +45,7 @@ pub enum PublishCommand {
     /// Example: model-pruner publish prune-experiment --experiment-id 12 --keep-top 0 --delete-experiment
     PruneExperiment {
         #[command(flatten)]
-        target: Target,
+        target: ExperimentArgs,
         #[command(flatten)]
         flags: SweepFlags,
     },

@@ -1,6 +1,41 @@
-//! Error classification: the one place that decides whether a failure is worth retrying.
+//! Error classification: the one place that decides whether a failure is worth retrying, and
+//! the few words (`throttled`, `timeout`...) a failure's reason is labelled with.
 
 use std::fmt;
+
+/// Every reason [`Classified::reason`] gives, so counters can start each series at zero.
+pub const REASONS: [&str; 11] = [
+    "throttled",
+    "server_error",
+    "client_error",
+    "timeout",
+    "connect",
+    "transport",
+    "decode",
+    "build",
+    "key_errors",
+    "bad_listing",
+    "refused",
+];
+
+/// Errors of an external system that know whether retrying can help, and why they failed in a
+/// word fit for a label. The error types keep the detail for logs.
+pub trait Classified: fmt::Display {
+    fn class(&self) -> ErrorClass;
+
+    /// One of [`REASONS`].
+    fn reason(&self) -> &'static str;
+}
+
+/// The reason of a failed HTTP answer.
+pub fn status_reason(status: u16) -> &'static str {
+    match status {
+        429 => "throttled",
+        408 => "timeout",
+        500..=599 => "server_error",
+        _ => "client_error",
+    }
+}
 
 /// What a failure means for the event that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +82,22 @@ mod tests {
                 ErrorClass::Transient,
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_a_few_listed_reasons() {
+        for (status, reason) in [
+            (400, "client_error"),
+            (404, "client_error"),
+            (408, "timeout"),
+            (429, "throttled"),
+            (500, "server_error"),
+            (503, "server_error"),
+            (599, "server_error"),
+        ] {
+            assert_eq!(status_reason(status), reason, "{status}");
+            assert!(REASONS.contains(&reason));
         }
     }
 

@@ -1,9 +1,11 @@
-//! Pure domain logic, free of I/O: events, retention policy, ranking, artifact locations and
-//! error classification. Most unit tests live here.
+//! Pure domain logic, free of I/O: events, retention policy, ranking, artifact locations, the
+//! marking contract with MLflow and error classification. Most unit tests live here.
 
 pub mod audit;
 pub mod classify;
 pub mod event;
 pub mod location;
+pub mod marks;
 pub mod policy;
 pub mod ranking;
+pub mod run;

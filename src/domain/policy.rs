@@ -28,6 +28,9 @@ pub const TAG_MAX_METRIC: &str = "model_pruner.max_metric";
 /// Experiment tag naming the age a run must have reached to be a candidate at all (`30d`).
 pub const TAG_OLDER_THAN: &str = "model_pruner.older_than";
 
+/// The longest `grace`: a follow-up pass waits at most this long (plus a second).
+pub const MAX_GRACE: Duration = Duration::from_secs(90 * 86_400);
+
 /// Which end of the metric is best.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -365,7 +368,10 @@ pub fn resolve(
         direction: direction.value.parse().map_err(|e| direction.error(e))?,
         keep_top: keep_top.count()?,
         keep_latest: keep_latest.count()?,
-        grace: grace.duration()?,
+        grace: match grace.duration()? {
+            Some(d) if d > MAX_GRACE => return Err(grace.error("must be at most 90d")),
+            d => d,
+        },
         group_by: group_by
             .optional()
             .map(|v| v.parse().map_err(|e| group_by.error(e)))
@@ -638,8 +644,9 @@ mod tests {
 
     #[test]
     fn bad_rule_values_name_the_field_value_and_source() {
-        let cases: [(&str, &str, &str); 7] = [
+        let cases: [(&str, &str, &str); 8] = [
             (TAG_GRACE, "soon", "grace"),
+            (TAG_GRACE, "91d", "grace"),
             (TAG_OLDER_THAN, "-1d", "older_than"),
             (TAG_GROUP_BY, "base_model", "group_by"),
             (TAG_GROUP_BY, "metrics.loss", "group_by"),

@@ -29,14 +29,14 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::domain::policy::{Direction, GroupKey, RetentionPolicy};
+use crate::domain::run::RunStatus;
 
 /// What ranking needs to know about one run; built from MLflow data by the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunFacts {
     pub run_id: String,
     pub run_name: String,
-    /// MLflow run status: FINISHED, RUNNING, SCHEDULED, FAILED, KILLED.
-    pub status: String,
+    pub status: RunStatus,
     /// Lifecycle stage is `active` (not in MLflow's trash).
     pub active: bool,
     /// End time in milliseconds since the epoch.
@@ -82,7 +82,7 @@ pub enum SkipReason {
     /// The run is in MLflow's trash.
     NotActive,
     /// The run is not FINISHED (running, scheduled, failed, killed): never touched.
-    NotFinished { status: String },
+    NotFinished { status: RunStatus },
     /// The run's model was already deleted.
     AlreadyPruned,
     /// The run has no stored model.
@@ -287,6 +287,15 @@ pub enum RankingError {
          nothing deleted (is the metric name right?)"
     )]
     NoMetric { metric: String, candidates: usize },
+    #[error(
+        "none of the {candidates} candidates has a value of {metric:?} within the floor \
+         ({floor}): nothing deleted (is the floor on the metric's scale?)"
+    )]
+    NothingWithinFloor {
+        metric: String,
+        candidates: usize,
+        floor: String,
+    },
 }
 
 /// Ranks the runs under the policy at `now` (milliseconds since the epoch, for `grace` and
@@ -318,6 +327,28 @@ pub fn rank(
         return Err(RankingError::NoMetric {
             metric: policy.metric.clone(),
             candidates: missing,
+        });
+    }
+
+    let floored = policy.min_metric.is_some() || policy.max_metric.is_some();
+    if floored
+        && !candidates.is_empty()
+        && !candidates
+            .iter()
+            .any(|r| policy.within_floor(r.metric.unwrap_or(f64::NAN)))
+    {
+        let floor = [
+            ("min_metric", policy.min_metric),
+            ("max_metric", policy.max_metric),
+        ]
+        .into_iter()
+        .filter_map(|(name, v)| Some(format!("{name} {}", v?)))
+        .collect::<Vec<_>>()
+        .join(", ");
+        return Err(RankingError::NothingWithinFloor {
+            metric: policy.metric.clone(),
+            candidates: candidates.len(),
+            floor,
         });
     }
 
@@ -442,12 +473,12 @@ fn floor_miss(policy: &RetentionPolicy, value: f64) -> String {
     let metric = &policy.metric;
     match (policy.min_metric, policy.max_metric) {
         (Some(min), _) if value.is_nan() || value < min => {
-            format!("below the floor: {metric} {value} < min_metric {min}")
+            format!("outside the floor: {metric} {value} < min_metric {min}")
         }
         (_, Some(max)) if value.is_nan() || value > max => {
-            format!("below the floor: {metric} {value} > max_metric {max}")
+            format!("outside the floor: {metric} {value} > max_metric {max}")
         }
-        _ => format!("below the floor: {metric} {value}"),
+        _ => format!("outside the floor: {metric} {value}"),
     }
 }
 
@@ -462,7 +493,7 @@ pub fn rfc3339(ms: i64) -> String {
 fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: i64) -> Option<SkipReason> {
     if !run.active {
         Some(SkipReason::NotActive)
-    } else if run.status != "FINISHED" {
+    } else if run.status != RunStatus::Finished {
         Some(SkipReason::NotFinished {
             status: run.status.clone(),
         })
@@ -520,7 +551,7 @@ mod tests {
         RunFacts {
             run_id: id.into(),
             run_name: format!("name-{id}"),
-            status: "FINISHED".into(),
+            status: RunStatus::Finished,
             active: true,
             end_time: Some(end),
             metric,
@@ -668,7 +699,7 @@ mod tests {
     #[test]
     fn an_experiment_without_candidates_ranks_to_nothing() {
         let mut running = run("a", None, 1);
-        running.status = "RUNNING".into();
+        running.status = RunStatus::Running;
         let r = rank(vec![running], &policy(Direction::Max, 0), NOW).unwrap();
         assert_eq!(decisions(&r), [("a", "skipped")]);
     }
@@ -678,7 +709,7 @@ mod tests {
         let mut runs = Vec::new();
         for status in ["RUNNING", "SCHEDULED", "FAILED", "KILLED"] {
             let mut r = run(status, Some(-100.0), 1);
-            r.status = status.into();
+            r.status = RunStatus::parse(status);
             runs.push(r);
         }
         runs.push(run("ok", Some(1.0), 1));
@@ -981,14 +1012,26 @@ mod tests {
         assert!(
             r.runs[1]
                 .reason
-                .ends_with("below the floor: accuracy 0.3 < min_metric 0.5"),
+                .ends_with("outside the floor: accuracy 0.3 < min_metric 0.5"),
             "{}",
             r.runs[1].reason
         );
-        // keep_latest still keeps the latest, below the floor or not.
+        // keep_latest still keeps the latest, within the floor or not.
         let p = with(p, |p| p.keep_latest = 1);
         let r = rank(runs, &p, NOW).unwrap();
         assert_eq!(r.runs[2].rule, Rule::Latest);
+    }
+
+    #[test]
+    fn a_floor_nothing_is_within_deletes_nothing_and_says_so() {
+        let runs = vec![run("a", Some(0.8), 1), run("b", Some(0.3), 2)];
+        let p = with(policy(Direction::Max, 1), |p| p.min_metric = Some(80.0));
+        let err = rank(runs, &p, NOW).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "none of the 2 candidates has a value of \"accuracy\" within the floor (min_metric \
+             80): nothing deleted (is the floor on the metric's scale?)"
+        );
     }
 
     #[test]
@@ -1072,9 +1115,9 @@ mod tests {
         (
             "[a-f0-9]{4}",
             prop_oneof![
-                Just("FINISHED".to_string()),
-                Just("RUNNING".to_string()),
-                Just("FAILED".to_string())
+                Just(RunStatus::Finished),
+                Just(RunStatus::Running),
+                Just(RunStatus::Failed)
             ],
             any::<bool>(),
             proptest::option::of(0i64..5),
@@ -1171,7 +1214,7 @@ mod tests {
             }
         }
         for run in runs {
-            if run.status != "FINISHED" || !run.active {
+            if run.status != RunStatus::Finished || !run.active {
                 keep.insert(run.run_id.clone());
             }
         }

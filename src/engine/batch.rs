@@ -12,7 +12,7 @@ use crate::store::{ObjectInfo, Usage};
 
 /// Keys to delete in one request, all in one bucket, and the runs they belong to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Batch {
+pub struct DeleteBatch {
     pub bucket: String,
     pub objects: Vec<ObjectInfo>,
     /// The run (by index) of each object.
@@ -21,9 +21,9 @@ pub struct Batch {
     members: Vec<(usize, Usage)>,
 }
 
-impl Batch {
+impl DeleteBatch {
     fn new(bucket: &str) -> Self {
-        Batch {
+        DeleteBatch {
             bucket: bucket.to_owned(),
             objects: Vec::new(),
             owners: Vec::new(),
@@ -67,7 +67,7 @@ struct RunProgress {
 pub struct Batcher {
     batch_size: usize,
     /// The batch being filled, per bucket.
-    open: BTreeMap<String, Batch>,
+    open: BTreeMap<String, DeleteBatch>,
     runs: Vec<RunProgress>,
 }
 
@@ -95,7 +95,7 @@ impl Batcher {
     }
 
     /// Files listed in one of `run`'s folders; returns the batches this filled up.
-    pub fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<Batch> {
+    pub fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<DeleteBatch> {
         let mut full = Vec::new();
         if self.runs[run].withdrawn {
             return full;
@@ -104,7 +104,7 @@ impl Batcher {
             let batch = self
                 .open
                 .entry(bucket.to_owned())
-                .or_insert_with(|| Batch::new(bucket));
+                .or_insert_with(|| DeleteBatch::new(bucket));
             let size = object.size;
             batch.objects.push(object);
             batch.owners.push(run);
@@ -142,14 +142,14 @@ impl Batcher {
     }
 
     /// The partly filled batches, to send once nothing more will be listed for a while.
-    pub fn flush(&mut self) -> Vec<Batch> {
+    pub fn flush(&mut self) -> Vec<DeleteBatch> {
         std::mem::take(&mut self.open).into_values().collect()
     }
 
     /// Takes `run` out of the pass, before any of its keys were sent: its keys leave the open
     /// batches and `batches` (batches taken from the batcher but not sent yet), those left
     /// empty are dropped, and later listings of its folders add nothing.
-    pub fn withdraw(&mut self, run: usize, batches: &mut Vec<Batch>) {
+    pub fn withdraw(&mut self, run: usize, batches: &mut Vec<DeleteBatch>) {
         self.runs[run].withdrawn = true;
         self.runs[run].batches_pending = 0;
         for batch in self.open.values_mut().chain(batches.iter_mut()) {
@@ -160,7 +160,7 @@ impl Batcher {
     }
 
     /// A batch was deleted; returns the runs it completed, with what was freed for each.
-    pub fn deleted(&mut self, batch: &Batch) -> Vec<(usize, Usage)> {
+    pub fn deleted(&mut self, batch: &DeleteBatch) -> Vec<(usize, Usage)> {
         batch
             .members
             .iter()
@@ -208,7 +208,7 @@ mod tests {
         }
     }
 
-    fn keys(batch: &Batch) -> Vec<&str> {
+    fn keys(batch: &DeleteBatch) -> Vec<&str> {
         batch.objects.iter().map(|o| o.key.as_str()).collect()
     }
 

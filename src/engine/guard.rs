@@ -18,9 +18,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::PlannedDeletion;
-use super::inventory::{ModelSources, TAG_KEEP, is_pruned, is_true};
+use super::inventory::{ModelSources, is_pruned};
 use crate::domain::location::LocationRules;
+use crate::domain::marks;
 use crate::domain::ranking::{Decision, Protection, SkipReason};
+use crate::domain::run::{LifecycleStage, RunStatus};
 use crate::mlflow::{ModelVersion, Run};
 
 /// What to do with one logged model of a run about to be pruned.
@@ -190,11 +192,12 @@ pub fn check(
                 return false;
             };
             let other_sources = sources.get(other).unwrap_or(&empty);
-            let protected = is_true(run.tags.get(TAG_KEEP))
+            let protected = marks::is_kept(&run.tags)
                 || versions
                     .iter()
                     .any(|v| points_at(v, other, other_sources, rules));
-            let ended = run.lifecycle_stage == "active" && run.status == "FINISHED";
+            let ended =
+                run.lifecycle_stage == LifecycleStage::Active && run.status == RunStatus::Finished;
             !protected && ended && (looked == Some(true) || is_pruned(run))
         };
         let mut changed = false;
@@ -230,10 +233,10 @@ fn withdrawal(
         // Gone from MLflow since the ranking read it: keep its files.
         return skipped(SkipReason::NotActive);
     };
-    if run.lifecycle_stage != "active" {
+    if run.lifecycle_stage != LifecycleStage::Active {
         return skipped(SkipReason::NotActive);
     }
-    if run.status != "FINISHED" {
+    if run.status != RunStatus::Finished {
         return skipped(SkipReason::NotFinished {
             status: run.status.clone(),
         });
@@ -241,7 +244,7 @@ fn withdrawal(
     if is_pruned(run) {
         return skipped(SkipReason::AlreadyPruned);
     }
-    if is_true(run.tags.get(TAG_KEEP)) {
+    if marks::is_kept(&run.tags) {
         return Some(Decision::Protected {
             protection: Protection::KeepTag,
         });
@@ -391,8 +394,8 @@ mod tests {
             run_id: id.into(),
             run_name: id.into(),
             experiment_id: "1".into(),
-            status: status.into(),
-            lifecycle_stage: "active".into(),
+            status: RunStatus::parse(status),
+            lifecycle_stage: LifecycleStage::Active,
             start_time: Some(1),
             end_time: Some(2),
             artifact_uri: format!("mlflow-artifacts:/1/{id}/artifacts"),
@@ -425,7 +428,7 @@ mod tests {
     #[test]
     fn fresh_reads_versions_and_kept_sharers_withdraw_runs() {
         let mut keep = run("keep", "FINISHED");
-        keep.tags.insert(TAG_KEEP.into(), "true".into());
+        keep.tags.insert(marks::TAG_KEEP.into(), "true".into());
         let mut pruned = run("pruned", "FINISHED");
         pruned
             .tags

@@ -3,20 +3,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED, TAG_KEEP};
 use crate::domain::policy::GroupKey;
 use crate::domain::ranking::{Protection, RunFacts};
+use crate::domain::run::LifecycleStage;
 use crate::mlflow::{LoggedModel, Run};
-
-/// Tag written on runs and logged models once their files are gone.
-pub const TAG_DELETED: &str = "model_pruner.deleted";
-/// RFC 3339 time of the deletion.
-pub const TAG_DELETED_AT: &str = "model_pruner.deleted_at";
-/// Why the model was deleted (its rank and the policy).
-pub const TAG_REASON: &str = "model_pruner.reason";
-/// Run tag that protects a run's models.
-pub const TAG_KEEP: &str = "model_pruner.keep";
-/// Param EmbeddingStudio's trainer sets on pruned runs, honoured and written for compatibility.
-pub const PARAM_DELETED: &str = "model_deleted";
 
 /// One stored model of a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +78,9 @@ impl InventoryOptions<'_> {
     }
 }
 
-/// A flag value MLflow users write for true.
-pub fn is_true(value: Option<&String>) -> bool {
-    value.is_some_and(|v| matches!(v.trim(), "1" | "true" | "True" | "TRUE"))
-}
-
 /// The run is marked pruned (tag `model_pruner.deleted` or param `model_deleted`).
 pub fn is_pruned(run: &Run) -> bool {
-    is_true(run.tags.get(TAG_DELETED)) || is_true(run.params.get(PARAM_DELETED))
+    marks::is_marked(&run.tags, &run.params)
 }
 
 /// Builds the inventory of `runs`, linking logged models by `outputs.model_outputs` and by
@@ -147,13 +133,13 @@ pub fn build(
         let mut models: Vec<StoredModel> = logged
             .into_iter()
             .flat_map(|m| m.values())
-            .filter(|m| !is_true(m.tags.get(TAG_DELETED)))
+            .filter(|m| !marks::is_model_marked(&m.tags))
             .map(|m| StoredModel::Logged {
                 model_id: m.model_id.clone(),
                 artifact_uri: m.artifact_uri.clone(),
             })
             .collect();
-        if is_true(run.params.get(options.model_uploaded_param)) {
+        if marks::has_classic_model(&run.params, options.model_uploaded_param) {
             models.push(StoredModel::Classic {
                 artifact_uri: run.artifact_uri.clone(),
             });
@@ -162,12 +148,12 @@ pub fn build(
             run_id: run.run_id.clone(),
             run_name: run.run_name.clone(),
             status: run.status.clone(),
-            active: run.lifecycle_stage == "active",
+            active: run.lifecycle_stage == LifecycleStage::Active,
             end_time: run.end_time,
             metric: run.metrics.get(options.metric).copied(),
             has_model: !models.is_empty(),
             pruned: is_pruned(run),
-            protection: is_true(run.tags.get(TAG_KEEP)).then_some(Protection::KeepTag),
+            protection: marks::is_kept(&run.tags).then_some(Protection::KeepTag),
             group: options.group(run),
         });
         if !models.is_empty() {
@@ -190,14 +176,15 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::run::RunStatus;
 
     fn run(id: &str) -> Run {
         Run {
             run_id: id.into(),
             run_name: format!("name-{id}"),
             experiment_id: "1".into(),
-            status: "FINISHED".into(),
-            lifecycle_stage: "active".into(),
+            status: RunStatus::Finished,
+            lifecycle_stage: LifecycleStage::Active,
             start_time: Some(1),
             end_time: Some(2),
             artifact_uri: format!("s3://mlflow/1/{id}/artifacts"),
@@ -314,10 +301,10 @@ mod tests {
     #[test]
     fn lifecycle_and_status_are_carried_over() {
         let mut a = classic("a");
-        a.lifecycle_stage = "deleted".into();
-        a.status = "RUNNING".into();
+        a.lifecycle_stage = LifecycleStage::Deleted;
+        a.status = RunStatus::Running;
         let inv = build(vec![a], &[], &OPTS);
         assert!(!inv.facts[0].active);
-        assert_eq!(inv.facts[0].status, "RUNNING");
+        assert_eq!(inv.facts[0].status, RunStatus::Running);
     }
 }

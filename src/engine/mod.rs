@@ -7,7 +7,10 @@
 //! any point is completed by the next one.
 //!
 //! # Layout
-//! - `mod.rs`: [`Engine::run_pass`]: read MLflow, rank, resolve every location, confirm, prune.
+//! - `mod.rs`: [`Engine::run_pass`]: read MLflow, plan, take a first look, then apply (prune,
+//!   and retire the experiment when asked).
+//! - `plan.rs`: the plan step, pure: policy, foreign runs, ranking, every folder resolved, the
+//!   safety valve and what keeps an experiment from being retired.
 //! - `confirm.rs`, `guard.rs`: the last look before files go: the planned runs read again and
 //!   the registry versions pointing at them looked up (I/O), and what still stands (pure).
 //! - `prune.rs`: the deletion pipeline: list folders, delete keys in batches, mark runs.
@@ -21,12 +24,13 @@ mod confirm;
 mod error;
 mod guard;
 pub mod inventory;
+mod plan;
 mod prune;
 mod report;
 mod retry;
 mod walk;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 
 use tracing::{info, instrument};
 
@@ -35,15 +39,14 @@ pub use report::{PassReport, PlannedDeletion, PrunedRun};
 pub use retry::RetryPolicy;
 
 use crate::domain::event::Event;
-use crate::domain::location::{LocationRules, Owner};
-use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
-use crate::domain::ranking;
-use crate::mlflow::{MlflowClient, MlflowError, RunFields};
+use crate::domain::location::LocationRules;
+use crate::domain::policy::{PolicyDefaults, PolicyOverrides};
+use crate::domain::run::LifecycleStage;
+use crate::mlflow::{Experiment, LoggedModel, MlflowClient, MlflowError, Run, RunFields};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
 use confirm::Depth;
-use guard::Share;
-use inventory::{InventoryOptions, StoredModel};
+use inventory::InventoryOptions;
 
 /// What kind of pass to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +113,7 @@ impl Engine {
         Ok(Engine {
             mlflow: MlflowClient::new(&settings.mlflow)?,
             store: ObjectStore::new(&settings.store),
-            rules: LocationRules {
-                allowed_buckets: settings.store.allowed_buckets.clone(),
-                artifacts_destination: settings.store.artifacts_destination.clone(),
-            },
+            rules: settings.store.location_rules(),
             defaults: settings.policy.clone(),
             model_uploaded_param: settings.mlflow.model_uploaded_param.clone(),
             log_deleted_param: settings.mlflow.log_deleted_param,
@@ -135,44 +135,128 @@ impl Engine {
     /// Ranks the experiment and prunes what fell out of the top N. Runs named in the request
     /// that do not belong to the experiment are reported in `foreign_run_ids`; if every named
     /// run is foreign the pass fails without deleting anything.
-    #[instrument(skip_all, fields(experiment_id = %req.experiment_id, dry_run = req.dry_run), err)]
+    #[instrument(skip_all, fields(experiment_id = %req.experiment_id, dry_run = req.dry_run))]
     pub async fn run_pass(&self, req: &PassRequest) -> Result<PassReport, PruneError> {
         let experiment_id = req.experiment_id.as_str();
-        let mlflow_err = |source: MlflowError| {
-            if source.is_not_found() {
-                PruneError::UnknownExperiment {
-                    experiment_id: experiment_id.to_owned(),
-                }
-            } else {
-                PruneError::Mlflow {
-                    experiment_id: experiment_id.to_owned(),
-                    source,
-                }
-            }
+        let planner = plan::Planner {
+            defaults: &self.defaults,
+            rules: &self.rules,
+            model_uploaded_param: &self.model_uploaded_param,
         };
-        let experiment = self
-            .retry
+        // Read.
+        let experiment = self.read_experiment(experiment_id).await?;
+        let policy = planner.policy(req, &experiment)?;
+        let options = planner.options(&policy);
+        let (runs, logged_models) = self.read_runs(experiment_id, &options).await?;
+
+        // Plan.
+        let mut plan = planner.plan(req, policy.clone(), runs, &logged_models, now_ms())?;
+        log_plan(&plan);
+        // A first look before the safety valve counts: registered runs are not deletions. A dry
+        // run's look is as thorough as the one a real pass makes before each run's files go.
+        let depth = if req.dry_run {
+            Depth::Full
+        } else {
+            Depth::RunIds
+        };
+        let all: Vec<usize> = (0..plan.planned.len()).collect();
+        let verdicts = self
+            .confirm(
+                experiment_id,
+                &plan.planned,
+                &all,
+                &HashMap::new(),
+                &plan.inventory.sources,
+                &options,
+                depth,
+            )
+            .await?;
+        plan.withdraw(verdicts);
+        plan.check_valve(
+            experiment_id,
+            req.kind,
+            self.defaults.max_deletions_per_pass,
+        )?;
+
+        let mut report = PassReport {
+            experiment_id: experiment_id.to_owned(),
+            policy: plan.policy,
+            ranking: plan.ranking,
+            planned: plan.planned,
+            pruned: Vec::new(),
+            foreign_run_ids: plan.foreign_run_ids,
+            experiment_deleted: false,
+            dry_run: req.dry_run,
+        };
+        if req.dry_run {
+            return Ok(report);
+        }
+
+        // Apply.
+        let pruned = self
+            .prune(
+                experiment_id,
+                &report.planned,
+                &plan.inventory.sources,
+                &options,
+            )
+            .await?;
+        for (run_id, decision) in pruned.withdrawn {
+            report.ranking.withdraw(&run_id, decision);
+            report.planned.retain(|p| p.run_id != run_id);
+        }
+        report.pruned = pruned.runs;
+        if let PassKind::Sweep {
+            delete_experiment: true,
+            ..
+        } = req.kind
+        {
+            // A redelivered retirement finds the experiment already deleted: nothing to redo.
+            if experiment.lifecycle_stage != LifecycleStage::Deleted {
+                self.delete_experiment(&report).await?;
+            }
+            report.experiment_deleted = true;
+        }
+        info!(
+            ranked = report.ranking.ranked,
+            pruned = report.pruned.len(),
+            objects = report.objects_deleted(),
+            bytes = report.bytes_deleted(),
+            "pass finished"
+        );
+        Ok(report)
+    }
+
+    /// The experiment, or [`PruneError::UnknownExperiment`].
+    async fn read_experiment(&self, experiment_id: &str) -> Result<Experiment, PruneError> {
+        self.retry
             .run("mlflow", "experiments/get", || {
                 self.mlflow.get_experiment(experiment_id)
             })
             .await
-            .map_err(mlflow_err)?;
-        let policy =
-            policy::resolve(&req.policy, &experiment.tags, &self.defaults).map_err(|source| {
-                PruneError::Policy {
-                    experiment_id: experiment_id.to_owned(),
-                    source,
+            .map_err(|source| {
+                if source.is_not_found() {
+                    PruneError::UnknownExperiment {
+                        experiment_id: experiment_id.to_owned(),
+                    }
+                } else {
+                    PruneError::Mlflow {
+                        experiment_id: experiment_id.to_owned(),
+                        source,
+                    }
                 }
-            })?;
+            })
+    }
 
+    /// The experiment's runs with what `options` needs of them, and its logged models.
+    async fn read_runs(
+        &self,
+        experiment_id: &str,
+        options: &InventoryOptions<'_>,
+    ) -> Result<(Vec<Run>, Vec<LoggedModel>), PruneError> {
         let mlflow_err = |source| PruneError::Mlflow {
             experiment_id: experiment_id.to_owned(),
             source,
-        };
-        let options = InventoryOptions {
-            metric: &policy.metric,
-            model_uploaded_param: &self.model_uploaded_param,
-            group_by: policy.group_by.as_ref(),
         };
         let params = options.params();
         let tags = options.tags();
@@ -188,19 +272,6 @@ impl Engine {
             })
             .await
             .map_err(mlflow_err)?;
-        let known: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
-        let foreign_run_ids: Vec<String> = req
-            .run_ids
-            .iter()
-            .filter(|id| !known.contains(id.as_str()))
-            .cloned()
-            .collect();
-        if !req.run_ids.is_empty() && foreign_run_ids.len() == req.run_ids.len() {
-            return Err(PruneError::RunNotInExperiment {
-                experiment_id: experiment_id.to_owned(),
-                run_ids: foreign_run_ids,
-            });
-        }
         let logged_models = self
             .retry
             .run("mlflow", "logged-models/search", || {
@@ -208,213 +279,12 @@ impl Engine {
             })
             .await
             .map_err(mlflow_err)?;
-
-        let mut inventory = inventory::build(runs, &logged_models, &options);
-        let mut ranking = ranking::rank(std::mem::take(&mut inventory.facts), &policy, now_ms())
-            .map_err(|source| PruneError::Ranking {
-                experiment_id: experiment_id.to_owned(),
-                source,
-            })?;
-        if !ranking.ungrouped.is_empty() {
-            tracing::warn!(
-                run_ids = ?ranking.ungrouped,
-                group_by = %policy.group_by.as_ref().map(ToString::to_string).unwrap_or_default(),
-                "runs without the group_by key were ranked in a group of their own"
-            );
-        }
-        if !ranking.repeated.is_empty() {
-            tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
-        }
-        for run in ranking.missing_metric() {
-            tracing::warn!(
-                run_id = %run.run.run_id,
-                metric = %policy.metric,
-                "run has a model but no value for the metric: kept"
-            );
-        }
-
-        let mut planned = self.plan_deletions(experiment_id, &ranking, &inventory)?;
-        // A first look before the safety valve counts: registered runs are not deletions. A dry
-        // run's look is as thorough as the one a real pass makes before each run's files go.
-        let depth = if req.dry_run {
-            Depth::Full
-        } else {
-            Depth::RunIds
-        };
-        let all: Vec<usize> = (0..planned.len()).collect();
-        let verdicts = self
-            .confirm(
-                experiment_id,
-                &planned,
-                &all,
-                &HashMap::new(),
-                &inventory.sources,
-                &options,
-                depth,
-            )
-            .await?;
-        // Verdicts come in plan order: removing from the end keeps the other indices valid.
-        for (at, decision) in verdicts.into_iter().rev() {
-            if let Some(decision) = decision {
-                ranking.withdraw(&planned[at].run_id, decision);
-                planned.remove(at);
-            }
-        }
-        let forced = matches!(req.kind, PassKind::Sweep { force: true, .. });
-        let max = self.defaults.max_deletions_per_pass;
-        if !forced && planned.len() > max as usize {
-            return Err(PruneError::SafetyValve {
-                experiment_id: experiment_id.to_owned(),
-                count: planned.len(),
-                max,
-            });
-        }
-
-        let mut report = PassReport {
-            experiment_id: experiment_id.to_owned(),
-            policy: policy.clone(),
-            ranking,
-            planned,
-            pruned: Vec::new(),
-            foreign_run_ids,
-            experiment_deleted: false,
-            dry_run: req.dry_run,
-        };
-        if req.dry_run {
-            return Ok(report);
-        }
-
-        let pruned = self
-            .prune(experiment_id, &report.planned, &inventory.sources, &options)
-            .await?;
-        for (run_id, decision) in pruned.withdrawn {
-            report.ranking.withdraw(&run_id, decision);
-            report.planned.retain(|p| p.run_id != run_id);
-        }
-        report.pruned = pruned.runs;
-
-        if let PassKind::Sweep {
-            delete_experiment: true,
-            ..
-        } = req.kind
-        {
-            // A redelivered retirement finds the experiment already deleted: nothing to redo.
-            if experiment.lifecycle_stage != "deleted" {
-                self.delete_experiment(&report).await?;
-            }
-            report.experiment_deleted = true;
-        }
-        info!(
-            ranked = report.ranking.ranked,
-            pruned = report.pruned.len(),
-            objects = report.objects_deleted(),
-            bytes = report.bytes_deleted(),
-            "pass finished"
-        );
-        Ok(report)
-    }
-
-    /// Resolves every location to delete before anything is deleted, so a refused location
-    /// leaves the whole experiment untouched. A logged model linked to several runs is planned
-    /// only when all of them are pruned, by the last of them in plan order.
-    fn plan_deletions(
-        &self,
-        experiment_id: &str,
-        ranking: &ranking::Ranking,
-        inventory: &inventory::Inventory,
-    ) -> Result<Vec<PlannedDeletion>, PruneError> {
-        let deleting: HashMap<&str, usize> = ranking
-            .to_delete()
-            .enumerate()
-            .map(|(at, r)| (r.run.run_id.as_str(), at))
-            .collect();
-        let pruned: HashSet<&str> = ranking
-            .runs
-            .iter()
-            .filter(|r| r.run.pruned)
-            .map(|r| r.run.run_id.as_str())
-            .collect();
-        let no_links = BTreeSet::new();
-        ranking
-            .to_delete()
-            .map(|r| {
-                let run_id = &r.run.run_id;
-                let mut shared_with = BTreeMap::new();
-                let mut locations = Vec::new();
-                for model in inventory.models.get(run_id).into_iter().flatten() {
-                    let (uri, sub, owner, model_id) = match model {
-                        StoredModel::Logged {
-                            model_id,
-                            artifact_uri,
-                        } => {
-                            let linked = inventory.links.get(model_id).unwrap_or(&no_links);
-                            match guard::share(run_id, linked, &deleting, &pruned) {
-                                Share::Carry { with } if !with.is_empty() => {
-                                    shared_with.insert(model_id.clone(), with);
-                                }
-                                Share::Carry { .. } => {}
-                                Share::CarriedBy(_) => continue,
-                                Share::KeptFor(keeper) => {
-                                    tracing::info!(%run_id, %model_id, %keeper, "shared logged model kept for another run");
-                                    continue;
-                                }
-                            }
-                            (
-                                artifact_uri,
-                                "",
-                                Owner::LoggedModel(model_id),
-                                Some(model_id.clone()),
-                            )
-                        }
-                        StoredModel::Classic { artifact_uri } => {
-                            (artifact_uri, "model", Owner::Run(run_id), None)
-                        }
-                    };
-                    let location = self.rules.resolve(uri, sub, owner).map_err(|source| {
-                        PruneError::Location {
-                            experiment_id: experiment_id.to_owned(),
-                            run_id: run_id.clone(),
-                            source,
-                        }
-                    })?;
-                    locations.push((location, model_id));
-                }
-                Ok(PlannedDeletion {
-                    run_id: run_id.clone(),
-                    run_name: r.run.run_name.clone(),
-                    reason: r.reason.clone(),
-                    locations,
-                    shared_with,
-                })
-            })
-            .collect()
+        Ok((runs, logged_models))
     }
 
     /// Soft-deletes the experiment once no run holds an unprotected model or is unfinished.
     async fn delete_experiment(&self, report: &PassReport) -> Result<(), PruneError> {
-        let remaining: Vec<String> = report
-            .ranking
-            .runs
-            .iter()
-            .filter_map(|r| {
-                let blocking = match &r.decision {
-                    ranking::Decision::Keep | ranking::Decision::Grace { .. } => true,
-                    ranking::Decision::Skipped { reason } => matches!(
-                        reason,
-                        ranking::SkipReason::MissingMetric
-                            | ranking::SkipReason::NotFinished { .. }
-                    ),
-                    ranking::Decision::Protected { .. } | ranking::Decision::Delete => false,
-                };
-                let unfinished = matches!(
-                    &r.decision,
-                    ranking::Decision::Skipped { reason: ranking::SkipReason::NotFinished { status } }
-                        if matches!(status.as_str(), "RUNNING" | "SCHEDULED")
-                );
-                let stored = r.run.has_model || unfinished;
-                (blocking && stored).then(|| format!("{} ({})", r.run.run_id, r.reason))
-            })
-            .collect();
+        let remaining = plan::retirement_blockers(&report.ranking);
         if !remaining.is_empty() {
             return Err(PruneError::ExperimentNotEmpty {
                 experiment_id: report.experiment_id.clone(),
@@ -437,6 +307,29 @@ impl Engine {
         }
         info!("experiment deleted");
         Ok(())
+    }
+}
+
+/// Logs what the ranking left to report: runs without the group key, rows read twice, runs
+/// without the metric.
+fn log_plan(plan: &plan::Plan) {
+    let ranking = &plan.ranking;
+    if !ranking.ungrouped.is_empty() {
+        tracing::warn!(
+            run_ids = ?ranking.ungrouped,
+            group_by = %plan.policy.group_by.as_ref().map(ToString::to_string).unwrap_or_default(),
+            "runs without the group_by key were ranked in a group of their own"
+        );
+    }
+    if !ranking.repeated.is_empty() {
+        tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
+    }
+    for run in ranking.missing_metric() {
+        tracing::warn!(
+            run_id = %run.run.run_id,
+            metric = %plan.policy.metric,
+            "run has a model but no value for the metric: kept"
+        );
     }
 }
 

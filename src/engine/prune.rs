@@ -14,13 +14,12 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
-use super::batch::{Batch, Batcher};
+use super::batch::{Batcher, DeleteBatch};
 use super::confirm::Depth;
-use super::inventory::{
-    InventoryOptions, ModelSources, PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON,
-};
-use super::walk::{self, Walk};
+use super::inventory::{InventoryOptions, ModelSources};
+use super::walk::{self, ListingWalk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun};
+use crate::domain::marks::{PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON};
 use crate::domain::ranking::Decision;
 use crate::store::{Page, Usage};
 
@@ -72,7 +71,7 @@ impl Engine {
             .iter()
             .enumerate()
             .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
-        let mut walks: VecDeque<Walk> = walk::plan(folders, width).into();
+        let mut walks: VecDeque<ListingWalk> = walk::plan(folders, width).into();
         let index: HashMap<&str, usize> = planned
             .iter()
             .enumerate()
@@ -87,9 +86,9 @@ impl Engine {
         let mut looks = vec![Look::Pending; planned.len()];
         let mut asked: Vec<usize> = Vec::new();
         let mut confirming = FuturesUnordered::new();
-        let mut held: Vec<Batch> = Vec::new();
+        let mut held: Vec<DeleteBatch> = Vec::new();
         let mut lists = FuturesUnordered::new();
-        let mut batches: VecDeque<Batch> = VecDeque::new();
+        let mut batches: VecDeque<DeleteBatch> = VecDeque::new();
         let mut deletes = FuturesUnordered::new();
         let mut unconfirmed_marks: Vec<(usize, Usage)> = batcher.complete_without_folders();
         let mut to_mark: VecDeque<(usize, Usage)> = VecDeque::new();
@@ -164,7 +163,7 @@ impl Engine {
                 });
             }
             // Batches whose runs all passed their look go; marks likewise.
-            let (ready, waiting): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut held)
+            let (ready, waiting): (Vec<DeleteBatch>, Vec<DeleteBatch>) = std::mem::take(&mut held)
                 .into_iter()
                 .partition(|batch| batch.runs().all(|run| looks[run] == Look::Confirmed));
             batches.extend(ready);
@@ -246,8 +245,8 @@ impl Engine {
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-        walk: Walk,
-    ) -> Result<(Walk, Page), PruneError> {
+        walk: ListingWalk,
+    ) -> Result<(ListingWalk, Page), PruneError> {
         let request = walk
             .request()
             .expect("a walk is listed only while it has folders left");
@@ -275,8 +274,8 @@ impl Engine {
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-        batch: Batch,
-    ) -> Result<Batch, PruneError> {
+        batch: DeleteBatch,
+    ) -> Result<DeleteBatch, PruneError> {
         self.retry
             .run("store", "DeleteObjects", || {
                 self.store.delete_objects(&batch.bucket, &batch.objects)
@@ -291,7 +290,7 @@ impl Engine {
     }
 
     /// Marks a run whose files are all gone: its logged models first, then the run itself.
-    #[tracing::instrument(skip_all, fields(experiment_id, run_id = %plan.run_id), err)]
+    #[tracing::instrument(skip_all, fields(experiment_id, run_id = %plan.run_id))]
     async fn mark_run(
         &self,
         experiment_id: &str,

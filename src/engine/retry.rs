@@ -1,47 +1,14 @@
 //! In-process retries of single MLflow and store calls: exponential backoff with full jitter,
 //! only for transient errors, a few attempts within seconds. Longer waits are the worker's job.
 
-use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_retry::RetryIf;
 use tokio_retry::strategy::{ExponentialBackoff, jitter};
 
-use crate::domain::classify::ErrorClass;
-use crate::mlflow::MlflowError;
+use crate::domain::classify::{Classified, ErrorClass};
 use crate::settings::RetrySettings;
-use crate::store::StoreError;
-
-/// Errors that know whether retrying can help.
-pub trait Classified: Display {
-    fn class(&self) -> ErrorClass;
-
-    /// A low-cardinality reason for logs and metrics (`timeout`, `throttled`...).
-    fn reason(&self) -> &'static str {
-        self.class().as_str()
-    }
-}
-
-impl Classified for MlflowError {
-    fn class(&self) -> ErrorClass {
-        MlflowError::class(self)
-    }
-
-    fn reason(&self) -> &'static str {
-        crate::metrics::mlflow_reason(self)
-    }
-}
-
-impl Classified for StoreError {
-    fn class(&self) -> ErrorClass {
-        StoreError::class(self)
-    }
-
-    fn reason(&self) -> &'static str {
-        crate::metrics::store_reason(self)
-    }
-}
 
 /// How often and how patiently one call is retried.
 #[derive(Debug, Clone)]
@@ -105,7 +72,7 @@ mod tests {
 
     #[derive(Debug)]
     struct Fail(ErrorClass);
-    impl Display for Fail {
+    impl std::fmt::Display for Fail {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             write!(f, "{}", self.0)
         }
@@ -113,6 +80,10 @@ mod tests {
     impl Classified for Fail {
         fn class(&self) -> ErrorClass {
             self.0
+        }
+
+        fn reason(&self) -> &'static str {
+            "server_error"
         }
     }
 

@@ -38,7 +38,7 @@ pub struct Step {
 
 /// A walk over sorted folders of one bucket sharing a root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Walk {
+pub struct ListingWalk {
     bucket: String,
     root: String,
     folders: Vec<Folder>,
@@ -48,7 +48,7 @@ pub struct Walk {
     last: Option<String>,
 }
 
-impl Walk {
+impl ListingWalk {
     /// The next request; `None` once every folder is listed.
     pub fn request(&self) -> Option<Request<'_>> {
         let folder = self.folders.get(self.next)?;
@@ -113,7 +113,7 @@ impl Walk {
 pub fn plan<'a>(
     locations: impl IntoIterator<Item = (usize, &'a ModelLocation)>,
     width: usize,
-) -> Vec<Walk> {
+) -> Vec<ListingWalk> {
     let mut folders: Vec<(&str, Folder)> = locations
         .into_iter()
         .map(|(run, location)| {
@@ -153,9 +153,9 @@ pub fn plan<'a>(
     walks
 }
 
-fn walk(bucket: &str, folders: Vec<Folder>) -> Walk {
+fn walk(bucket: &str, folders: Vec<Folder>) -> ListingWalk {
     let root = common_root(&folders);
-    Walk {
+    ListingWalk {
         bucket: bucket.to_owned(),
         root,
         folders,
@@ -208,14 +208,14 @@ mod tests {
             .collect()
     }
 
-    fn one_walk(prefixes: &[&str]) -> Walk {
+    fn one_walk(prefixes: &[&str]) -> ListingWalk {
         let locations: Vec<ModelLocation> = prefixes.iter().map(|p| loc("mlflow", p)).collect();
         let mut walks = plan(locations.iter().enumerate(), 1);
         assert_eq!(walks.len(), 1);
         walks.remove(0)
     }
 
-    fn request(walk: &Walk) -> Option<(&str, Option<&str>)> {
+    fn request(walk: &ListingWalk) -> Option<(&str, Option<&str>)> {
         walk.request().map(|r| (r.prefix, r.start_after))
     }
 

@@ -6,10 +6,8 @@
 //! - `server`: the HTTP listener ([`Server`]).
 //! - `health`: what `/healthz` and `/readyz` answer ([`Health`]), from the worker's loop, its
 //!   broker session and when MLflow and the store last answered.
-//! - `reason`: low-cardinality reasons of failed calls, for the retry counter.
 
 mod health;
-mod reason;
 mod server;
 
 use std::collections::BTreeSet;
@@ -23,14 +21,10 @@ use prometheus::{
 };
 
 pub use health::{Health, ProbeReport, STALLED_AFTER, UNANSWERED_FOR};
-pub use reason::{mlflow_reason, store_reason};
 pub use server::Server;
 
-use crate::domain::classify::ErrorClass;
+use crate::domain::classify::{ErrorClass, REASONS};
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
-use crate::engine::{PassReport, PruneError};
-use crate::store::StoreError;
-use crate::worker::outcome::Outcome;
 
 /// The registry `/metrics` serves.
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -225,7 +219,7 @@ impl Metrics {
         // A counter series that appears at 1 shows no increase() or rate() in its first
         // window: the dashboard would miss the first retry of a kind.
         for target in [Target::Mlflow, Target::Store] {
-            for reason in reason::REASONS {
+            for reason in REASONS {
                 m.retries.with_label_values(&[target.as_str(), reason]);
             }
         }
@@ -323,19 +317,6 @@ pub enum Finished<'a> {
     },
 }
 
-impl<'a> From<&'a Outcome> for Finished<'a> {
-    fn from(outcome: &'a Outcome) -> Self {
-        match outcome {
-            Outcome::Ack => Finished::Ok,
-            Outcome::Delay { .. } => Finished::Delayed,
-            Outcome::DeadLetter { failure, .. } => Finished::DeadLettered {
-                class: failure.class.as_str(),
-                reason: failure.kind,
-            },
-        }
-    }
-}
-
 impl Message {
     pub fn received(routing_key: &str) -> Self {
         let kind = kind(routing_key);
@@ -388,25 +369,34 @@ pub fn ack_lost(operation: &'static str) {
     M.acks_lost.with_label_values(&[operation]).inc();
 }
 
-/// Counts a pass that covered `events` deliveries; a successful one also counts its ranking.
-pub fn pass_finished(result: &Result<PassReport, PruneError>, events: usize, elapsed: Duration) {
+/// What a successful pass decided, run by run, for the runs counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub evaluated: usize,
+    pub kept: usize,
+    pub in_grace: usize,
+    pub protected: usize,
+    pub skipped: usize,
+}
+
+/// Counts a pass that covered `events` deliveries; a successful one (`Some`) also counts what
+/// it decided.
+pub fn pass_finished(runs: Option<RunCounts>, events: usize, elapsed: Duration) {
     M.pass_duration.observe(elapsed.as_secs_f64());
     M.coalesced.inc_by(events.saturating_sub(1) as u64);
-    let Ok(report) = result else {
+    let Some(runs) = runs else {
         M.passes.with_label_values(&["failed"]).inc();
         return;
     };
     M.passes.with_label_values(&["ok"]).inc();
-    M.runs_evaluated.inc_by(report.ranking.runs.len() as u64);
-    for (decision, label) in [
-        ("kept", "keep"),
-        ("in_grace", "grace"),
-        ("protected", "protected"),
-        ("skipped", "skipped"),
+    M.runs_evaluated.inc_by(runs.evaluated as u64);
+    for (decision, count) in [
+        ("kept", runs.kept),
+        ("in_grace", runs.in_grace),
+        ("protected", runs.protected),
+        ("skipped", runs.skipped),
     ] {
-        M.runs
-            .with_label_values(&[decision])
-            .inc_by(report.ranking.count(label) as u64);
+        M.runs.with_label_values(&[decision]).inc_by(count as u64);
     }
     M.last_pass.set(unix_now().as_secs() as i64);
 }
@@ -460,15 +450,6 @@ pub fn request(target: Target, operation: &str, status: Option<u16>, elapsed: Du
         .with_label_values(&[target.as_str(), operation])
         .observe(elapsed.as_secs_f64());
     health::record(target, status.is_some_and(|s| s < 500), unix_now());
-}
-
-/// [`request`] for a store call started at `started`.
-pub fn store_request<T>(operation: &str, result: &Result<T, StoreError>, started: Instant) {
-    let status = match result {
-        Ok(_) => Some(200),
-        Err(e) => e.status(),
-    };
-    request(Target::Store, operation, status, started.elapsed());
 }
 
 /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.

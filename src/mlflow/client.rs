@@ -297,6 +297,16 @@ mod tests {
     }
 
     #[test]
+    fn the_client_never_prints_credentials_of_its_tracking_uri() {
+        let client =
+            MlflowClient::new(&settings("https://ml-user:ml-secret@mlflow.example/p")).unwrap();
+        let printed = format!("{client:?}");
+        for secret in ["ml-user", "ml-secret"] {
+            assert!(!printed.contains(secret), "{secret} printed in {printed}");
+        }
+    }
+
+    #[test]
     fn endpoints_sit_under_the_tracking_uri_path_with_ids_encoded() {
         let client = MlflowClient::new(&settings("http://mlflow:5000")).unwrap();
         assert_eq!(

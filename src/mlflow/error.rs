@@ -1,6 +1,6 @@
 //! [`MlflowError`]: what failed, for which experiment, run or model, and whether retrying helps.
 
-use crate::domain::classify::ErrorClass;
+use crate::domain::classify::{Classified, ErrorClass, status_reason};
 
 /// MLflow's code for a missing experiment, run or model.
 const RESOURCE_DOES_NOT_EXIST: &str = "RESOURCE_DOES_NOT_EXIST";
@@ -150,9 +150,46 @@ impl MlflowError {
     }
 }
 
+impl Classified for MlflowError {
+    fn class(&self) -> ErrorClass {
+        MlflowError::class(self)
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            MlflowError::Status { status, .. } => status_reason(*status),
+            MlflowError::Timeout { .. } => "timeout",
+            MlflowError::Connect { .. } => "connect",
+            MlflowError::Transport { .. } => "transport",
+            MlflowError::Decode { .. } => "decode",
+            MlflowError::Build(_) => "build",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_name_the_status_or_the_failure() {
+        let status = |status| MlflowError::Status {
+            operation: "runs/search",
+            target: "experiment 1".into(),
+            status,
+            error_code: None,
+            message: String::new(),
+        };
+        assert_eq!(status(429).reason(), "throttled");
+        assert_eq!(status(503).reason(), "server_error");
+        assert_eq!(status(408).reason(), "timeout");
+        assert_eq!(status(404).reason(), "client_error");
+        let timeout = MlflowError::Timeout {
+            operation: "runs/search",
+            target: "experiment 1".into(),
+        };
+        assert_eq!(timeout.reason(), "timeout");
+    }
     use crate::mlflow::client::status_error;
     use reqwest::StatusCode;
 

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::run::{LifecycleStage, RunStatus};
+
 /// An experiment, as `experiments/get` describes it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Experiment {
     pub experiment_id: String,
     pub name: String,
-    /// `active` or `deleted`.
-    pub lifecycle_stage: String,
+    pub lifecycle_stage: LifecycleStage,
     /// Root of the experiment's artifacts, e.g. `s3://mlflow/12`.
     pub artifact_location: String,
     pub tags: BTreeMap<String, String>,
@@ -22,10 +23,8 @@ pub struct Run {
     pub run_id: String,
     pub run_name: String,
     pub experiment_id: String,
-    /// `RUNNING`, `SCHEDULED`, `FINISHED`, `FAILED` or `KILLED`.
-    pub status: String,
-    /// `active` or `deleted`.
-    pub lifecycle_stage: String,
+    pub status: RunStatus,
+    pub lifecycle_stage: LifecycleStage,
     /// Milliseconds since the epoch. MLflow reports `0` for a run created without a start time.
     pub start_time: Option<i64>,
     /// Milliseconds since the epoch; `None` while the run has not ended.

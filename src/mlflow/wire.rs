@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 
 use super::types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};
+use crate::domain::run::{LifecycleStage, RunStatus};
 
 /// The tag older servers keep the run name in, before `info.run_name` existed.
 const RUN_NAME_TAG: &str = "mlflow.runName";
@@ -65,7 +66,7 @@ impl From<WireExperiment> for Experiment {
         Experiment {
             experiment_id: e.experiment_id,
             name: e.name,
-            lifecycle_stage: e.lifecycle_stage,
+            lifecycle_stage: LifecycleStage::parse(&e.lifecycle_stage),
             artifact_location: e.artifact_location,
             tags: to_map(e.tags),
         }
@@ -158,8 +159,8 @@ impl WireRun {
                 .unwrap_or_default(),
             run_name,
             experiment_id: r.info.experiment_id,
-            status: r.info.status,
-            lifecycle_stage: r.info.lifecycle_stage,
+            status: RunStatus::parse(&r.info.status),
+            lifecycle_stage: LifecycleStage::parse(&r.info.lifecycle_stage),
             start_time: r.info.start_time,
             end_time: r.info.end_time,
             artifact_uri: r.info.artifact_uri,
@@ -417,7 +418,8 @@ mod tests {
             "inputs": {},
             "outputs": {"model_outputs": [{"model_id": "m-a4b9", "step": 0}]}}}"#);
         assert_eq!(run.run_name, "r1");
-        assert_eq!(run.status, "FINISHED");
+        assert_eq!(run.status, RunStatus::Finished);
+        assert_eq!(run.lifecycle_stage, LifecycleStage::Active);
         assert_eq!(run.artifact_uri, "s3://mlflow/1/0400b9/artifacts");
         assert_eq!(run.metric("acc"), Some(0.5));
         assert_eq!(run.params["p"], "1");

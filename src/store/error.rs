@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::domain::classify::ErrorClass;
+use crate::domain::classify::{Classified, ErrorClass, status_reason};
 
 /// The SDK error behind a failed request.
 pub type Cause = Box<dyn StdError + Send + Sync + 'static>;
@@ -196,6 +196,33 @@ fn chain(err: &dyn StdError) -> String {
         source = cause.source();
     }
     out
+}
+
+/// S3 codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
+impl Classified for StoreError {
+    fn class(&self) -> ErrorClass {
+        StoreError::class(self)
+    }
+
+    fn reason(&self) -> &'static str {
+        if self.code().is_some_and(|c| THROTTLING_CODES.contains(&c)) {
+            return "throttled";
+        }
+        match (&*self.reason, self.status()) {
+            (Reason::KeysNotDeleted { .. }, _) => "key_errors",
+            (Reason::BadListing { .. }, _) => "bad_listing",
+            (Reason::EmptyPrefix, _) => "refused",
+            (Reason::Request { .. }, Some(status)) => status_reason(status),
+            (Reason::Request { .. }, None) => "transport",
+        }
+    }
 }
 
 #[cfg(test)]

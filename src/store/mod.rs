@@ -110,6 +110,20 @@ impl ObjectStore {
     }
 }
 
+/// Counts a store request of `operation` started at `started`, by the status it ended with.
+fn count_request<T>(operation: &str, result: &Result<T, StoreError>, started: std::time::Instant) {
+    let status = match result {
+        Ok(_) => Some(200),
+        Err(e) => e.status(),
+    };
+    crate::metrics::request(
+        crate::metrics::Target::Store,
+        operation,
+        status,
+        started.elapsed(),
+    );
+}
+
 /// The deepest folder (ending in `/`) holding every key; empty for keys with nothing in common.
 pub fn common_folder<'k>(keys: impl IntoIterator<Item = &'k str>) -> &'k str {
     let mut keys = keys.into_iter();

@@ -1,9 +1,13 @@
 //! Follow-up passes the worker schedules for itself when a pass leaves runs in their grace
 //! window: one delayed `experiment.prune` per experiment at the end of the earliest window.
 //! Pure bookkeeping so that a burst of passes over one experiment schedules one follow-up, not
-//! one per pass; the settler publishes.
+//! one per pass; the settler publishes. Follow-ups are told apart by experiment and by the
+//! policy overrides their pass ranks under (a follow-up under other overrides may keep other
+//! runs in grace, so it cannot stand in for this one).
 
 use std::collections::HashMap;
+
+use crate::domain::policy::{MAX_GRACE, PolicyOverrides};
 
 /// Margin added to the end of a grace window, so that the follow-up finds the run out of it.
 pub const MARGIN_MS: i64 = 1_000;
@@ -12,81 +16,123 @@ pub const MARGIN_MS: i64 = 1_000;
 /// little); an earlier one travels on.
 pub const EARLY_MS: i64 = 1_000;
 
-/// The follow-ups this worker has scheduled and that are not due yet, per experiment.
+/// Which follow-up: the experiment and the policy overrides of its pass.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key(String);
+
+impl Key {
+    pub fn new(experiment_id: &str, policy: &PolicyOverrides) -> Self {
+        let policy = serde_json::to_string(policy).expect("policy overrides serialise");
+        Key(format!("{experiment_id} {policy}"))
+    }
+}
+
+/// The follow-ups this worker has scheduled and that are not due yet.
 #[derive(Debug, Default)]
 pub struct FollowUps {
-    due: HashMap<String, i64>,
+    due: HashMap<Key, i64>,
 }
 
 impl FollowUps {
-    /// Whether the experiment needs a follow-up due at `at` (milliseconds since the epoch), at
-    /// `now`: not when one is pending that comes no later, since its pass schedules the next.
-    pub fn needed(&self, experiment_id: &str, at: i64, now: i64) -> bool {
+    /// Whether a follow-up due at `at` (milliseconds since the epoch) is needed at `now`: not
+    /// when the same one is pending and comes no later, since its pass schedules the next.
+    pub fn needed(&self, key: &Key, at: i64, now: i64) -> bool {
         self.due
-            .get(experiment_id)
-            .is_none_or(|&pending| pending <= now || pending > at)
+            .get(key)
+            .is_none_or(|&pending| !is_pending(pending, now) || pending > at)
     }
 
     /// Records a follow-up the broker confirmed, and forgets those already due.
-    pub fn scheduled(&mut self, experiment_id: &str, at: i64, now: i64) {
-        self.due.retain(|_, due| *due > now);
-        self.due.insert(experiment_id.to_owned(), at);
+    pub fn scheduled(&mut self, key: Key, at: i64, now: i64) {
+        self.due.retain(|_, due| is_pending(*due, now));
+        self.due.insert(key, at);
     }
 }
 
-/// Whether a follow-up due at `at` runs its pass at `now`, or travels on.
-pub fn is_due(at: i64, now: i64) -> bool {
-    at <= now.saturating_add(EARLY_MS)
+/// A follow-up due at `due` has not run yet at `now`: it runs from [`EARLY_MS`] before.
+fn is_pending(due: i64, now: i64) -> bool {
+    due > now.saturating_add(EARLY_MS)
+}
+
+/// Whether a follow-up due at `at` travels on at `now` instead of running its pass: only while
+/// it is not due and within the longest grace there can be (a time beyond that is not one the
+/// worker wrote: the pass runs rather than the message circulating for ever).
+pub fn travels_on(at: i64, now: i64) -> bool {
+    let horizon = i64::try_from(MAX_GRACE.as_millis()).unwrap_or(i64::MAX) + MARGIN_MS;
+    is_pending(at, now) && at <= now.saturating_add(horizon)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn key(experiment_id: &str) -> Key {
+        Key::new(experiment_id, &PolicyOverrides::default())
+    }
+
     #[test]
     fn a_burst_of_passes_schedules_one_follow_up() {
         let mut f = FollowUps::default();
-        assert!(f.needed("1", 5_000, 0));
-        f.scheduled("1", 5_000, 0);
-        for now in [10, 100, 4_999] {
-            assert!(!f.needed("1", 5_000, now), "pending at {now}");
+        assert!(f.needed(&key("1"), 5_000, 0));
+        f.scheduled(key("1"), 5_000, 0);
+        for now in [10, 100, 3_999] {
+            assert!(!f.needed(&key("1"), 5_000, now), "pending at {now}");
             // A later window is covered by the pending follow-up's own pass.
-            assert!(!f.needed("1", 9_000, now));
+            assert!(!f.needed(&key("1"), 9_000, now));
         }
         // Another experiment has its own.
-        assert!(f.needed("2", 5_000, 10));
+        assert!(f.needed(&key("2"), 5_000, 10));
+    }
+
+    #[test]
+    fn other_policy_overrides_get_their_own_follow_up() {
+        let mut f = FollowUps::default();
+        f.scheduled(key("1"), 5_000, 0);
+        let other = Key::new(
+            "1",
+            &PolicyOverrides {
+                keep_top: Some(1),
+                ..Default::default()
+            },
+        );
+        assert!(f.needed(&other, 9_000, 10));
     }
 
     #[test]
     fn an_earlier_window_gets_its_own_follow_up() {
         let mut f = FollowUps::default();
-        f.scheduled("1", 5_000, 0);
-        assert!(f.needed("1", 3_000, 10));
-        f.scheduled("1", 3_000, 10);
-        assert!(!f.needed("1", 5_000, 20));
+        f.scheduled(key("1"), 5_000, 0);
+        assert!(f.needed(&key("1"), 3_000, 10));
+        f.scheduled(key("1"), 3_000, 10);
+        assert!(!f.needed(&key("1"), 5_000, 20));
     }
 
     #[test]
-    fn the_follow_up_s_own_pass_schedules_the_next() {
+    fn the_follow_up_s_own_pass_schedules_the_next_even_when_it_ran_early() {
         let mut f = FollowUps::default();
-        f.scheduled("1", 5_000, 0);
-        assert!(f.needed("1", 9_000, 5_000));
-        f.scheduled("1", 9_000, 5_000);
-        assert!(!f.needed("1", 9_000, 6_000));
+        f.scheduled(key("1"), 5_000, 0);
+        // It may run from a second before it is due.
+        assert!(f.needed(&key("1"), 9_000, 4_000));
+        f.scheduled(key("1"), 9_000, 4_000);
+        assert!(!f.needed(&key("1"), 9_000, 6_000));
     }
 
     #[test]
     fn due_follow_ups_are_forgotten() {
         let mut f = FollowUps::default();
-        f.scheduled("1", 5_000, 0);
-        f.scheduled("2", 9_000, 6_000);
+        f.scheduled(key("1"), 5_000, 0);
+        f.scheduled(key("2"), 9_000, 6_000);
         assert_eq!(f.due.len(), 1);
     }
 
     #[test]
-    fn a_follow_up_runs_from_a_second_before_it_is_due() {
-        assert!(is_due(5_000, 5_000));
-        assert!(is_due(5_000, 4_000));
-        assert!(!is_due(5_000, 3_999));
+    fn a_follow_up_runs_from_a_second_before_it_is_due_or_when_its_time_is_beyond_any_grace() {
+        assert!(!travels_on(5_000, 5_000));
+        assert!(!travels_on(5_000, 4_000));
+        assert!(travels_on(5_000, 3_999));
+        let max = i64::try_from(MAX_GRACE.as_millis()).unwrap();
+        assert!(travels_on(max, 0));
+        assert!(!travels_on(max + MARGIN_MS + 1, 0));
+        assert!(!travels_on(i64::MAX, 0));
     }
 }

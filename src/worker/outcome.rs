@@ -5,6 +5,7 @@
 use crate::domain::classify::ErrorClass;
 use crate::domain::event::EventError;
 use crate::engine::PruneError;
+use crate::metrics::Finished;
 
 /// Every [`Failure::kind`] that is not a [`PruneError::kind`].
 pub const MESSAGE_KINDS: [&str; 6] = [
@@ -144,6 +145,19 @@ impl Outcome {
             Outcome::Ack => "ack",
             Outcome::Delay { .. } => "delay",
             Outcome::DeadLetter { .. } => "dead_letter",
+        }
+    }
+}
+
+impl<'a> From<&'a Outcome> for Finished<'a> {
+    fn from(outcome: &'a Outcome) -> Self {
+        match outcome {
+            Outcome::Ack => Finished::Ok,
+            Outcome::Delay { .. } => Finished::Delayed,
+            Outcome::DeadLetter { failure, .. } => Finished::DeadLettered {
+                class: failure.class.as_str(),
+                reason: failure.kind,
+            },
         }
     }
 }

@@ -16,7 +16,7 @@ pub struct Job<T> {
 
 /// One pass to run and the jobs it settles.
 #[derive(Debug)]
-pub struct Batch<T> {
+pub struct PassBatch<T> {
     pub request: PassRequest,
     pub jobs: Vec<Job<T>>,
 }
@@ -58,7 +58,7 @@ impl<T> Scheduler<T> {
     ///
     /// An `experiment.prune` job is a batch of its own. A `run.finished` job takes along every
     /// other waiting `run.finished` job of the experiment with the same policy overrides.
-    pub fn next_batch(&mut self) -> Option<Batch<T>> {
+    pub fn next_batch(&mut self) -> Option<PassBatch<T>> {
         if self.running.len() >= self.max_in_flight {
             return None;
         }
@@ -69,7 +69,7 @@ impl<T> Scheduler<T> {
             .expect("a ready experiment has waiting jobs");
         let first = queue.pop_front().expect("waiting queues are never empty");
         let batch = match &first.event {
-            Event::ExperimentPrune(_) => Batch {
+            Event::ExperimentPrune(_) => PassBatch {
                 request: PassRequest::from(&first.event),
                 jobs: vec![first],
             },
@@ -88,7 +88,7 @@ impl<T> Scheduler<T> {
                         run_ids.push(e.run_id.clone());
                     }
                 }
-                Batch {
+                PassBatch {
                     request: PassRequest {
                         experiment_id: experiment.clone(),
                         policy,
@@ -175,7 +175,7 @@ mod tests {
         }
     }
 
-    fn tags(batch: &Batch<u32>) -> Vec<u32> {
+    fn tags(batch: &PassBatch<u32>) -> Vec<u32> {
         batch.jobs.iter().map(|j| j.delivery).collect()
     }
 

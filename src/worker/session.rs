@@ -22,10 +22,10 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use super::follow_up::{self, FollowUps};
 use super::outcome::{Failure, RetryRules, decide};
-use super::scheduler::{Batch, Job, Scheduler};
+use super::scheduler::{Job, PassBatch, Scheduler};
 use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
-use crate::domain::event::Event;
+use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::engine::{Engine, PassReport, PruneError, now_ms};
 use crate::metrics::{self, Health};
 use crate::settings::BrokerSettings;
@@ -168,7 +168,10 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let received = Received::new(delivery, &ctx.topology);
-                    if let Some(at) = received.follow_up_at.filter(|at| !follow_up::is_due(*at, now_ms())) {
+                    if let Some(at) = received.follow_up_at.filter(|at| {
+                        received.routing_key == EXPERIMENT_PRUNE
+                            && follow_up::travels_on(*at, now_ms())
+                    }) {
                         let settler = settler.clone();
                         let task = tasks.spawn(async move { settler.snooze(received, at).await });
                         holding.insert(task.id(), None);
@@ -331,9 +334,9 @@ async fn run_batch(
     settler: Arc<Settler>,
     rules: RetryRules,
     ack_deadline: Duration,
-    batch: Batch<Received>,
+    batch: PassBatch<Received>,
 ) {
-    let Batch { request, jobs } = batch;
+    let PassBatch { request, jobs } = batch;
     let span = info_span!("pass", experiment_id = %request.experiment_id, events = jobs.len());
     async move {
         let started = std::time::Instant::now();
@@ -348,7 +351,7 @@ async fn run_batch(
         };
         let took = started.elapsed();
         match &ended {
-            Ended::Finished(result) => metrics::pass_finished(result, jobs.len(), took),
+            Ended::Finished(result) => metrics::pass_finished(run_counts(result), jobs.len(), took),
             Ended::Panicked(panic) => {
                 error!(panic = %panic, "the pass panicked: its events are retried after a delay");
                 metrics::pass_interrupted("panicked", jobs.len(), took);
@@ -410,6 +413,18 @@ async fn run_batch(
     .await
 }
 
+/// What a successful pass decided, for the runs counter.
+fn run_counts(result: &Result<PassReport, PruneError>) -> Option<metrics::RunCounts> {
+    let ranking = &result.as_ref().ok()?.ranking;
+    Some(metrics::RunCounts {
+        evaluated: ranking.runs.len(),
+        kept: ranking.count("keep"),
+        in_grace: ranking.count("grace"),
+        protected: ranking.count("protected"),
+        skipped: ranking.count("skipped"),
+    })
+}
+
 /// Runs `pass`, turning a panic into its message, so the deliveries it covers are still
 /// settled and the worker keeps running.
 async fn guarded<T>(pass: impl Future<Output = T>) -> Result<T, String> {
@@ -448,6 +463,57 @@ fn job_result(
 mod tests {
     use super::*;
     use crate::worker::outcome::Outcome;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Tasks that each finish after their delay, counting those that did.
+    fn tasks(delays: &[u64], done: &Arc<AtomicUsize>) -> JoinSet<()> {
+        let mut tasks = JoinSet::new();
+        for &secs in delays {
+            let done = done.clone();
+            tasks.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tasks
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_waits_for_the_passes_that_finish_within_the_grace() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut running = tasks(&[1, 3], &done);
+        let started = Instant::now();
+        drain(
+            &mut running,
+            Duration::from_secs(5),
+            &Health::new(Duration::from_secs(60)),
+        )
+        .await;
+        assert_eq!(done.load(Ordering::SeqCst), 2);
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        assert!(running.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_aborts_what_is_still_running_when_the_grace_ends() {
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut running = tasks(&[1, 30], &done);
+        let started = Instant::now();
+        drain(
+            &mut running,
+            Duration::from_secs(5),
+            &Health::new(Duration::from_secs(60)),
+        )
+        .await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert!(running.is_empty(), "the late pass was aborted");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            1,
+            "the aborted pass never finished"
+        );
+    }
 
     #[tokio::test]
     async fn a_panicking_pass_becomes_its_message() {

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::domain::ranking::rfc3339;
 
-use super::follow_up::FollowUps;
+use super::follow_up::{self, FollowUps};
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
@@ -197,7 +197,8 @@ impl Settler {
         at: i64,
     ) -> Result<bool, BrokerError> {
         let now = now_ms();
-        if !self.follow_ups().needed(experiment_id, at, now) {
+        let key = follow_up::Key::new(experiment_id, policy);
+        if !self.follow_ups().needed(&key, at, now) {
             return Ok(false);
         }
         let body = Event::ExperimentPrune(ExperimentPrune {
@@ -214,7 +215,7 @@ impl Settler {
             self.topology_gone.store(true, Ordering::Relaxed);
         }
         published?;
-        self.follow_ups().scheduled(experiment_id, at, now);
+        self.follow_ups().scheduled(key, at, now);
         metrics::follow_up_scheduled();
         info!(experiment_id, due = %rfc3339(at), queue, "follow-up pass scheduled at the end of the grace window");
         Ok(true)

@@ -131,7 +131,7 @@ async fn older_than_leaves_recent_runs_alone_and_the_floor_does_not_count() {
     };
     let day = 86_400_000;
     let runs = vec![
-        // Old, but below the floor: does not count towards the top.
+        // Old, but outside the floor: does not count towards the top.
         w.model_run(&exp, Layout::Classic, run(0, 0.99, now - 3 * day), 2)
             .await,
         w.model_run(&exp, Layout::Classic, run(1, 0.6, now - 3 * day), 2)
@@ -166,7 +166,7 @@ async fn older_than_leaves_recent_runs_alone_and_the_floor_does_not_count() {
     assert!(
         reason(&w, &runs[0])
             .await
-            .ends_with("below the floor: accuracy 0.99 > max_metric 0.95"),
+            .ends_with("outside the floor: accuracy 0.99 > max_metric 0.95"),
         "{}",
         reason(&w, &runs[0]).await
     );

@@ -114,7 +114,8 @@ async fn an_interrupted_replay_loses_nothing() {
     let mut child = cli(app.settings(), &["dlq", "replay", "--rate", "2/s"])
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // Killed mid-replay: once some letters moved (2 a second), while others wait.
+    app.wait_len(work, 3, Duration::from_secs(20)).await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 

@@ -43,7 +43,7 @@ pub fn quick_retries(mut s: Settings) -> Settings {
     s
 }
 
-/// `fresh` moved onto the exchange and queues of `first` (settings are not `Clone`).
+/// `fresh` moved onto the exchange and queues of `first`; its other broker settings stay its own.
 pub fn same_queues(mut fresh: Settings, first: &Settings) -> Settings {
     fresh.broker.exchange = first.broker.exchange.clone();
     fresh.broker.work_queue = first.broker.work_queue.clone();
@@ -227,6 +227,27 @@ impl TestApp {
                 "{queue} holds {len} messages, not {n}, after {timeout:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `queue` has `n` consumers.
+    pub async fn wait_consumers(&self, queue: &str, n: u32, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (_, consumers) = self
+                .broker
+                .lookup(queue)
+                .await
+                .expect("passive queue.declare")
+                .unwrap_or_else(|| panic!("{queue} does not exist"));
+            if consumers == n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{queue} has {consumers} consumers, not {n}, after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -28,7 +28,11 @@ async fn worker_resumes_consuming_after_the_broker_closes_its_connection() {
         .close(&names[0], "model-pruner reconnect test")
         .await;
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The consumer goes with the connection, and comes back with the next session (after a
+    // reconnect delay of at least 250 ms).
+    let work = app.topology.work_queue.clone();
+    app.wait_consumers(&work, 0, Duration::from_secs(10)).await;
+    app.wait_consumers(&work, 1, Duration::from_secs(30)).await;
     app.publish("run.finished", b"after reconnect").await;
     let dead = app.next_dead_letter(Duration::from_secs(30)).await;
     assert_eq!(dead.data, b"after reconnect");

@@ -28,7 +28,8 @@ async fn silent_server() -> (String, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn shutdown_returns_ok_when_idle() {
     let mut app = TestApp::spawn(settings()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let work = app.topology.work_queue.clone();
+    app.wait_consumers(&work, 1, Duration::from_secs(10)).await;
     app.stop(Duration::from_secs(5))
         .await
         .expect("Ok on shutdown");

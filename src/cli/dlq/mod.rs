@@ -25,7 +25,7 @@ use crate::broker::{Broker, BrokerError, headers};
 use crate::settings::Settings;
 use letter::table;
 pub use letter::{DeadLetter, Filter, Rate};
-use walk::{Walk, republish};
+use walk::{DlqWalk, republish};
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
@@ -85,7 +85,7 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     let broker = Broker::connect(&settings.broker, "model-pruner dlq")
         .await
         .context("connecting to RabbitMQ")?;
-    let mut walk = Walk::start(&broker, &settings.broker.dead_letter_queue).await?;
+    let mut walk = DlqWalk::start(&broker, &settings.broker.dead_letter_queue).await?;
     let result = match command {
         DlqCommand::List { limit, json } => list(&mut walk, limit, json).await,
         DlqCommand::Replay {
@@ -108,7 +108,7 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     Ok(code)
 }
 
-async fn list(walk: &mut Walk<'_>, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+async fn list(walk: &mut DlqWalk<'_>, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
     let now = OffsetDateTime::now_utc();
     let mut letters = Vec::new();
     while letters.len() < limit as usize {
@@ -135,7 +135,7 @@ async fn list(walk: &mut Walk<'_>, limit: u32, json: bool) -> anyhow::Result<Exi
 }
 
 async fn replay(
-    walk: &mut Walk<'_>,
+    walk: &mut DlqWalk<'_>,
     exchange: &str,
     filter: &Filter,
     limit: Option<u32>,
@@ -212,7 +212,7 @@ async fn replay(
     })
 }
 
-async fn purge(walk: &mut Walk<'_>, filter: &Filter, dry_run: bool) -> anyhow::Result<ExitCode> {
+async fn purge(walk: &mut DlqWalk<'_>, filter: &Filter, dry_run: bool) -> anyhow::Result<ExitCode> {
     let progress = progress_bar(walk.total, "checked");
     let (mut removed, mut kept) = (0u64, 0u64);
     let now = OffsetDateTime::now_utc();

@@ -35,8 +35,8 @@ pub async fn republish(
 }
 
 /// One pass over the messages a queue held when it started, each delivery held unacked until
-/// it is acked or [`Walk::release`] requeues all held ones at once.
-pub struct Walk<'a> {
+/// it is acked or [`DlqWalk::release`] requeues all held ones at once.
+pub struct DlqWalk<'a> {
     pub broker: &'a Broker,
     pub channel: &'a Channel,
     pub queue: String,
@@ -48,12 +48,12 @@ pub struct Walk<'a> {
     last_held: Option<Delivery>,
 }
 
-impl<'a> Walk<'a> {
-    pub async fn start(broker: &'a Broker, queue: &str) -> anyhow::Result<Walk<'a>> {
+impl<'a> DlqWalk<'a> {
+    pub async fn start(broker: &'a Broker, queue: &str) -> anyhow::Result<DlqWalk<'a>> {
         let total = broker.ready_messages(queue).await.with_context(|| {
             format!("dead-letter queue {queue:?} does not exist (check broker.dead_letter_queue)")
         })?;
-        Ok(Walk {
+        Ok(DlqWalk {
             broker,
             channel: broker.channel(),
             queue: queue.to_owned(),
@@ -82,7 +82,7 @@ impl<'a> Walk<'a> {
         }))
     }
 
-    /// 1-based position of the last message returned by [`Walk::next`].
+    /// 1-based position of the last message returned by [`DlqWalk::next`].
     pub fn position(&self) -> u64 {
         self.seen
     }
