@@ -20,6 +20,7 @@ use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation};
 use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED};
 use crate::engine::{Engine, PassKind};
+use crate::metrics::Metrics;
 use crate::mlflow::{LoggedModel, MlflowClient, Run, RunFields};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
@@ -70,8 +71,10 @@ pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
 
 async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
     let experiment_id = args.target.experiment_id.as_str();
-    let mlflow = MlflowClient::new(&settings.mlflow).context("building the MLflow client")?;
-    let store = ObjectStore::new(&settings.store);
+    let metrics = Metrics::new();
+    let mlflow =
+        MlflowClient::new(&settings.mlflow, &metrics).context("building the MLflow client")?;
+    let store = ObjectStore::new(&settings.store, &metrics);
     let rules = settings.store.location_rules();
     let experiment = mlflow
         .get_experiment(experiment_id)
@@ -104,7 +107,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
         }
     }
 
-    let engine = Engine::new(settings).context("building the MLflow client")?;
+    let engine = Engine::new(settings, &metrics).context("building the MLflow client")?;
     let plan = engine
         .run_pass(&args.target.request(
             PassKind::Sweep {

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::domain::policy::PolicyOverrides;
 use crate::engine::{Engine, PassKind, PassRequest};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Usage;
 use crate::telemetry;
@@ -214,7 +215,11 @@ pub fn main() -> ExitCode {
 async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Worker => {
-            crate::worker::run(settings, crate::worker::shutdown_signal()).await?;
+            let listen = settings.metrics.listen;
+            let server = crate::metrics::Server::bind(listen)
+                .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
+            let (metrics, shutdown) = (Metrics::new(), crate::worker::shutdown_signal());
+            crate::worker::run(settings, server, metrics, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(command) => publish::run(&settings, command).await,
@@ -226,7 +231,8 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan { target, json } => {
-            let engine = Engine::new(&settings).context("building the MLflow client")?;
+            let engine =
+                Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
             let report = engine
                 .run_pass(&target.request(
                     PassKind::Sweep {
@@ -246,7 +252,8 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             flags,
             json,
         } => {
-            let engine = Engine::new(&settings).context("building the MLflow client")?;
+            let engine =
+                Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
             let report = engine
                 .run_pass(&target.request(
                     PassKind::Sweep {

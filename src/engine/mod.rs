@@ -42,6 +42,7 @@ use crate::domain::event::Event;
 use crate::domain::location::LocationRules;
 use crate::domain::policy::{PolicyDefaults, PolicyOverrides};
 use crate::domain::run::LifecycleStage;
+use crate::metrics::Metrics;
 use crate::mlflow::{Experiment, LoggedModel, MlflowClient, MlflowError, Run, RunFields};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
@@ -105,20 +106,22 @@ pub struct Engine {
     log_deleted_param: bool,
     parallel_deletions: usize,
     retry: RetryPolicy,
+    metrics: Metrics,
 }
 
 impl Engine {
-    /// Builds the engine and its clients from settings.
-    pub fn new(settings: &Settings) -> Result<Self, MlflowError> {
+    /// Builds the engine and its clients from settings, counting into `metrics`.
+    pub fn new(settings: &Settings, metrics: &Metrics) -> Result<Self, MlflowError> {
         Ok(Engine {
-            mlflow: MlflowClient::new(&settings.mlflow)?,
-            store: ObjectStore::new(&settings.store),
+            mlflow: MlflowClient::new(&settings.mlflow, metrics)?,
+            store: ObjectStore::new(&settings.store, metrics),
+            metrics: metrics.clone(),
             rules: settings.store.location_rules(),
             defaults: settings.policy.clone(),
             model_uploaded_param: settings.mlflow.model_uploaded_param.clone(),
             log_deleted_param: settings.mlflow.log_deleted_param,
             parallel_deletions: settings.concurrency.parallel_deletions,
-            retry: RetryPolicy::from(&settings.retry),
+            retry: RetryPolicy::new(&settings.retry, metrics),
         })
     }
 

@@ -338,7 +338,8 @@ impl Engine {
             reason = %plan.reason,
             "model deleted"
         );
-        crate::metrics::run_pruned(plan.locations.len(), freed.objects, freed.bytes);
+        self.metrics
+            .run_pruned(plan.locations.len(), freed.objects, freed.bytes);
         let pruned = PrunedRun {
             run_id: plan.run_id.clone(),
             objects: freed.objects,

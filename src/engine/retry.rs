@@ -8,6 +8,7 @@ use tokio_retry::RetryIf;
 use tokio_retry::strategy::{ExponentialBackoff, jitter};
 
 use crate::domain::classify::{Classified, ErrorClass};
+use crate::metrics::Metrics;
 use crate::settings::RetrySettings;
 
 /// How often and how patiently one call is retried.
@@ -16,19 +17,20 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    metrics: Metrics,
 }
 
-impl From<&RetrySettings> for RetryPolicy {
-    fn from(s: &RetrySettings) -> Self {
+impl RetryPolicy {
+    /// The policy of `retry`, counting its retries into `metrics`.
+    pub fn new(s: &RetrySettings, metrics: &Metrics) -> Self {
         RetryPolicy {
             attempts: s.in_process_attempts,
             initial_backoff: s.initial_backoff,
             max_backoff: s.max_backoff,
+            metrics: metrics.clone(),
         }
     }
-}
 
-impl RetryPolicy {
     /// The waits between attempts: initial, 2x, 4x, ... capped, each with full jitter.
     fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         // ExponentialBackoff yields factor * base^n for n = 1, 2, ...
@@ -57,7 +59,7 @@ impl RetryPolicy {
             if retry {
                 let reason = e.reason();
                 tracing::warn!(target_system = target, operation = what, reason, error = %e, "transient failure, retrying");
-                crate::metrics::retry(target, reason);
+                self.metrics.retry(target, reason);
             }
             retry
         })
@@ -92,6 +94,7 @@ mod tests {
             attempts,
             initial_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(2),
+            metrics: Metrics::new(),
         }
     }
 
@@ -101,6 +104,7 @@ mod tests {
             attempts: 6,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(1),
+            metrics: Metrics::new(),
         };
         let d: Vec<_> = p.delays().collect();
         assert_eq!(d.len(), 5);
@@ -122,13 +126,16 @@ mod tests {
 
     #[tokio::test]
     async fn only_failures_another_attempt_follows_count_as_retries() {
-        let r: Result<(), Fail> = policy(3)
+        let p = policy(3);
+        let r: Result<(), Fail> = p
             .run("retry-count-test", "op", || async {
                 Err(Fail(ErrorClass::Transient))
             })
             .await;
         assert!(r.is_err());
-        let counted: f64 = crate::metrics::REGISTRY
+        let counted: f64 = p
+            .metrics
+            .registry()
             .gather()
             .iter()
             .filter(|f| f.name() == "model_pruner_retries_total")

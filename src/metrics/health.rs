@@ -9,6 +9,7 @@
 //! the probe.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -18,20 +19,14 @@ use super::Target;
 pub const UNANSWERED_FOR: Duration = Duration::from_secs(300);
 
 /// When a dependency last answered and since when it has been failing, in Unix milliseconds;
-/// 0 for never / not failing. Process-wide: every client of the process updates it.
+/// 0 for never / not failing. Every client counting into the same metrics updates it.
+#[derive(Debug, Default)]
 struct Dependency {
     last_answer: AtomicU64,
     failing_since: AtomicU64,
 }
 
 impl Dependency {
-    const fn new() -> Self {
-        Dependency {
-            last_answer: AtomicU64::new(0),
-            failing_since: AtomicU64::new(0),
-        }
-    }
-
     fn seen(&self) -> Seen {
         Seen {
             last_answer: self.last_answer.load(Ordering::Relaxed),
@@ -53,14 +48,20 @@ impl Dependency {
     }
 }
 
-static MLFLOW: Dependency = Dependency::new();
-static STORE: Dependency = Dependency::new();
+/// MLflow and the store, as the requests of one [`super::Metrics`] saw them.
+#[derive(Debug, Default)]
+pub(super) struct Upstream {
+    mlflow: Dependency,
+    store: Dependency,
+}
 
-/// Records a request's result: `answered` when the system answered below 500.
-pub(super) fn record(target: Target, answered: bool, now: Duration) {
-    match target {
-        Target::Mlflow => MLFLOW.record(answered, now),
-        Target::Store => STORE.record(answered, now),
+impl Upstream {
+    /// Records a request's result: `answered` when the system answered below 500.
+    pub(super) fn record(&self, target: Target, answered: bool, now: Duration) {
+        match target {
+            Target::Mlflow => self.mlflow.record(answered, now),
+            Target::Store => self.store.record(answered, now),
+        }
     }
 }
 
@@ -80,16 +81,11 @@ pub struct Health {
     last_beat: AtomicU64,
     /// How long the loop may go without a beat before the worker counts as stalled.
     stalled_after: Duration,
+    upstream: Arc<Upstream>,
 }
 
 /// How long a worker's loop may go without a beat when nothing says otherwise.
 pub const STALLED_AFTER: Duration = Duration::from_secs(120);
-
-impl Default for Health {
-    fn default() -> Self {
-        Health::new(STALLED_AFTER)
-    }
-}
 
 /// What a probe answers: 200 when `ok`, else 503, with `body` saying what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +95,14 @@ pub struct ProbeReport {
 }
 
 impl Health {
-    /// `stalled_after` must exceed the longest step of the loop between two beats.
-    pub fn new(stalled_after: Duration) -> Self {
+    /// `stalled_after` must exceed the longest step of the loop between two beats; MLflow and
+    /// the store count as `metrics`' requests saw them.
+    pub fn new(stalled_after: Duration, metrics: &super::Metrics) -> Self {
         Health {
             consuming: AtomicBool::new(false),
             last_beat: AtomicU64::new(0),
             stalled_after,
+            upstream: metrics.0.upstream.clone(),
         }
     }
 
@@ -132,7 +130,10 @@ impl Health {
     pub fn readiness(&self) -> ProbeReport {
         report(
             self.consuming.load(Ordering::Relaxed),
-            [("mlflow", MLFLOW.seen()), ("store", STORE.seen())],
+            [
+                ("mlflow", self.upstream.mlflow.seen()),
+                ("store", self.upstream.store.seen()),
+            ],
             super::unix_now(),
         )
     }
@@ -297,7 +298,7 @@ mod tests {
 
     #[test]
     fn a_run_of_failures_starts_at_the_first_and_ends_with_an_answer() {
-        let dep = Dependency::new();
+        let dep = Dependency::default();
         let t = Duration::from_secs;
         dep.record(false, t(10));
         dep.record(false, t(20));

@@ -1,5 +1,7 @@
-//! Prometheus metrics and the listener serving them with `/healthz` and `/readyz`. Each notable
-//! event has one function here, called next to the log line that reports it. Labels are
+//! Prometheus metrics and the listener serving them with `/healthz` and `/readyz`. A leaf: it
+//! knows labels and counts, not the errors or reports they come from. [`Metrics`] is a value
+//! (a registry of its own), handed to the clients, the engine and the worker; each notable
+//! event is one of its methods, called next to the log line that reports it. Labels are
 //! low-cardinality (kind, outcome, target, operation, status class, error class), never an
 //! experiment or run id.
 //!
@@ -11,7 +13,7 @@ mod health;
 mod server;
 
 use std::collections::BTreeSet;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
@@ -20,17 +22,12 @@ use prometheus::{
     Registry,
 };
 
+use health::Upstream;
 pub use health::{Health, ProbeReport, STALLED_AFTER, UNANSWERED_FOR};
 pub use server::Server;
 
 use crate::domain::classify::{ErrorClass, REASONS};
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
-
-/// The registry `/metrics` serves.
-pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
-
-/// Every series name the worker defines, histogram suffixes included.
-static NAMES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// One HTTP call: 5 ms to 30 s (the default request timeout).
 const REQUEST_BUCKETS: &[f64] = &[
@@ -44,7 +41,30 @@ const PASS_BUCKETS: &[f64] = &[
 /// Message kinds: the routing keys of the contract, anything else is `unknown`.
 const KINDS: [&str; 3] = [RUN_FINISHED, EXPERIMENT_PRUNE, "unknown"];
 
-struct Metrics {
+/// The worker's metrics: a registry of their own (what `/metrics` serves) and the series in it,
+/// plus when MLflow and the store last answered (for `/readyz`). Cheap to clone: every clone
+/// counts into the same series. Each notable event is one method, called next to the log line
+/// that reports it.
+#[derive(Clone)]
+pub struct Metrics(Arc<Series>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+struct Series {
+    registry: Registry,
+    /// Every series name defined, histogram suffixes included.
+    names: BTreeSet<String>,
+    upstream: Arc<Upstream>,
     received: IntCounterVec,
     finished: IntCounterVec,
     processing: HistogramVec,
@@ -66,17 +86,29 @@ struct Metrics {
     follow_ups: IntCounter,
 }
 
-static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+/// Registers collectors into a registry and remembers their series names.
+struct Registrar {
+    registry: Registry,
+    names: BTreeSet<String>,
+}
 
 impl Metrics {
-    fn new() -> Self {
-        let m = Metrics {
-            received: counter_vec(
+    /// Defines every series (and the build info) in a new registry.
+    pub fn new() -> Self {
+        let mut r = Registrar {
+            registry: Registry::new(),
+            names: BTreeSet::new(),
+        };
+        let mut m = Series {
+            registry: Registry::new(),
+            names: BTreeSet::new(),
+            upstream: Arc::new(Upstream::default()),
+            received: r.counter_vec(
                 "model_pruner_messages_received_total",
                 "Deliveries taken from the work queue, by kind (routing key).",
                 &["kind"],
             ),
-            finished: counter_vec(
+            finished: r.counter_vec(
                 "model_pruner_messages_finished_total",
                 "Deliveries settled, by kind and outcome: ok (acked), delayed (sent to a delay \
                  queue), dead_lettered, retried (re-publishing failed: back to the work queue), \
@@ -85,26 +117,26 @@ impl Metrics {
                  on through a delay queue).",
                 &["kind", "outcome"],
             ),
-            processing: histogram_vec(
+            processing: r.histogram_vec(
                 "model_pruner_processing_duration_seconds",
                 "Time from receiving a delivery to settling it, waiting for its experiment included.",
                 &["kind"],
                 PASS_BUCKETS,
             ),
-            in_flight: register(
+            in_flight: r.register(
                 IntGauge::new(
                     "model_pruner_messages_in_flight",
                     "Deliveries received and not settled yet (waiting for their experiment or in a pass).",
                 ),
                 &[""],
             ),
-            passes: counter_vec(
+            passes: r.counter_vec(
                 "model_pruner_passes_total",
                 "Ranking passes, by outcome (ok, failed, panicked, timed_out: cancelled at \
                  broker.ack_deadline).",
                 &["outcome"],
             ),
-            pass_duration: register(
+            pass_duration: r.register(
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "model_pruner_pass_duration_seconds",
@@ -114,76 +146,76 @@ impl Metrics {
                 ),
                 &["_bucket", "_sum", "_count"],
             ),
-            coalesced: counter(
+            coalesced: r.counter(
                 "model_pruner_coalesced_events_total",
                 "Events handled by a pass started for an earlier event of their experiment.",
             ),
-            last_pass: register(
+            last_pass: r.register(
                 IntGauge::new(
                     "model_pruner_last_successful_pass_timestamp_seconds",
                     "Unix time of the last successful pass (0 before the first).",
                 ),
                 &[""],
             ),
-            runs_evaluated: counter(
+            runs_evaluated: r.counter(
                 "model_pruner_runs_evaluated_total",
                 "Runs ranked by successful passes.",
             ),
-            runs: counter_vec(
+            runs: r.counter_vec(
                 "model_pruner_runs_total",
                 "Runs by what passes did with them: kept, in_grace (out of the top N but \
                  finished less than the policy's grace ago), protected, skipped, or pruned \
                  (model files deleted and run marked; dry runs prune nothing).",
                 &["decision"],
             ),
-            models_deleted: counter(
+            models_deleted: r.counter(
                 "model_pruner_models_deleted_total",
                 "Model folders deleted from the store.",
             ),
-            objects_deleted: counter(
+            objects_deleted: r.counter(
                 "model_pruner_objects_deleted_total",
                 "Objects deleted from the store.",
             ),
-            bytes_deleted: counter(
+            bytes_deleted: r.counter(
                 "model_pruner_deleted_bytes_total",
                 "Bytes freed in the store.",
             ),
-            requests: counter_vec(
+            requests: r.counter_vec(
                 "model_pruner_requests_total",
                 "Requests to MLflow and the object store, by target, operation and status class \
                  (2xx, 4xx, 5xx; error when no answer came).",
                 &["target", "operation", "status"],
             ),
-            request_duration: histogram_vec(
+            request_duration: r.histogram_vec(
                 "model_pruner_request_duration_seconds",
                 "Latency of requests to MLflow and the object store.",
                 &["target", "operation"],
                 REQUEST_BUCKETS,
             ),
-            retries: counter_vec(
+            retries: r.counter_vec(
                 "model_pruner_retries_total",
                 "In-process retries of MLflow and object-store calls after a transient failure, \
                  by target and reason.",
                 &["target", "reason"],
             ),
-            dead_letters: counter_vec(
+            dead_letters: r.counter_vec(
                 "model_pruner_dead_letters_total",
                 "Messages sent to the dead-letter queue, by error class and reason (error kind).",
                 &["class", "reason"],
             ),
-            acks_lost: counter_vec(
+            acks_lost: r.counter_vec(
                 "model_pruner_acks_lost_total",
                 "Acks and nacks that did not reach RabbitMQ (the channel had closed, e.g. after \
                  consumer_timeout), by operation: the broker redelivers those messages.",
                 &["operation"],
             ),
-            follow_ups: counter(
+            follow_ups: r.counter(
                 "model_pruner_follow_ups_scheduled_total",
                 "Follow-up passes scheduled at the end of a grace window (one per experiment \
                  while one is pending).",
             ),
         };
-        let build_info = register(
+        let build_info = r.register(
             IntGaugeVec::new(
                 Opts::new(
                     "model_pruner_build_info",
@@ -226,57 +258,166 @@ impl Metrics {
         for decision in ["kept", "in_grace", "protected", "skipped", "pruned"] {
             m.runs.with_label_values(&[decision]);
         }
-        m
+        m.registry = r.registry;
+        m.names = r.names;
+        Metrics(Arc::new(m))
     }
 }
 
-fn register<C: Collector + Clone + 'static>(
-    collector: Result<C, prometheus::Error>,
-    suffixes: &[&str],
-) -> C {
-    let collector = collector.expect("valid metric definition");
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    for desc in collector.desc() {
-        for suffix in suffixes {
-            names.insert(format!("{}{suffix}", desc.fq_name));
+impl Registrar {
+    fn register<C: Collector + Clone + 'static>(
+        &mut self,
+        collector: Result<C, prometheus::Error>,
+        suffixes: &[&str],
+    ) -> C {
+        let collector = collector.expect("valid metric definition");
+        for desc in collector.desc() {
+            for suffix in suffixes {
+                self.names.insert(format!("{}{suffix}", desc.fq_name));
+            }
+        }
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect("metric registered once");
+        collector
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.register(IntCounter::new(name, help), &[""])
+    }
+
+    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels), &[""])
+    }
+
+    fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(
+            HistogramVec::new(opts, labels),
+            &["_bucket", "_sum", "_count"],
+        )
+    }
+}
+
+impl Metrics {
+    /// Counts a follow-up pass scheduled at the end of a grace window.
+    pub fn follow_up_scheduled(&self) {
+        self.0.follow_ups.inc();
+    }
+
+    /// Starts the dead-letter counter at zero for every error class and each of `kinds`, so that
+    /// the first dead letter of a kind shows as an increase.
+    pub fn expect_dead_letters(&self, kinds: impl IntoIterator<Item = &'static str>) {
+        for kind in kinds {
+            for class in [ErrorClass::Transient, ErrorClass::Permanent] {
+                self.0
+                    .dead_letters
+                    .with_label_values(&[class.as_str(), kind]);
+            }
         }
     }
-    REGISTRY
-        .register(Box::new(collector.clone()))
-        .expect("metric registered once");
-    collector
-}
 
-fn counter(name: &str, help: &str) -> IntCounter {
-    register(IntCounter::new(name, help), &[""])
-}
+    /// Counts an ack or nack (`operation`) that did not reach the broker.
+    pub fn ack_lost(&self, operation: &'static str) {
+        self.0.acks_lost.with_label_values(&[operation]).inc();
+    }
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(IntCounterVec::new(Opts::new(name, help), labels), &[""])
-}
+    /// Counts a pass that covered `events` deliveries; a successful one (`Some`) also counts what
+    /// it decided.
+    pub fn pass_finished(&self, runs: Option<RunCounts>, events: usize, elapsed: Duration) {
+        self.0.pass_duration.observe(elapsed.as_secs_f64());
+        self.0.coalesced.inc_by(events.saturating_sub(1) as u64);
+        let Some(runs) = runs else {
+            self.0.passes.with_label_values(&["failed"]).inc();
+            return;
+        };
+        self.0.passes.with_label_values(&["ok"]).inc();
+        self.0.runs_evaluated.inc_by(runs.evaluated as u64);
+        for (decision, count) in [
+            ("kept", runs.kept),
+            ("in_grace", runs.in_grace),
+            ("protected", runs.protected),
+            ("skipped", runs.skipped),
+        ] {
+            self.0
+                .runs
+                .with_label_values(&[decision])
+                .inc_by(count as u64);
+        }
+        self.0.last_pass.set(unix_now().as_secs() as i64);
+    }
 
-fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    register(
-        HistogramVec::new(opts, labels),
-        &["_bucket", "_sum", "_count"],
-    )
-}
+    /// Counts a pass that panicked (`outcome="panicked"`) or was cancelled at the ack deadline
+    /// (`outcome="timed_out"`); its deliveries are retried later.
+    pub fn pass_interrupted(&self, outcome: &'static str, events: usize, elapsed: Duration) {
+        self.0.pass_duration.observe(elapsed.as_secs_f64());
+        self.0.coalesced.inc_by(events.saturating_sub(1) as u64);
+        self.0.passes.with_label_values(&[outcome]).inc();
+    }
 
-/// Counts a follow-up pass scheduled at the end of a grace window.
-pub fn follow_up_scheduled() {
-    M.follow_ups.inc();
-}
+    /// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.
+    pub fn run_pruned(&self, models: usize, objects: u64, bytes: u64) {
+        self.0.runs.with_label_values(&["pruned"]).inc();
+        self.0.models_deleted.inc_by(models as u64);
+        self.0.objects_deleted.inc_by(objects);
+        self.0.bytes_deleted.inc_by(bytes);
+    }
 
-/// Registers every metric (and the build info); idempotent. The server calls it before serving.
-pub fn init() {
-    LazyLock::force(&M);
-}
+    /// Counts one request to `target` answered with `status` (`None`: no answer) after `elapsed`,
+    /// and tells readiness whether the system answered (any status below 500).
+    pub fn request(&self, target: Target, operation: &str, status: Option<u16>, elapsed: Duration) {
+        let class = match status {
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(500..=599) => "5xx",
+            _ => "error",
+        };
+        self.0
+            .requests
+            .with_label_values(&[target.as_str(), operation, class])
+            .inc();
+        self.0
+            .request_duration
+            .with_label_values(&[target.as_str(), operation])
+            .observe(elapsed.as_secs_f64());
+        self.0
+            .upstream
+            .record(target, status.is_some_and(|s| s < 500), unix_now());
+    }
 
-/// Every series name `/metrics` can show, histograms as `_bucket`, `_sum` and `_count`.
-pub fn exported_names() -> BTreeSet<String> {
-    init();
-    NAMES.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.
+    pub fn retry(&self, target: &str, reason: &str) {
+        self.0.retries.with_label_values(&[target, reason]).inc();
+    }
+
+    /// Every series name `/metrics` can show, histograms as `_bucket`, `_sum` and `_count`.
+    pub fn exported_names(&self) -> &BTreeSet<String> {
+        &self.0.names
+    }
+
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    /// A delivery received: in flight until the returned [`Message`] is dropped.
+    pub fn received(&self, routing_key: &str) -> Message {
+        let kind = kind(routing_key);
+        self.0.received.with_label_values(&[kind]).inc();
+        self.0.in_flight.inc();
+        Message {
+            metrics: self.clone(),
+            kind,
+            received: Instant::now(),
+        }
+    }
 }
 
 fn kind(routing_key: &str) -> &'static str {
@@ -296,6 +437,7 @@ fn unix_now() -> Duration {
 /// dropped, settled or not (a delivery dropped with its connection is redelivered).
 #[derive(Debug)]
 pub struct Message {
+    metrics: Metrics,
     kind: &'static str,
     received: Instant,
 }
@@ -318,18 +460,14 @@ pub enum Finished<'a> {
 }
 
 impl Message {
-    pub fn received(routing_key: &str) -> Self {
-        let kind = kind(routing_key);
-        M.received.with_label_values(&[kind]).inc();
-        M.in_flight.inc();
-        Message {
-            kind,
-            received: Instant::now(),
-        }
+    /// Counts an ack or nack (`operation`) of this delivery that did not reach the broker.
+    pub fn ack_lost(&self, operation: &'static str) {
+        self.metrics.ack_lost(operation);
     }
 
     /// Counts the settlement and the time since the delivery arrived.
     pub fn finished(&self, how: Finished<'_>) {
+        let series = &self.metrics.0;
         let outcome = match how {
             Finished::Ok => "ok",
             Finished::Retried => "retried",
@@ -337,12 +475,19 @@ impl Message {
             Finished::HandedBack => "handed_back",
             Finished::Snoozed => "snoozed",
             Finished::DeadLettered { class, reason } => {
-                M.dead_letters.with_label_values(&[class, reason]).inc();
+                series
+                    .dead_letters
+                    .with_label_values(&[class, reason])
+                    .inc();
                 "dead_lettered"
             }
         };
-        M.finished.with_label_values(&[self.kind, outcome]).inc();
-        M.processing
+        series
+            .finished
+            .with_label_values(&[self.kind, outcome])
+            .inc();
+        series
+            .processing
             .with_label_values(&[self.kind])
             .observe(self.received.elapsed().as_secs_f64());
     }
@@ -350,23 +495,8 @@ impl Message {
 
 impl Drop for Message {
     fn drop(&mut self) {
-        M.in_flight.dec();
+        self.metrics.0.in_flight.dec();
     }
-}
-
-/// Starts the dead-letter counter at zero for every error class and each of `kinds`, so that
-/// the first dead letter of a kind shows as an increase.
-pub fn expect_dead_letters(kinds: impl IntoIterator<Item = &'static str>) {
-    for kind in kinds {
-        for class in [ErrorClass::Transient, ErrorClass::Permanent] {
-            M.dead_letters.with_label_values(&[class.as_str(), kind]);
-        }
-    }
-}
-
-/// Counts an ack or nack (`operation`) that did not reach the broker.
-pub fn ack_lost(operation: &'static str) {
-    M.acks_lost.with_label_values(&[operation]).inc();
 }
 
 /// What a successful pass decided, run by run, for the runs counter.
@@ -377,44 +507,6 @@ pub struct RunCounts {
     pub in_grace: usize,
     pub protected: usize,
     pub skipped: usize,
-}
-
-/// Counts a pass that covered `events` deliveries; a successful one (`Some`) also counts what
-/// it decided.
-pub fn pass_finished(runs: Option<RunCounts>, events: usize, elapsed: Duration) {
-    M.pass_duration.observe(elapsed.as_secs_f64());
-    M.coalesced.inc_by(events.saturating_sub(1) as u64);
-    let Some(runs) = runs else {
-        M.passes.with_label_values(&["failed"]).inc();
-        return;
-    };
-    M.passes.with_label_values(&["ok"]).inc();
-    M.runs_evaluated.inc_by(runs.evaluated as u64);
-    for (decision, count) in [
-        ("kept", runs.kept),
-        ("in_grace", runs.in_grace),
-        ("protected", runs.protected),
-        ("skipped", runs.skipped),
-    ] {
-        M.runs.with_label_values(&[decision]).inc_by(count as u64);
-    }
-    M.last_pass.set(unix_now().as_secs() as i64);
-}
-
-/// Counts a pass that panicked (`outcome="panicked"`) or was cancelled at the ack deadline
-/// (`outcome="timed_out"`); its deliveries are retried later.
-pub fn pass_interrupted(outcome: &'static str, events: usize, elapsed: Duration) {
-    M.pass_duration.observe(elapsed.as_secs_f64());
-    M.coalesced.inc_by(events.saturating_sub(1) as u64);
-    M.passes.with_label_values(&[outcome]).inc();
-}
-
-/// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.
-pub fn run_pruned(models: usize, objects: u64, bytes: u64) {
-    M.runs.with_label_values(&["pruned"]).inc();
-    M.models_deleted.inc_by(models as u64);
-    M.objects_deleted.inc_by(objects);
-    M.bytes_deleted.inc_by(bytes);
 }
 
 /// The system a request went to.
@@ -433,30 +525,6 @@ impl Target {
     }
 }
 
-/// Counts one request to `target` answered with `status` (`None`: no answer) after `elapsed`,
-/// and tells readiness whether the system answered (any status below 500).
-pub fn request(target: Target, operation: &str, status: Option<u16>, elapsed: Duration) {
-    let class = match status {
-        Some(200..=299) => "2xx",
-        Some(300..=399) => "3xx",
-        Some(400..=499) => "4xx",
-        Some(500..=599) => "5xx",
-        _ => "error",
-    };
-    M.requests
-        .with_label_values(&[target.as_str(), operation, class])
-        .inc();
-    M.request_duration
-        .with_label_values(&[target.as_str(), operation])
-        .observe(elapsed.as_secs_f64());
-    health::record(target, status.is_some_and(|s| s < 500), unix_now());
-}
-
-/// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.
-pub fn retry(target: &str, reason: &str) {
-    M.retries.with_label_values(&[target, reason]).inc();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,10 +539,11 @@ mod tests {
 
     #[test]
     fn names_follow_prometheus_conventions() {
-        let names = exported_names();
+        let metrics = Metrics::new();
+        let names = metrics.exported_names();
         assert!(names.contains("model_pruner_build_info"));
         assert!(names.contains("model_pruner_request_duration_seconds_bucket"));
-        for name in &names {
+        for name in names {
             assert!(name.starts_with("model_pruner_"), "{name}");
             let unit = [
                 "_total",

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, warn};
 
-use super::{Health, ProbeReport, REGISTRY};
+use super::{Health, Metrics, ProbeReport};
 
 /// A bound listener, not serving yet.
 #[derive(Debug)]
@@ -28,11 +28,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` (port 0 picks a free port) and registers every metric.
-    pub async fn bind(addr: SocketAddr) -> std::io::Result<Server> {
-        super::init();
+    /// Binds `addr` (port 0 picks a free port) at once, so the address is known before the
+    /// worker starts. Must be called inside a tokio runtime.
+    pub fn bind(addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
         Ok(Server {
-            listener: TcpListener::bind(addr).await?,
+            listener: TcpListener::from_std(listener)?,
         })
     }
 
@@ -42,15 +44,15 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves in a background task until the returned guard is dropped.
-    pub fn spawn(self, health: Arc<Health>) -> DropGuard {
+    /// Serves `metrics` and `health` in a background task until the returned guard is dropped.
+    pub fn spawn(self, metrics: Metrics, health: Arc<Health>) -> DropGuard {
         let stop = CancellationToken::new();
-        tokio::spawn(self.serve(health, stop.clone()));
+        tokio::spawn(self.serve(metrics, health, stop.clone()));
         stop.drop_guard()
     }
 
     /// Serves until `stop` is cancelled; open connections then finish their current request.
-    pub async fn serve(self, health: Arc<Health>, stop: CancellationToken) {
+    pub async fn serve(self, metrics: Metrics, health: Arc<Health>, stop: CancellationToken) {
         loop {
             let stream = tokio::select! {
                 () = stop.cancelled() => return,
@@ -64,11 +66,11 @@ impl Server {
                     }
                 },
             };
-            let health = health.clone();
+            let (metrics, health) = (metrics.clone(), health.clone());
             let stop = stop.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let response = respond(&req, &health);
+                    let response = respond(&req, &metrics, &health);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let mut conn =
@@ -88,12 +90,12 @@ impl Server {
     }
 }
 
-fn respond(req: &Request<Incoming>, health: &Health) -> Response<Full<Bytes>> {
+fn respond(req: &Request<Incoming>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n".into());
     }
     match req.uri().path() {
-        "/metrics" => metrics(),
+        "/metrics" => exposition(metrics),
         "/healthz" => probe(health.liveness()),
         "/readyz" => probe(health.readiness()),
         _ => text(
@@ -112,10 +114,10 @@ fn probe(report: ProbeReport) -> Response<Full<Bytes>> {
     text(status, report.body)
 }
 
-fn metrics() -> Response<Full<Bytes>> {
+fn exposition(metrics: &Metrics) -> Response<Full<Bytes>> {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
-    if let Err(e) = encoder.encode(&REGISTRY.gather(), &mut body) {
+    if let Err(e) = encoder.encode(&metrics.registry().gather(), &mut body) {
         warn!(error = %e, "cannot encode the metrics");
         return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
     }
@@ -137,17 +139,19 @@ fn response(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::STALLED_AFTER;
 
-    async fn serve(health: Arc<Health>) -> (String, DropGuard) {
-        let server = Server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    async fn serve(metrics: &Metrics, health: Arc<Health>) -> (String, DropGuard) {
+        let server = Server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let base = format!("http://{}", server.local_addr());
-        (base, server.spawn(health))
+        (base, server.spawn(metrics.clone(), health))
     }
 
     #[tokio::test]
     async fn serves_metrics_health_and_health() {
-        let health = Arc::new(Health::default());
-        let (base, _guard) = serve(health.clone()).await;
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::new(STALLED_AFTER, &metrics));
+        let (base, _guard) = serve(&metrics, health.clone()).await;
         let http = reqwest::Client::new();
         let get = |path: &str| http.get(format!("{base}{path}")).send();
 
@@ -189,9 +193,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_stalled_loop_fails_the_liveness_probe() {
-        let health = Arc::new(Health::new(Duration::ZERO));
+        let metrics = Metrics::new();
+        let health = Arc::new(Health::new(Duration::ZERO, &metrics));
         health.beat();
-        let (base, _guard) = serve(health).await;
+        let (base, _guard) = serve(&metrics, health).await;
         let live = reqwest::get(format!("{base}/healthz")).await.unwrap();
         assert_eq!(live.status(), 503);
         assert!(live.text().await.unwrap().starts_with("stalled: "));
@@ -199,7 +204,8 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_guard_stops_the_listener() {
-        let (base, guard) = serve(Arc::new(Health::default())).await;
+        let metrics = Metrics::new();
+        let (base, guard) = serve(&metrics, Arc::new(Health::new(STALLED_AFTER, &metrics))).await;
         drop(guard);
         let http = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -12,7 +12,7 @@ use url::Url;
 
 use super::error::MlflowError;
 use super::wire::ErrorBody;
-use crate::metrics::Target;
+use crate::metrics::{Metrics, Target};
 use crate::settings::MlflowSettings;
 
 /// How much of a non-MLflow error body (an HTML page from a proxy, say) goes into the message.
@@ -26,6 +26,7 @@ pub struct MlflowClient {
     api: Url,
     auth: Auth,
     pub(super) page_size: u32,
+    metrics: Metrics,
 }
 
 #[derive(Clone)]
@@ -73,7 +74,7 @@ impl MlflowClient {
     /// Builds the client: request timeout, credentials (a bearer token wins over basic auth, as
     /// in MLflow's own client) and the API root under `tracking_uri`, which may carry a path
     /// prefix such as `https://host/mlflow`.
-    pub fn new(settings: &MlflowSettings) -> Result<Self, MlflowError> {
+    pub fn new(settings: &MlflowSettings, metrics: &Metrics) -> Result<Self, MlflowError> {
         let mut api = settings.tracking_uri.expose().clone();
         if !matches!(api.scheme(), "http" | "https") || api.cannot_be_a_base() {
             return Err(MlflowError::Build(format!(
@@ -108,6 +109,7 @@ impl MlflowClient {
             api,
             auth,
             page_size: settings.page_size,
+            metrics: metrics.clone(),
         })
     }
 
@@ -158,7 +160,8 @@ impl MlflowClient {
         };
         let started = std::time::Instant::now();
         let observe = |status: Option<u16>| {
-            crate::metrics::request(Target::Mlflow, operation, status, started.elapsed());
+            self.metrics
+                .request(Target::Mlflow, operation, status, started.elapsed());
         };
         let response = match request.send().await {
             Ok(response) => response,
@@ -298,8 +301,11 @@ mod tests {
 
     #[test]
     fn the_client_never_prints_credentials_of_its_tracking_uri() {
-        let client =
-            MlflowClient::new(&settings("https://ml-user:ml-secret@mlflow.example/p")).unwrap();
+        let client = MlflowClient::new(
+            &settings("https://ml-user:ml-secret@mlflow.example/p"),
+            &Metrics::new(),
+        )
+        .unwrap();
         let printed = format!("{client:?}");
         for secret in ["ml-user", "ml-secret"] {
             assert!(!printed.contains(secret), "{secret} printed in {printed}");
@@ -308,12 +314,13 @@ mod tests {
 
     #[test]
     fn endpoints_sit_under_the_tracking_uri_path_with_ids_encoded() {
-        let client = MlflowClient::new(&settings("http://mlflow:5000")).unwrap();
+        let client = MlflowClient::new(&settings("http://mlflow:5000"), &Metrics::new()).unwrap();
         assert_eq!(
             client.url(&["runs", "search"]).as_str(),
             "http://mlflow:5000/api/2.0/mlflow/runs/search"
         );
-        let client = MlflowClient::new(&settings("https://host/tools/mlflow/")).unwrap();
+        let client =
+            MlflowClient::new(&settings("https://host/tools/mlflow/"), &Metrics::new()).unwrap();
         assert_eq!(
             client.url(&["logged-models", "m-1/../x?", "tags"]).as_str(),
             "https://host/tools/mlflow/api/2.0/mlflow/logged-models/m-1%2F..%2Fx%3F/tags"
@@ -351,7 +358,7 @@ mod tests {
 
     #[test]
     fn non_http_tracking_uris_are_rejected() {
-        let err = MlflowClient::new(&settings("file:///tmp/mlruns")).unwrap_err();
+        let err = MlflowClient::new(&settings("file:///tmp/mlruns"), &Metrics::new()).unwrap_err();
         assert!(matches!(err, MlflowError::Build(_)), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Permanent);
     }
@@ -375,7 +382,7 @@ mod tests {
             socket.write_all(response.as_bytes()).await.unwrap();
             String::from_utf8_lossy(&head[..n]).into_owned()
         });
-        let client = MlflowClient::new(settings).unwrap();
+        let client = MlflowClient::new(settings, &Metrics::new()).unwrap();
         let experiment = client.get_experiment("7").await.unwrap();
         assert_eq!(experiment.name, "e");
         server.await.unwrap()
@@ -413,7 +420,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri = format!("http://user:s3cr3t@{addr}");
-        let client = MlflowClient::new(&settings(&uri)).unwrap();
+        let client = MlflowClient::new(&settings(&uri), &Metrics::new()).unwrap();
         let err = client.get_experiment("12").await.unwrap_err();
         assert!(matches!(err, MlflowError::Connect { .. }), "{err:?}");
         assert_eq!(err.class(), ErrorClass::Transient);
@@ -435,7 +442,8 @@ mod tests {
             let (_socket, _) = listener.accept().await.unwrap();
             tokio::time::sleep(Duration::from_secs(5)).await;
         });
-        let client = MlflowClient::new(&settings(&format!("http://{addr}"))).unwrap();
+        let client =
+            MlflowClient::new(&settings(&format!("http://{addr}")), &Metrics::new()).unwrap();
         let fields = crate::mlflow::RunFields {
             metrics: &[],
             params: &[],

@@ -48,7 +48,7 @@ impl ObjectStore {
             .send()
             .await
             .map_err(to_request_error);
-        super::count_request(DELETE, &output, started);
+        self.count_request(DELETE, &output, started);
         check_key_errors(bucket, folder, output?.errors())
     }
 }

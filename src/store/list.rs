@@ -87,7 +87,7 @@ impl ObjectStore {
             .send()
             .await
             .map_err(|err| StoreError::request(LIST, bucket, prefix, err));
-        super::count_request(LIST, &output, started);
+        self.count_request(LIST, &output, started);
         let page = page(&output?);
         check_order(start_after, &page).map_err(error)?;
         Ok(page)

@@ -13,6 +13,7 @@ mod error;
 mod list;
 
 use std::ops::AddAssign;
+use std::time::Instant;
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
@@ -21,6 +22,7 @@ use aws_sdk_s3::config::{
 };
 use secrecy::ExposeSecret;
 
+use crate::metrics::{Metrics, Target};
 use crate::settings::StoreSettings;
 
 pub use error::{Cause, Reason, StoreError};
@@ -66,12 +68,13 @@ pub struct ObjectStore {
     client: aws_sdk_s3::Client,
     /// Keys per DeleteObjects request, 1..=1000.
     batch: usize,
+    metrics: Metrics,
 }
 
 impl ObjectStore {
     /// Builds the client from the settings alone: static credentials, no environment or profile
     /// lookups, no SDK retries (the worker retries, and retries must not multiply).
-    pub fn new(settings: &StoreSettings) -> Self {
+    pub fn new(settings: &StoreSettings, metrics: &Metrics) -> Self {
         let credentials = Credentials::new(
             settings.access_key_id.clone(),
             settings.secret_access_key.expose_secret().to_owned(),
@@ -101,6 +104,7 @@ impl ObjectStore {
         Self {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             batch: batch_size(settings.delete_batch_size),
+            metrics: metrics.clone(),
         }
     }
 
@@ -108,20 +112,16 @@ impl ObjectStore {
     pub fn batch_size(&self) -> usize {
         self.batch
     }
-}
 
-/// Counts a store request of `operation` started at `started`, by the status it ended with.
-fn count_request<T>(operation: &str, result: &Result<T, StoreError>, started: std::time::Instant) {
-    let status = match result {
-        Ok(_) => Some(200),
-        Err(e) => e.status(),
-    };
-    crate::metrics::request(
-        crate::metrics::Target::Store,
-        operation,
-        status,
-        started.elapsed(),
-    );
+    /// Counts a request of `operation` started at `started`, by the status it ended with.
+    fn count_request<T>(&self, operation: &str, result: &Result<T, StoreError>, started: Instant) {
+        let status = match result {
+            Ok(_) => Some(200),
+            Err(e) => e.status(),
+        };
+        self.metrics
+            .request(Target::Store, operation, status, started.elapsed());
+    }
 }
 
 /// The deepest folder (ending in `/`) holding every key; empty for keys with nothing in common.

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::Topology;
 use crate::engine::{Engine, PruneError};
-use crate::metrics;
+use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 use outcome::RetryRules;
 use session::SessionError;
@@ -35,20 +35,23 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 /// Runs the worker until `shutdown` is cancelled, then returns `Ok` once the passes in flight
-/// have finished (or `concurrency.shutdown_grace` has expired). Broker outages are waited out
-/// with backoff; only settings the broker refuses (a queue declared with other arguments, no
-/// access) end the worker with an error.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// have finished (or `concurrency.shutdown_grace` has expired). Serves `/metrics` (what it
+/// counts into `metrics`), `/healthz` and `/readyz` on `server`, bound by the caller (the
+/// command line binds `metrics.listen`). Broker outages are waited out with backoff; only
+/// settings the broker refuses (a queue declared with other arguments, no access) end the
+/// worker with an error.
+pub async fn run(
+    settings: Settings,
+    server: metrics::Server,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Up before the broker, so probes and scrapes see a worker that cannot connect.
-    let listen = settings.metrics.listen;
-    let server = metrics::Server::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen} (metrics.listen)"))?;
     info!(address = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-    let health = Arc::new(metrics::Health::new(stall_limit(&settings)));
-    metrics::expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
-    let _server = server.spawn(health.clone());
-    let engine = Engine::new(&settings).context("cannot build the pruning engine")?;
+    let health = Arc::new(metrics::Health::new(stall_limit(&settings), &metrics));
+    metrics.expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
+    let _server = server.spawn(metrics.clone(), health.clone());
+    let engine = Engine::new(&settings, &metrics).context("cannot build the pruning engine")?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -65,6 +68,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         host,
         broker: settings.broker,
         health,
+        metrics,
         follow_ups: Default::default(),
     };
     let mut backoff = Backoff::default();

@@ -27,7 +27,7 @@ use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::engine::{Engine, PassReport, PruneError, now_ms};
-use crate::metrics::{self, Health};
+use crate::metrics::{self, Health, Metrics};
 use crate::settings::BrokerSettings;
 
 /// How often the session beats for `/healthz` and looks for deliveries held too long.
@@ -48,6 +48,8 @@ pub struct Context {
     pub host: String,
     /// Told when consuming starts and stops (`/readyz`) and that the loop runs (`/healthz`).
     pub health: Arc<Health>,
+    /// What the worker counts.
+    pub metrics: Metrics,
     /// Follow-up passes this worker scheduled, kept across sessions.
     pub follow_ups: Arc<Mutex<FollowUps>>,
 }
@@ -110,6 +112,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         ack_deadline: ctx.broker.ack_deadline,
         topology_gone: Default::default(),
         follow_ups: ctx.follow_ups.clone(),
+        metrics: ctx.metrics.clone(),
     });
     let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
@@ -167,7 +170,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             },
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let received = Received::new(delivery, &ctx.topology);
+                    let received = Received::new(delivery, &ctx.topology, &ctx.metrics);
                     if let Some(at) = received.follow_up_at.filter(|at| {
                         received.routing_key == EXPERIMENT_PRUNE
                             && follow_up::travels_on(*at, now_ms())
@@ -351,10 +354,16 @@ async fn run_batch(
         };
         let took = started.elapsed();
         match &ended {
-            Ended::Finished(result) => metrics::pass_finished(run_counts(result), jobs.len(), took),
+            Ended::Finished(result) => {
+                settler
+                    .metrics
+                    .pass_finished(run_counts(result), jobs.len(), took)
+            }
             Ended::Panicked(panic) => {
                 error!(panic = %panic, "the pass panicked: its events are retried after a delay");
-                metrics::pass_interrupted("panicked", jobs.len(), took);
+                settler
+                    .metrics
+                    .pass_interrupted("panicked", jobs.len(), took);
             }
             Ended::TimedOut => {
                 warn!(
@@ -362,7 +371,9 @@ async fn run_batch(
                     "the pass was still running at broker.ack_deadline: cancelled, its events \
                      are retried after a delay"
                 );
-                metrics::pass_interrupted("timed_out", jobs.len(), took);
+                settler
+                    .metrics
+                    .pass_interrupted("timed_out", jobs.len(), took);
             }
         }
         // Runs left in their grace window: the pass's work is done only once its follow-up is
@@ -486,7 +497,7 @@ mod tests {
         drain(
             &mut running,
             Duration::from_secs(5),
-            &Health::new(Duration::from_secs(60)),
+            &Health::new(Duration::from_secs(60), &Metrics::new()),
         )
         .await;
         assert_eq!(done.load(Ordering::SeqCst), 2);
@@ -502,7 +513,7 @@ mod tests {
         drain(
             &mut running,
             Duration::from_secs(5),
-            &Health::new(Duration::from_secs(60)),
+            &Health::new(Duration::from_secs(60), &Metrics::new()),
         )
         .await;
         assert_eq!(started.elapsed(), Duration::from_secs(5));

@@ -22,7 +22,7 @@ use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
 use crate::domain::policy::PolicyOverrides;
 use crate::engine::now_ms;
-use crate::metrics::{self, Finished};
+use crate::metrics::{self, Finished, Metrics};
 
 /// A delivery with what the worker read from its headers.
 #[derive(Debug)]
@@ -43,11 +43,12 @@ pub struct Received {
 }
 
 impl Received {
-    /// Reads the delivery as [`Topology::origin`] says it may be believed.
-    pub fn new(delivery: Delivery, topology: &Topology) -> Self {
+    /// Reads the delivery as [`Topology::origin`] says it may be believed, counted in
+    /// `metrics` from now until it is dropped.
+    pub fn new(delivery: Delivery, topology: &Topology, metrics: &Metrics) -> Self {
         let origin = topology.origin(&delivery);
         Received {
-            metrics: metrics::Message::received(&origin.routing_key),
+            metrics: metrics.received(&origin.routing_key),
             delivery,
             routing_key: origin.routing_key,
             attempt: origin.attempt,
@@ -79,6 +80,7 @@ pub struct Settler {
     pub topology_gone: AtomicBool,
     /// Follow-up passes scheduled and not due yet; outlives the session.
     pub follow_ups: Arc<Mutex<FollowUps>>,
+    pub metrics: Metrics,
 }
 
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
@@ -216,7 +218,7 @@ impl Settler {
         }
         published?;
         self.follow_ups().scheduled(key, at, now);
-        metrics::follow_up_scheduled();
+        self.metrics.follow_up_scheduled();
         info!(experiment_id, due = %rfc3339(at), queue, "follow-up pass scheduled at the end of the grace window");
         Ok(true)
     }
@@ -336,7 +338,7 @@ fn settled(
         Ok(false) => "the channel was closed".to_owned(),
         Err(e) => e.to_string(),
     };
-    metrics::ack_lost(operation);
+    received.metrics.ack_lost(operation);
     error!(
         experiment_id = subject.experiment_id.unwrap_or(""),
         run_id = subject.run_id.unwrap_or(""),
@@ -468,7 +470,7 @@ mod tests {
     #[test]
     fn attempts_and_routing_key_come_from_the_headers_after_a_delay_queue() {
         let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
-        let r = Received::new(delivery("", "work", back), &topology());
+        let r = Received::new(delivery("", "work", back), &topology(), &Metrics::new());
         assert_eq!(
             (
                 r.routing_key.as_str(),
@@ -482,6 +484,7 @@ mod tests {
         let r = Received::new(
             delivery("x", "run.finished", FieldTable::default()),
             &topology(),
+            &Metrics::new(),
         );
         assert_eq!((r.routing_key.as_str(), r.attempt), ("run.finished", 1));
     }
@@ -489,7 +492,7 @@ mod tests {
     #[test]
     fn a_handed_back_copy_returns_as_the_same_attempt_of_the_same_event() {
         let back = own_headers(headers::tests::with_deaths(&[("p.30s", "expired")]));
-        let held = Received::new(delivery("", "work", back), &topology());
+        let held = Received::new(delivery("", "work", back), &topology(), &Metrics::new());
         assert_eq!(held.attempt, 3);
         let original = held.delivery.properties.headers().as_ref();
         let mut copy = headers::handed_back(original, &held.routing_key, held.attempt, 2);
@@ -498,7 +501,7 @@ mod tests {
             "x-death".into(),
             headers::tests::with_deaths(&[("p.30s", "expired")]).inner()["x-death"].clone(),
         );
-        let returned = Received::new(delivery("", "work", copy), &topology());
+        let returned = Received::new(delivery("", "work", copy), &topology(), &Metrics::new());
         assert_eq!(
             (
                 returned.routing_key.as_str(),
@@ -511,6 +514,7 @@ mod tests {
         let first = Received::new(
             delivery("x", "run.finished", FieldTable::default()),
             &topology(),
+            &Metrics::new(),
         );
         let copy = headers::handed_back(None, &first.routing_key, first.attempt, 1);
         assert_eq!(headers::get_u32(Some(&copy), headers::ATTEMPTS), Some(0));
@@ -540,7 +544,11 @@ mod tests {
             ),
         ];
         for (exchange, routing_key, h) in forged {
-            let r = Received::new(delivery(exchange, routing_key, h), &topology());
+            let r = Received::new(
+                delivery(exchange, routing_key, h),
+                &topology(),
+                &Metrics::new(),
+            );
             assert_eq!(
                 (
                     r.routing_key.as_str(),

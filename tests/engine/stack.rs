@@ -1,6 +1,7 @@
 //! The three services the product talks to answer over real connections.
 
 use lapin::{Connection, ConnectionProperties};
+use model_pruner::metrics::Metrics;
 use model_pruner::mlflow::MlflowClient;
 use model_pruner::store::ObjectStore;
 
@@ -22,7 +23,7 @@ async fn rabbitmq_accepts_a_connection() {
 #[tokio::test]
 async fn mlflow_answers_its_rest_api() {
     let s = settings();
-    let client = MlflowClient::new(&s.mlflow).unwrap();
+    let client = MlflowClient::new(&s.mlflow, &Metrics::new()).unwrap();
     let err = client.get_experiment("999999999").await.unwrap_err();
     assert!(err.is_not_found(), "MLflow should answer 404, got: {err}");
     client
@@ -34,7 +35,7 @@ async fn mlflow_answers_its_rest_api() {
 #[tokio::test]
 async fn the_store_answers_and_has_the_bucket() {
     let s = settings();
-    let store = ObjectStore::new(&s.store);
+    let store = ObjectStore::new(&s.store, &Metrics::new());
     store
         .usage(BUCKET, "no-such-prefix/")
         .await

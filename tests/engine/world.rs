@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use model_pruner::domain::event::Event;
 use model_pruner::engine::{Engine, PassReport, PruneError};
+use model_pruner::metrics::Metrics;
 use model_pruner::settings::Settings;
 
 use crate::support::mlflow_fixtures::Mlflow;
@@ -64,7 +65,7 @@ impl World {
     }
 
     pub fn engine(&self) -> Engine {
-        Engine::new(&self.settings).expect("engine builds")
+        Engine::new(&self.settings, &Metrics::new()).expect("engine builds")
     }
 }
 

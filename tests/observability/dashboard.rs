@@ -251,8 +251,8 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
     s.store.endpoint = Some(proxy.url().into());
     // The default names: queues an interrupted earlier run left go first.
     TestApp::without_worker(&s).await.cleanup().await;
-    let prometheus = Prometheus::start(&s.metrics.listen.to_string()).await;
     let app = TestApp::spawn(s).await;
+    let prometheus = Prometheus::start(&app.address().to_string()).await;
     prometheus.wait_scraped("model-pruner").await;
     prometheus.wait_scraped("rabbitmq-queues").await;
 

@@ -28,7 +28,8 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
         "prometheus/alerts.yml",
         "prometheus/alerts.test.yml",
     ];
-    let exported = model_pruner::metrics::exported_names();
+    let metrics = model_pruner::metrics::Metrics::new();
+    let exported = metrics.exported_names();
     let mut unknown = Vec::new();
     let mut named = BTreeSet::new();
     for file in files {
@@ -53,8 +54,8 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
 #[tokio::test]
 async fn a_fresh_worker_exports_its_families_before_any_event() {
     let s = settings();
-    let endpoint = Endpoint::of(&s);
     let app = crate::support::app::TestApp::spawn(s).await;
+    let endpoint = Endpoint::at(app.address());
     endpoint
         .wait("/healthz", "the listener answers", |status, _| {
             status == 200
@@ -78,7 +79,7 @@ async fn a_fresh_worker_exports_its_families_before_any_event() {
     ] {
         assert!(scraped.contains(name), "{name} missing from {scraped:#?}");
     }
-    let exported = model_pruner::metrics::exported_names();
+    let exported = app.metrics().exported_names();
     for name in &scraped {
         assert!(exported.contains(name), "{name} not in exported_names()");
     }

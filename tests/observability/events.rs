@@ -5,7 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lapin::types::FieldTable;
 use model_pruner::settings::Settings;
 
-use crate::scrape::{DEADLINE, Endpoint, alone_in_process, delta, settings};
+use crate::scrape::{DEADLINE, Endpoint, delta, settings};
 use crate::support::app::TestApp;
 use crate::support::mlflow_fixtures::{Mlflow, RunSpec};
 use crate::support::store_fixtures;
@@ -16,8 +16,8 @@ const METRIC: &str = "accuracy";
 
 /// Starts a worker with `s` and waits until `/readyz` says it consumes.
 async fn consuming_worker(s: Settings) -> (Endpoint, TestApp) {
-    let endpoint = Endpoint::of(&s);
     let app = TestApp::spawn(s).await;
+    let endpoint = Endpoint::at(app.address());
     endpoint
         .wait("/readyz", "the worker consumes", |status, _| status == 200)
         .await;
@@ -43,7 +43,7 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
     let after = endpoint
         .metrics_until("the dead letter is counted and settled", |m| {
             let settled = m.value("model_pruner_messages_in_flight", &[]) == in_flight;
-            delta(&before, m, FINISHED, &dead) >= 1.0 && (settled || !alone_in_process())
+            delta(&before, m, FINISHED, &dead) >= 1.0 && settled
         })
         .await;
 
@@ -55,10 +55,8 @@ async fn a_message_of_unknown_kind_counts_as_received_and_dead_lettered_as_perma
     assert_eq!(d(DEAD_LETTERS, &class), 1.0);
     let processed = d("model_pruner_processing_duration_seconds_count", &[kind]);
     assert_eq!(processed, 1.0);
-    if alone_in_process() {
-        assert_eq!(d("model_pruner_passes_total", &[]), 0.0, "no pass ran");
-        assert_eq!(d("model_pruner_requests_total", &[]), 0.0, "nothing asked");
-    }
+    assert_eq!(d("model_pruner_passes_total", &[]), 0.0, "no pass ran");
+    assert_eq!(d("model_pruner_requests_total", &[]), 0.0, "nothing asked");
     app.finish().await;
 }
 
@@ -90,11 +88,9 @@ async fn an_unknown_experiment_fails_its_pass_and_counts_the_mlflow_answer() {
     let get = [("target", "mlflow"), ("operation", "experiments/get")];
     let answered = [get[0], get[1], ("status", "4xx")];
     assert_eq!(d("model_pruner_requests_total", &answered), 1.0);
-    if alone_in_process() {
-        assert_eq!(d("model_pruner_pass_duration_seconds_count", &[]), 1.0);
-        assert_eq!(d("model_pruner_request_duration_seconds_count", &get), 1.0);
-        assert_eq!(d("model_pruner_retries_total", &[]), 0.0, "4xx: no retry");
-    }
+    assert_eq!(d("model_pruner_pass_duration_seconds_count", &[]), 1.0);
+    assert_eq!(d("model_pruner_request_duration_seconds_count", &get), 1.0);
+    assert_eq!(d("model_pruner_retries_total", &[]), 0.0, "4xx: no retry");
 
     let (status, ready) = endpoint.get("/readyz").await.unwrap();
     assert_eq!(status, 200, "{ready}");

@@ -1,7 +1,7 @@
 //! Observability against the real stack: metric values scraped from a worker's `/metrics` after
 //! real events, `/readyz` following the broker connection, and the deploy files naming only
-//! metrics the worker exports. The registry is process-wide, so tests assert deltas, and each
-//! test asserts on label sets no other test of this crate touches.
+//! metrics the worker exports. Each worker binds its own port and counts into its own registry,
+//! so the tests run side by side in one process as well as one process each.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -10,16 +10,17 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::scrape::{DEADLINE, Endpoint, settings};
-use crate::support::app::TestApp;
+use crate::support::app::{TestApp, start_worker};
 use crate::support::management::Management;
 
 #[tokio::test]
 async fn the_listener_is_up_and_unready_while_the_broker_is_unreachable() {
     let mut s = settings();
     s.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned().into();
-    let endpoint = Endpoint::of(&s);
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(model_pruner::worker::run(s, shutdown.clone()));
+    let worker = start_worker(s, shutdown.clone());
+    let endpoint = Endpoint::at(worker.address);
+    let worker = worker.task;
 
     endpoint
         .wait("/healthz", "the listener answers", |status, _| {
@@ -62,9 +63,10 @@ async fn a_broker_address_that_never_speaks_amqp_is_given_up_and_tried_again() {
     let mut s = settings();
     s.broker.url = format!("amqp://guest:guest@{address}/%2f").into();
     s.broker.connect_timeout = Duration::from_secs(1);
-    let endpoint = Endpoint::of(&s);
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(model_pruner::worker::run(s, shutdown.clone()));
+    let worker = start_worker(s, shutdown.clone());
+    let endpoint = Endpoint::at(worker.address);
+    let worker = worker.task;
 
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while accepted.load(Ordering::SeqCst) < 3 {
@@ -93,8 +95,8 @@ async fn a_broker_address_that_never_speaks_amqp_is_given_up_and_tried_again() {
 #[tokio::test]
 async fn readyz_turns_unready_when_the_broker_drops_the_connection_and_ready_again() {
     let s = settings();
-    let endpoint = Endpoint::of(&s);
     let app = TestApp::spawn(s).await;
+    let endpoint = Endpoint::at(app.address());
     endpoint
         .wait("/readyz", "ready once consuming", |status, body| {
             status == 200 && body.contains("broker: ok")

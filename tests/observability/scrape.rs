@@ -1,31 +1,23 @@
-//! A worker's HTTP endpoint seen from a test: settings with a free metrics port, polling with a
-//! deadline, and `/metrics` parsed into samples to compare.
+//! A worker's HTTP endpoint seen from a test: polling with a deadline, and `/metrics` parsed
+//! into samples to compare. Each worker binds a port of its own and counts into a registry of
+//! its own, so tests in one process do not see each other's counts.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use model_pruner::settings::Settings;
 
 use crate::support::app;
 
-/// Settings with unique names, quick retries and a free loopback port for `/metrics`;
+/// Settings with unique names and a loopback port of the worker's own for `/metrics`;
 /// `MODEL_PRUNER__*` from the environment apply.
 pub fn settings() -> Settings {
-    let mut s = app::settings("mp-obs", Duration::from_secs(1));
-    // A port the OS just handed out and took back; the worker binds it right after.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    s.metrics.listen = probe.local_addr().unwrap();
-    s
+    app::settings("mp-obs", Duration::from_secs(1))
 }
 
 /// How long a test waits for a metric or a readiness change.
 pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Whether this test has the process, and so the metrics registry, to itself (nextest runs
-/// each test in its own process); `cargo test` runs the tests of a crate side by side.
-pub fn alone_in_process() -> bool {
-    std::env::var("NEXTEST_EXECUTION_MODE").is_ok_and(|m| m == "process-per-test")
-}
 
 /// The `/metrics`, `/healthz` and `/readyz` of the worker started with `settings`.
 pub struct Endpoint {
@@ -34,9 +26,9 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn of(settings: &Settings) -> Endpoint {
+    pub fn at(address: SocketAddr) -> Endpoint {
         Endpoint {
-            base: format!("http://{}", settings.metrics.listen),
+            base: format!("http://{address}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()

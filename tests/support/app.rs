@@ -2,6 +2,7 @@
 //! declared topology, a test connection to publish and inspect queues with, and workers run
 //! in-process on the same queues.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lapin::BasicProperties;
@@ -9,6 +10,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use model_pruner::broker::{Broker, Topology, headers};
+use model_pruner::metrics::{Metrics, Server};
 use model_pruner::settings::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -52,12 +54,41 @@ pub fn same_queues(mut fresh: Settings, first: &Settings) -> Settings {
     fresh
 }
 
+/// A worker started in this process: where it serves `/metrics`, what it counts, its task.
+pub struct Worker {
+    pub address: SocketAddr,
+    pub metrics: Metrics,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts a worker with `settings` until `shutdown`, its listener bound on
+/// `settings.metrics.listen` first (a port of its own with `127.0.0.1:0`) and a registry of its
+/// own, so tests in one process neither share ports nor counters.
+pub fn start_worker(settings: Settings, shutdown: CancellationToken) -> Worker {
+    let server = Server::bind(settings.metrics.listen).expect("bind metrics.listen");
+    let address = server.local_addr();
+    let metrics = Metrics::new();
+    let task = tokio::spawn(model_pruner::worker::run(
+        settings,
+        server,
+        metrics.clone(),
+        shutdown,
+    ));
+    Worker {
+        address,
+        metrics,
+        task,
+    }
+}
+
 pub struct TestApp {
     settings: Option<Settings>,
     pub topology: Topology,
     pub broker: Broker,
     shutdown: CancellationToken,
     workers: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Address and metrics of each worker started, in order.
+    served: Vec<(SocketAddr, Metrics)>,
 }
 
 impl TestApp {
@@ -89,6 +120,7 @@ impl TestApp {
             broker,
             shutdown: CancellationToken::new(),
             workers: Vec::new(),
+            served: Vec::new(),
         }
     }
 
@@ -101,8 +133,19 @@ impl TestApp {
 
     /// Starts a worker; call again (with the same queue names) for more workers.
     pub fn start(&mut self, settings: Settings) {
-        let worker = tokio::spawn(model_pruner::worker::run(settings, self.shutdown.clone()));
-        self.workers.push(worker);
+        let worker = start_worker(settings, self.shutdown.clone());
+        self.served.push((worker.address, worker.metrics));
+        self.workers.push(worker.task);
+    }
+
+    /// Where the first worker serves `/metrics`, `/healthz` and `/readyz`.
+    pub fn address(&self) -> SocketAddr {
+        self.served.first().expect("a worker was started").0
+    }
+
+    /// What the first worker counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.served.first().expect("a worker was started").1
     }
 
     /// Cancels the workers and returns what `run` returned (the first error, if any), failing

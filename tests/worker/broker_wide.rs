@@ -9,7 +9,6 @@
 use std::process::Command;
 use std::time::Duration;
 
-use model_pruner::metrics::REGISTRY;
 use model_pruner::settings::Settings;
 
 use crate::helpers::{TestApp, prune, run_finished, settings, wait_drained};
@@ -96,9 +95,10 @@ async fn redelivered(queue: &str) -> u64 {
     q["message_stats"]["redeliver"].as_u64().unwrap_or(0)
 }
 
-/// The value of a counter of this process's registry (nextest runs each test in its own).
-fn counter(name: &str, label: (&str, &str)) -> f64 {
-    REGISTRY
+/// The value of a counter of the first worker of `app`.
+fn counter(app: &TestApp, name: &str, label: (&str, &str)) -> f64 {
+    app.metrics()
+        .registry()
         .gather()
         .iter()
         .filter(|family| family.name() == name)
@@ -138,11 +138,12 @@ async fn broker_wide_a_pass_outliving_the_ack_deadline_is_cut_before_the_consume
         "RabbitMQ never timed the worker out and took an event back"
     );
     assert!(
-        counter("model_pruner_passes_total", ("outcome", "timed_out")) >= 1.0,
+        counter(&app, "model_pruner_passes_total", ("outcome", "timed_out")) >= 1.0,
         "the stalled pass was cut at the deadline"
     );
     assert!(
         counter(
+            &app,
             "model_pruner_messages_finished_total",
             ("outcome", "delayed")
         ) >= 1.0,
@@ -150,13 +151,14 @@ async fn broker_wide_a_pass_outliving_the_ack_deadline_is_cut_before_the_consume
     );
     assert!(
         counter(
+            &app,
             "model_pruner_messages_finished_total",
             ("outcome", "handed_back")
         ) >= 1.0,
         "the event waiting for it was handed back"
     );
     assert_eq!(
-        counter("model_pruner_acks_lost_total", ("operation", "ack")),
+        counter(&app, "model_pruner_acks_lost_total", ("operation", "ack")),
         0.0
     );
     world.assert_kept(&runs, &[1, 2]).await;
@@ -182,7 +184,7 @@ async fn broker_wide_an_ack_the_broker_never_got_is_counted_and_the_event_redone
     wait_drained(&app, Duration::from_secs(90)).await;
 
     assert!(
-        counter("model_pruner_acks_lost_total", ("operation", "ack")) >= 1.0,
+        counter(&app, "model_pruner_acks_lost_total", ("operation", "ack")) >= 1.0,
         "the ack sent after the channel closed is counted as lost"
     );
     assert!(

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use model_pruner::metrics::REGISTRY;
 use model_pruner::settings::Settings;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -47,8 +46,9 @@ async fn model_run(
     world.model_run(exp, Layout::Classic, spec, 2).await
 }
 
-fn follow_ups_scheduled() -> f64 {
-    REGISTRY
+fn follow_ups_scheduled(app: &TestApp) -> f64 {
+    app.metrics()
+        .registry()
         .gather()
         .iter()
         .filter(|f| f.name() == "model_pruner_follow_ups_scheduled_total")
@@ -131,7 +131,7 @@ async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_end
     let dead = app.topology.dead_letter_queue.clone();
     assert!(app.next_message(&dead, Duration::ZERO).await.is_none());
     // The follow-up's own pass found nothing left in grace: nothing more scheduled.
-    assert_eq!(follow_ups_scheduled(), 1.0);
+    assert_eq!(follow_ups_scheduled(&app), 1.0);
     app.cleanup().await;
 }
 
@@ -154,7 +154,7 @@ async fn a_burst_of_events_schedules_one_follow_up() {
     }
     wait_drained(&app, Duration::from_secs(60)).await;
 
-    assert_eq!(follow_ups_scheduled(), 1.0);
+    assert_eq!(follow_ups_scheduled(&app), 1.0);
     // The follow-up waits in the longest delay queue (an hour is longer than every step).
     let longest = app.topology.delay_queues[1].name.clone();
     assert_eq!(app.queue_len(&longest).await, 1);

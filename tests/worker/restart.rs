@@ -15,6 +15,7 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, run_finished, same_queues, settings};
+use crate::support::app::start_worker;
 use crate::support::world::{Layout, World};
 
 /// The Debian package's scripts; `/usr/sbin`'s wrappers `su` to the rabbitmq user when run
@@ -42,10 +43,7 @@ async fn events_published_around_a_broker_restart_are_all_processed() {
     let base = on(&node, settings());
     let before = TestApp::without_worker(&base).await;
     let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(model_pruner::worker::run(
-        on(&node, same_queues(&base)),
-        shutdown.clone(),
-    ));
+    let worker = start_worker(on(&node, same_queues(&base)), shutdown.clone()).task;
 
     let events: Vec<Vec<u8>> = (0..12)
         .map(|i| run_finished(&exp, &runs[i % runs.len()], 2))

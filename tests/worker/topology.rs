@@ -9,6 +9,7 @@ use model_pruner::broker::{Broker, Topology};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, settings};
+use crate::support::app::start_worker;
 use crate::support::management::Management;
 
 #[tokio::test]
@@ -41,11 +42,13 @@ async fn worker_stops_with_an_error_when_the_broker_refuses_the_topology() {
     s.broker.delivery_limit += 1;
     let result = tokio::time::timeout(
         Duration::from_secs(10),
-        model_pruner::worker::run(s, tokio_util::sync::CancellationToken::new()),
+        start_worker(s, tokio_util::sync::CancellationToken::new()).task,
     )
     .await
     .expect("the worker gives up at once");
-    let err = result.expect_err("a refused topology is fatal");
+    let err = result
+        .expect("no panic")
+        .expect_err("a refused topology is fatal");
     let err = format!("{err:#}");
     assert!(err.contains("PRECONDITION"), "{err}");
     assert!(
