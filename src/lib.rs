@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! cli ─▶ worker ─▶ engine ─▶ mlflow, store ─▶ metrics ─▶ domain
-//!   └──▶ broker ─────────────────────────────────────────▶ domain
+//!   └──────┴──▶ broker ──────────────────────────────────▶ domain
 //! settings ─▶ domain          (every module above may read settings; telemetry reads them)
 //! ```
 //!

@@ -150,11 +150,13 @@ impl Engine {
         let experiment = self.read_experiment(experiment_id).await?;
         let policy = planner.policy(req, &experiment)?;
         let options = planner.options(&policy);
-        let (runs, logged_models) = self.read_runs(experiment_id, &options).await?;
+        let runs = self.read_runs(experiment_id, &options).await?;
+        let foreign = plan::foreign_runs(req, &runs)?;
+        let logged_models = self.read_logged_models(experiment_id).await?;
 
         // Plan.
+        let runs = (runs, foreign);
         let mut plan = planner.plan(req, policy.clone(), runs, &logged_models, now_ms())?;
-        log_plan(&plan);
         // A first look before the safety valve counts: registered runs are not deletions. A dry
         // run's look is as thorough as the one a real pass makes before each run's files go.
         let depth = if req.dry_run {
@@ -251,16 +253,12 @@ impl Engine {
             })
     }
 
-    /// The experiment's runs with what `options` needs of them, and its logged models.
+    /// The experiment's runs with what `options` needs of them.
     async fn read_runs(
         &self,
         experiment_id: &str,
         options: &InventoryOptions<'_>,
-    ) -> Result<(Vec<Run>, Vec<LoggedModel>), PruneError> {
-        let mlflow_err = |source| PruneError::Mlflow {
-            experiment_id: experiment_id.to_owned(),
-            source,
-        };
+    ) -> Result<Vec<Run>, PruneError> {
         let params = options.params();
         let tags = options.tags();
         let fields = RunFields {
@@ -268,21 +266,31 @@ impl Engine {
             params: &params,
             tags: &tags,
         };
-        let runs = self
-            .retry
+        self.retry
             .run("mlflow", "runs/search", || {
                 self.mlflow.search_runs(experiment_id, &fields)
             })
             .await
-            .map_err(mlflow_err)?;
-        let logged_models = self
-            .retry
+            .map_err(|source| PruneError::Mlflow {
+                experiment_id: experiment_id.to_owned(),
+                source,
+            })
+    }
+
+    /// The experiment's logged models.
+    async fn read_logged_models(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Vec<LoggedModel>, PruneError> {
+        self.retry
             .run("mlflow", "logged-models/search", || {
                 self.mlflow.search_logged_models(experiment_id)
             })
             .await
-            .map_err(mlflow_err)?;
-        Ok((runs, logged_models))
+            .map_err(|source| PruneError::Mlflow {
+                experiment_id: experiment_id.to_owned(),
+                source,
+            })
     }
 
     /// Soft-deletes the experiment once no run holds an unprotected model or is unfinished.
@@ -310,29 +318,6 @@ impl Engine {
         }
         info!("experiment deleted");
         Ok(())
-    }
-}
-
-/// Logs what the ranking left to report: runs without the group key, rows read twice, runs
-/// without the metric.
-fn log_plan(plan: &plan::Plan) {
-    let ranking = &plan.ranking;
-    if !ranking.ungrouped.is_empty() {
-        tracing::warn!(
-            run_ids = ?ranking.ungrouped,
-            group_by = %plan.policy.group_by.as_ref().map(ToString::to_string).unwrap_or_default(),
-            "runs without the group_by key were ranked in a group of their own"
-        );
-    }
-    if !ranking.repeated.is_empty() {
-        tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
-    }
-    for run in ranking.missing_metric() {
-        tracing::warn!(
-            run_id = %run.run.run_id,
-            metric = %plan.policy.metric,
-            "run has a model but no value for the metric: kept"
-        );
     }
 }
 

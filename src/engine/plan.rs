@@ -59,30 +59,18 @@ impl Planner<'_> {
     }
 
     /// Ranks the runs at `now` (milliseconds since the epoch) and resolves every folder of the
-    /// runs that fell out. Fails, deleting nothing, when every run the request names belongs to
-    /// another experiment, when no candidate has the metric, or when a folder is refused.
+    /// runs that fell out; `foreign_run_ids` come from [`foreign_runs`]. Fails, deleting
+    /// nothing, when no candidate has the metric or is within the floor, or when a folder is
+    /// refused.
     pub fn plan(
         &self,
         req: &PassRequest,
         policy: RetentionPolicy,
-        runs: Vec<Run>,
+        (runs, foreign_run_ids): (Vec<Run>, Vec<String>),
         logged_models: &[LoggedModel],
         now: i64,
     ) -> Result<Plan, PruneError> {
         let experiment_id = req.experiment_id.as_str();
-        let known: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
-        let foreign_run_ids: Vec<String> = req
-            .run_ids
-            .iter()
-            .filter(|id| !known.contains(id.as_str()))
-            .cloned()
-            .collect();
-        if !req.run_ids.is_empty() && foreign_run_ids.len() == req.run_ids.len() {
-            return Err(PruneError::RunNotInExperiment {
-                experiment_id: experiment_id.to_owned(),
-                run_ids: foreign_run_ids,
-            });
-        }
         let mut inventory = inventory::build(runs, logged_models, &self.options(&policy));
         let ranking = ranking::rank(std::mem::take(&mut inventory.facts), &policy, now).map_err(
             |source| PruneError::Ranking {
@@ -90,6 +78,7 @@ impl Planner<'_> {
                 source,
             },
         )?;
+        log_ranking(&ranking, &policy);
         let planned = self.deletions(experiment_id, &ranking, &inventory)?;
         Ok(Plan {
             policy,
@@ -203,6 +192,47 @@ impl Plan {
             });
         }
         Ok(())
+    }
+}
+
+/// The runs the request names that are not among `runs`. Fails when the request names runs and
+/// every one of them belongs to another experiment: nothing is to be done for it.
+pub fn foreign_runs(req: &PassRequest, runs: &[Run]) -> Result<Vec<String>, PruneError> {
+    let known: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
+    let foreign: Vec<String> = req
+        .run_ids
+        .iter()
+        .filter(|id| !known.contains(id.as_str()))
+        .cloned()
+        .collect();
+    if !req.run_ids.is_empty() && foreign.len() == req.run_ids.len() {
+        return Err(PruneError::RunNotInExperiment {
+            experiment_id: req.experiment_id.clone(),
+            run_ids: foreign,
+        });
+    }
+    Ok(foreign)
+}
+
+/// Logs what the ranking leaves to report: runs without the group key, rows read twice, runs
+/// without the metric. Before anything can fail the pass, so they are seen either way.
+fn log_ranking(ranking: &Ranking, policy: &RetentionPolicy) {
+    if !ranking.ungrouped.is_empty() {
+        tracing::warn!(
+            run_ids = ?ranking.ungrouped,
+            group_by = %policy.group_by.as_ref().map(ToString::to_string).unwrap_or_default(),
+            "runs without the group_by key were ranked in a group of their own"
+        );
+    }
+    if !ranking.repeated.is_empty() {
+        tracing::warn!(run_ids = ?ranking.repeated, "runs listed twice were ranked once");
+    }
+    for run in ranking.missing_metric() {
+        tracing::warn!(
+            run_id = %run.run.run_id,
+            metric = %policy.metric,
+            "run has a model but no value for the metric: kept"
+        );
     }
 }
 
@@ -322,7 +352,8 @@ mod tests {
             tags: BTreeMap::new(),
         };
         let policy = planner.policy(req, &experiment)?;
-        planner.plan(req, policy, runs, models, NOW)
+        let foreign = foreign_runs(req, &runs)?;
+        planner.plan(req, policy, (runs, foreign), models, NOW)
     }
 
     fn planned(plan: &Plan) -> Vec<(&str, Vec<&str>)> {
@@ -365,7 +396,7 @@ mod tests {
     #[test]
     fn a_pass_for_runs_of_another_experiment_only_fails_and_plans_nothing() {
         let runs = || vec![run("a", 0.9), run("b", 0.1)];
-        let err = plan_of(&request(&["x", "y"], PassKind::RunFinished), runs(), &[]).unwrap_err();
+        let err = foreign_runs(&request(&["x", "y"], PassKind::RunFinished), &runs()).unwrap_err();
         assert!(
             matches!(err, PruneError::RunNotInExperiment { ref run_ids, .. } if run_ids == &["x", "y"])
         );
@@ -458,32 +489,56 @@ mod tests {
     }
 
     #[test]
-    fn retirement_waits_for_kept_graced_young_and_unfinished_runs_with_models() {
+    fn retirement_waits_for_kept_graced_young_and_unfinished_runs() {
         let mut running = run("running", 0.2);
         running.status = RunStatus::Running;
+        // Unfinished without a model yet: it may still write one.
+        let mut starting = run("starting", 0.2);
+        starting.status = RunStatus::Other("PAUSED".into());
+        starting.params.clear();
+        // Failed without a model: nothing stored, nothing to wait for.
+        let mut failed = run("failed", 0.2);
+        failed.status = RunStatus::Failed;
+        failed.params.clear();
         let mut young = run("young", 0.3);
         young.end_time = Some(NOW - 1_000);
-        let mut req = request(
-            &[],
-            PassKind::Sweep {
-                delete_experiment: true,
-                force: true,
-            },
-        );
+        let sweep = PassKind::Sweep {
+            delete_experiment: true,
+            force: true,
+        };
+        let mut req = request(&[], sweep);
         req.policy.keep_top = Some(1);
         req.policy.older_than = Some("1h".into());
-        let plan = plan_of(
-            &req,
-            vec![run("best", 0.9), run("gone", 0.1), running, young],
-            &[],
-        )
-        .unwrap();
+        let runs = vec![
+            run("best", 0.9),
+            run("gone", 0.1),
+            running,
+            starting,
+            failed,
+            young,
+        ];
+        let plan = plan_of(&req, runs, &[]).unwrap();
         let blockers = retirement_blockers(&plan.ranking);
         let ids: Vec<&str> = blockers
             .iter()
             .map(|b| b.split(' ').next().unwrap())
             .collect();
-        assert_eq!(ids, ["best", "running", "young"]);
+        assert_eq!(ids, ["best", "running", "starting", "young"]);
+
+        // A run in its grace window stays, and so does the experiment.
+        let mut req = request(&[], sweep);
+        req.policy.keep_top = Some(0);
+        req.policy.grace = Some("1h".into());
+        let mut fresh = run("fresh", 0.5);
+        fresh.end_time = Some(NOW - 1_000);
+        let plan = plan_of(&req, vec![fresh, run("old", 0.1)], &[]).unwrap();
+        let blockers = retirement_blockers(&plan.ranking);
+        assert_eq!(blockers.len(), 1, "{blockers:?}");
+        assert!(
+            blockers[0].starts_with("fresh (rank 1 of 2"),
+            "{blockers:?}"
+        );
+        assert!(blockers[0].contains("grace until"), "{blockers:?}");
 
         let mut req = request(
             &[],

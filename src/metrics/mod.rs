@@ -538,6 +538,28 @@ mod tests {
     }
 
     #[test]
+    fn readiness_sees_the_answers_its_own_metrics_counted() {
+        let metrics = Metrics::new();
+        let health = Health::new(STALLED_AFTER, &metrics);
+        health.set_consuming(true);
+        let other = Metrics::new();
+        let unrelated = Health::new(STALLED_AFTER, &other);
+        assert!(health.readiness().body.contains("mlflow: unknown"));
+        metrics.request(Target::Mlflow, "runs/search", Some(200), Duration::ZERO);
+        metrics.request(Target::Store, "ListObjectsV2", None, Duration::ZERO);
+        let ready = health.readiness();
+        assert!(ready.ok, "{}", ready.body);
+        assert!(
+            ready.body.contains("mlflow: ok (last answer"),
+            "{}",
+            ready.body
+        );
+        assert!(ready.body.contains("store: degraded"), "{}", ready.body);
+        // Another worker's metrics keep their own view.
+        assert!(unrelated.readiness().body.contains("mlflow: unknown"));
+    }
+
+    #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new();
         let names = metrics.exported_names();

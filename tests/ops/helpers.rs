@@ -16,7 +16,7 @@ pub fn settings() -> Settings {
     app::quick_retries(app::settings("mp-ops", Duration::from_millis(500)))
 }
 
-/// Fresh settings on the queues of `first` (settings are not `Clone`).
+/// Fresh settings on the broker and queues of `first`.
 pub fn same_queues(first: &Settings) -> Settings {
     app::same_queues(settings(), first)
 }

@@ -45,12 +45,9 @@ pub fn quick_retries(mut s: Settings) -> Settings {
     s
 }
 
-/// `fresh` moved onto the exchange and queues of `first`; its other broker settings stay its own.
+/// `fresh` moved onto the broker, exchange and queues of `first`.
 pub fn same_queues(mut fresh: Settings, first: &Settings) -> Settings {
-    fresh.broker.exchange = first.broker.exchange.clone();
-    fresh.broker.work_queue = first.broker.work_queue.clone();
-    fresh.broker.dead_letter_queue = first.broker.dead_letter_queue.clone();
-    fresh.broker.delay_queue_prefix = first.broker.delay_queue_prefix.clone();
+    fresh.broker = first.broker.clone();
     fresh
 }
 
