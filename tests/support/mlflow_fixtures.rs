@@ -30,34 +30,8 @@ pub struct Mlflow {
     base: String,
 }
 
-/// The status a run ends up in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunStatus {
-    Running,
-    Scheduled,
-    Finished,
-    Failed,
-    Killed,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "RUNNING",
-            RunStatus::Scheduled => "SCHEDULED",
-            RunStatus::Finished => "FINISHED",
-            RunStatus::Failed => "FAILED",
-            RunStatus::Killed => "KILLED",
-        }
-    }
-
-    fn has_ended(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Finished | RunStatus::Failed | RunStatus::Killed
-        )
-    }
-}
+/// The status a run ends up in: the product's own reading of MLflow's statuses.
+pub use model_pruner::domain::run::RunStatus;
 
 /// What [`ExperimentFixture::run`] creates. Start with [`RunSpec::new`] (a `FINISHED` run that
 /// started and ended now) and adjust with the builder methods.
@@ -490,8 +464,8 @@ impl ExperimentFixture {
             None
         };
         if spec.status != RunStatus::Running {
-            let end_time = spec.end_time.filter(|_| spec.status.has_ended());
-            m.update_run(&run_id, spec.status, end_time).await?;
+            let end_time = spec.end_time.filter(|_| !spec.status.is_active());
+            m.update_run(&run_id, spec.status.clone(), end_time).await?;
         }
         if spec.deleted {
             m.delete_run(&run_id).await?;
