@@ -489,19 +489,20 @@ mod tests {
         tasks
     }
 
+    /// Drains `running` with a grace of `secs` seconds; how long it took.
+    async fn drain_within(running: &mut JoinSet<()>, secs: u64) -> Duration {
+        let started = Instant::now();
+        let health = Health::new(Duration::from_secs(60), &Metrics::new());
+        drain(running, Duration::from_secs(secs), &health).await;
+        started.elapsed()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn drain_waits_for_the_passes_that_finish_within_the_grace() {
         let done = Arc::new(AtomicUsize::new(0));
         let mut running = tasks(&[1, 3], &done);
-        let started = Instant::now();
-        drain(
-            &mut running,
-            Duration::from_secs(5),
-            &Health::new(Duration::from_secs(60), &Metrics::new()),
-        )
-        .await;
+        assert_eq!(drain_within(&mut running, 5).await, Duration::from_secs(3));
         assert_eq!(done.load(Ordering::SeqCst), 2);
-        assert_eq!(started.elapsed(), Duration::from_secs(3));
         assert!(running.is_empty());
     }
 
@@ -509,14 +510,7 @@ mod tests {
     async fn drain_aborts_what_is_still_running_when_the_grace_ends() {
         let done = Arc::new(AtomicUsize::new(0));
         let mut running = tasks(&[1, 30], &done);
-        let started = Instant::now();
-        drain(
-            &mut running,
-            Duration::from_secs(5),
-            &Health::new(Duration::from_secs(60), &Metrics::new()),
-        )
-        .await;
-        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        assert_eq!(drain_within(&mut running, 5).await, Duration::from_secs(5));
         assert!(running.is_empty(), "the late pass was aborted");
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(

@@ -212,11 +212,7 @@ impl Settler {
         })
         .to_body();
         let (queue, properties) = self.follow_up_leg(BasicProperties::default(), at, now);
-        let published = self.broker.publish_to_queue(queue, &body, properties).await;
-        if let Err(BrokerError::Unroutable { .. }) = &published {
-            self.topology_gone.store(true, Ordering::Relaxed);
-        }
-        published?;
+        self.publish_to_own_queue(queue, &body, properties).await?;
         self.follow_ups().scheduled(key, at, now);
         self.metrics.follow_up_scheduled();
         info!(experiment_id, due = %rfc3339(at), queue, "follow-up pass scheduled at the end of the grace window");
@@ -252,6 +248,21 @@ impl Settler {
         (queue.name.as_str(), properties)
     }
 
+    /// Publishes into one of the worker's own queues; an unroutable copy means the queue is
+    /// gone, which ends the session (see [`Settler::topology_gone`]).
+    async fn publish_to_own_queue(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let published = self.broker.publish_to_queue(queue, body, properties).await;
+        if let Err(BrokerError::Unroutable { .. }) = &published {
+            self.topology_gone.store(true, Ordering::Relaxed);
+        }
+        published
+    }
+
     fn follow_ups(&self) -> std::sync::MutexGuard<'_, FollowUps> {
         self.follow_ups
             .lock()
@@ -283,13 +294,9 @@ impl Settler {
         let published = if self.broker.is_blocked() {
             Err(BrokerError::Blocked)
         } else {
-            self.broker
-                .publish_to_queue(queue, &received.delivery.data, properties)
+            self.publish_to_own_queue(queue, &received.delivery.data, properties)
                 .await
         };
-        if let Err(BrokerError::Unroutable { .. }) = &published {
-            self.topology_gone.store(true, Ordering::Relaxed);
-        }
         let Err(e) = published else {
             self.failed_republications.store(0, Ordering::Relaxed);
             return true;
