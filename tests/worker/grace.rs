@@ -46,15 +46,27 @@ async fn model_run(
     world.model_run(exp, Layout::Classic, spec, 2).await
 }
 
-fn follow_ups_scheduled(app: &TestApp) -> f64 {
+/// The sum of the series of counter `name` of the app's worker that carry `label`, if given.
+fn counted(app: &TestApp, name: &str, label: Option<(&str, &str)>) -> f64 {
     app.metrics()
         .registry()
         .gather()
         .iter()
-        .filter(|f| f.name() == "model_pruner_follow_ups_scheduled_total")
+        .filter(|f| f.name() == name)
         .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            label.is_none_or(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == k && l.value() == v)
+            })
+        })
         .map(|m| m.get_counter().value())
         .sum()
+}
+
+fn follow_ups_scheduled(app: &TestApp) -> f64 {
+    counted(app, "model_pruner_follow_ups_scheduled_total", None)
 }
 
 #[tokio::test]
@@ -162,5 +174,44 @@ async fn a_burst_of_events_schedules_one_follow_up() {
         assert!(!world.marked(run).await);
         assert_eq!(world.objects(run).await, 2);
     }
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_window_longer_than_every_delay_is_waited_out_in_legs_without_passes() {
+    let world = World::new("worker");
+    let exp = experiment(&world, "5s").await;
+    let now = now_ms();
+    let best = model_run(&world, &exp, 0, 0.9, 1_700_000_000_000).await;
+    let fresh = model_run(&world, &exp, 1, 0.1, now).await;
+
+    // One delay step of a second: the follow-up travels on until it is due.
+    let app = TestApp::spawn(settings()).await;
+    app.publish("run.finished", &run_finished(&exp, &fresh, 1))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !world.marked(&fresh).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run in grace was never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tags = world.mlflow.run_tags(&fresh.run.run_id).await.unwrap();
+    let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
+    let after_end = (deleted_at.unix_timestamp_nanos() / 1_000_000) as i64 - now;
+    assert!(
+        after_end >= 5_000,
+        "pruned {after_end} ms after its end, within grace"
+    );
+    assert!(!world.marked(&best).await);
+
+    wait_drained(&app, Duration::from_secs(30)).await;
+    let snoozed = ("outcome", "snoozed");
+    assert!(counted(&app, "model_pruner_messages_finished_total", Some(snoozed)) >= 2.0);
+    // Two passes: the event's, and the follow-up's once due; the legs ran none.
+    let passes = counted(&app, "model_pruner_passes_total", Some(("outcome", "ok")));
+    assert_eq!(passes, 2.0);
+    assert_eq!(follow_ups_scheduled(&app), 1.0);
     app.cleanup().await;
 }
