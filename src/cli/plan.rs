@@ -113,6 +113,14 @@ fn table(report: &PassReport, freed: &Usage) -> String {
             rfc3339(until)
         ));
     }
+    if let Some(at) = report.ranking.next_look()
+        && report.ranking.grace_ends() != Some(at)
+    {
+        s.push_str(&format!(
+            "the first run held back by older_than becomes a candidate at {}\n",
+            rfc3339(at)
+        ));
+    }
     if !report.ranking.ungrouped.is_empty() {
         s.push_str(&format!(
             "ranked apart, without {}: {}\n",

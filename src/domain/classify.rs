@@ -4,13 +4,14 @@
 use std::fmt;
 
 /// Every reason [`Classified::reason`] gives, so counters can start each series at zero.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "throttled",
     "server_error",
     "client_error",
     "timeout",
     "connect",
     "transport",
+    "unstable_read",
     "decode",
     "build",
     "key_errors",

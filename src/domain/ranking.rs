@@ -16,6 +16,11 @@
 //! `grace` ago (kept until its grace ends, then deleted by a later pass). The rest are deleted.
 //! Every decision names the [`Rule`] that made it.
 //!
+//! A run whose deletion started and did not finish (tag `model_pruner.deleting` without the
+//! deleted mark: a pass stopped between its first and last key) is never a candidate: its
+//! files may be partly gone, so it must not hold a slot of the top N. Unless protected, its
+//! deletion is completed ([`Rule::Resume`]).
+//!
 //! Each run id is ranked once: a second row for an id (a paged read that repeated it) is
 //! ignored and named in [`Ranking::repeated`], so it can never take a second rank and push a
 //! keeper out of the top N.
@@ -47,6 +52,10 @@ pub struct RunFacts {
     pub has_model: bool,
     /// The run was already pruned (tag `model_pruner.deleted` or param `model_deleted`).
     pub pruned: bool,
+    /// When a pass started deleting the run's files without finishing (tag
+    /// `model_pruner.deleting`, RFC 3339), if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deletion_started: Option<String>,
     /// Why the run must never be deleted, if it must not.
     pub protection: Option<Protection>,
     /// The run's value of the policy's `group_by` param or tag, if it has one.
@@ -92,7 +101,22 @@ pub enum SkipReason {
     /// The run shares a logged model with another run that stays: kept this pass.
     SharedModelKept { model_id: String, run_id: String },
     /// The run finished less than `older_than` ago (or has no end time): not a candidate yet.
-    TooRecent { older_than: String },
+    /// `candidate_at`: when it becomes one (milliseconds since the epoch; none without an end
+    /// time), the time a later pass should look again.
+    TooRecent {
+        older_than: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        candidate_at: Option<i64>,
+    },
+    /// The planned folders held no file when listed: nothing deleted, the run not marked (the
+    /// model lives elsewhere: another artifact path, or a wrong `store.artifacts_destination`).
+    EmptyFolder { folder: String },
+    /// MLflow refused the tag that records the start of the run's deletion: nothing of it was
+    /// deleted.
+    NotRecorded { error: String },
+    /// What the ranking used changed while the pass ran (the metric, the group, the end time,
+    /// the experiment's policy): kept, the next pass decides.
+    Changed { what: String },
 }
 
 impl fmt::Display for SkipReason {
@@ -109,11 +133,33 @@ impl fmt::Display for SkipReason {
                     "shares logged model {model_id} with run {run_id}, which stays"
                 )
             }
-            SkipReason::TooRecent { older_than } => {
+            SkipReason::EmptyFolder { folder } => write!(
+                f,
+                "model folder {folder} holds no file: nothing deleted, not marked (is the model \
+                 logged under another artifact path, or store.artifacts_destination wrong?)"
+            ),
+            SkipReason::NotRecorded { error } => write!(
+                f,
+                "MLflow refused the tag that records the start of its deletion ({error}): kept"
+            ),
+            SkipReason::Changed { what } => {
+                write!(
+                    f,
+                    "changed while the pass ran ({what}): kept, the next pass decides"
+                )
+            }
+            SkipReason::TooRecent {
+                older_than,
+                candidate_at,
+            } => {
                 write!(
                     f,
                     "finished less than {older_than} ago (older_than): not a candidate"
-                )
+                )?;
+                match candidate_at {
+                    Some(at) => write!(f, " until {}", rfc3339(*at)),
+                    None => f.write_str(" (no end time)"),
+                }
             }
         }
     }
@@ -185,6 +231,12 @@ pub enum Rule {
     /// Not a candidate: its status, the trash, no model, already pruned, no metric value, or a
     /// logged model shared with a run that stays.
     Candidacy,
+    /// A pass started deleting its files and did not finish: the deletion is completed.
+    Resume,
+    /// Its planned folders held no file: reported, not marked.
+    Empty,
+    /// What it was ranked on changed while the pass ran: kept this pass.
+    Changed,
 }
 
 /// One run in the ranking, with its rank (1-based, among ranked candidates of its group) when it
@@ -247,8 +299,14 @@ impl Ranking {
         else {
             return false;
         };
-        let rule = match decision {
+        let rule = match &decision {
             Decision::Protected { .. } => Rule::Protected,
+            Decision::Skipped {
+                reason: SkipReason::EmptyFolder { .. },
+            } => Rule::Empty,
+            Decision::Skipped {
+                reason: SkipReason::Changed { .. },
+            } => Rule::Changed,
             Decision::Skipped { .. } => Rule::Candidacy,
             Decision::Keep | Decision::Delete | Decision::Grace { .. } => return false,
         };
@@ -259,7 +317,7 @@ impl Ranking {
     }
 
     /// When the earliest grace window among the runs kept by it ends, in milliseconds since
-    /// the epoch: the time a pass should look again.
+    /// the epoch.
     pub fn grace_ends(&self) -> Option<i64> {
         self.runs
             .iter()
@@ -268,6 +326,19 @@ impl Ranking {
                 _ => None,
             })
             .min()
+    }
+
+    /// When the earliest run held back by time changes its fate: a grace window ends, or a run
+    /// too recent for `older_than` becomes a candidate. The time a pass should look again, in
+    /// milliseconds since the epoch; none when nothing waits on time.
+    pub fn next_look(&self) -> Option<i64> {
+        let candidates = self.runs.iter().filter_map(|r| match &r.decision {
+            Decision::Skipped {
+                reason: SkipReason::TooRecent { candidate_at, .. },
+            } => *candidate_at,
+            _ => None,
+        });
+        self.grace_ends().into_iter().chain(candidates).min()
     }
 
     /// Number of runs with the given decision label.
@@ -283,8 +354,8 @@ impl Ranking {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RankingError {
     #[error(
-        "none of the {candidates} runs with a stored model has a value for metric {metric:?}: \
-         nothing deleted (is the metric name right?)"
+        "none of the {candidates} runs with a stored model has a value for metric {metric:?}, \
+         nor has any other run of the experiment: nothing deleted (is the metric name right?)"
     )]
     NoMetric { metric: String, candidates: usize },
     #[error(
@@ -309,9 +380,19 @@ pub fn rank(
     let mut skipped = Vec::new();
     let mut seen = HashSet::new();
     let mut repeated = Vec::new();
+    // Some run, candidate or not (pruned, too recent), logged the metric: its name is right,
+    // and the runs without it are kept and reported rather than failing the pass.
+    let mut metric_known = false;
+    let mut resumed = Vec::new();
     for run in runs {
         if !seen.insert(run.run_id.clone()) {
             repeated.push(run.run_id);
+            continue;
+        }
+        metric_known |= run.metric.is_some();
+        let settled = !run.active || run.status != RunStatus::Finished || run.pruned;
+        if run.deletion_started.is_some() && !settled {
+            resumed.push(run);
             continue;
         }
         match skip_reason(&run, policy, now) {
@@ -323,7 +404,7 @@ pub fn rank(
         .iter()
         .filter(|(_, r)| *r == SkipReason::MissingMetric)
         .count();
-    if candidates.is_empty() && missing > 0 {
+    if candidates.is_empty() && missing > 0 && !metric_known {
         return Err(RankingError::NoMetric {
             metric: policy.metric.clone(),
             candidates: missing,
@@ -368,11 +449,13 @@ pub fn rank(
     ungrouped.sort();
 
     let total: usize = groups.values().map(Vec::len).sum();
-    let mut out = Vec::with_capacity(total + skipped.len());
+    let mut out = Vec::with_capacity(total + resumed.len() + skipped.len());
     for ((_, value), runs) in groups {
         let group = policy.group_by.as_ref().map(|key| (key, value.as_deref()));
         out.extend(rank_group(runs, policy, group, now));
     }
+    resumed.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    out.extend(resumed.into_iter().map(resume));
     skipped.sort_by(|(a, _), (b, _)| a.run_id.cmp(&b.run_id));
     for (run, reason) in skipped {
         let rule = match reason {
@@ -456,6 +539,31 @@ fn rank_group(
     out
 }
 
+/// The decision for a run whose deletion started and did not finish: completed, unless the run
+/// is protected now (kept and reported: its files may be partly gone).
+fn resume(run: RunFacts) -> RankedRun {
+    let started = run.deletion_started.as_deref().unwrap_or_default();
+    let what = format!("deletion started at {started} and did not finish");
+    let (decision, rule, reason) = match run.protection.clone() {
+        Some(protection) => {
+            let reason = format!("{what}: files may be partly gone; protected: {protection}");
+            (Decision::Protected { protection }, Rule::Protected, reason)
+        }
+        None => (
+            Decision::Delete,
+            Rule::Resume,
+            format!("{what}: completing it"),
+        ),
+    };
+    RankedRun {
+        run,
+        rank: None,
+        decision,
+        rule,
+        reason,
+    }
+}
+
 /// The ids of the `k` most recently finished runs; a run without an end time counts as the
 /// most recent (it is kept rather than guessed at).
 fn latest(runs: &[RunFacts], k: u32) -> HashSet<String> {
@@ -505,11 +613,11 @@ fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: i64) -> Option<Ski
         Some(SkipReason::MissingMetric)
     } else if let Some(age) = policy.older_than {
         let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        let old_enough = run
-            .end_time
-            .is_some_and(|end| now.saturating_sub(end) >= age_ms);
+        let candidate_at = run.end_time.map(|end| end.saturating_add(age_ms));
+        let old_enough = candidate_at.is_some_and(|at| now >= at);
         (!old_enough).then(|| SkipReason::TooRecent {
             older_than: humantime_serde::re::humantime::format_duration(age).to_string(),
+            candidate_at,
         })
     } else {
         None
@@ -557,6 +665,7 @@ mod tests {
             metric,
             has_model: true,
             pruned: false,
+            deletion_started: None,
             protection: None,
             group: None,
         }
@@ -1095,7 +1204,127 @@ mod tests {
         assert_eq!(r.ranked, 2);
         assert_eq!(
             r.runs[3].reason,
-            "finished less than 1m ago (older_than): not a candidate"
+            "finished less than 1m ago (older_than): not a candidate until 1970-01-01T00:17:39Z"
+        );
+        assert_eq!(
+            r.runs[2].reason,
+            "finished less than 1m ago (older_than): not a candidate (no end time)"
+        );
+        // The young run becomes a candidate 59 s from now: a pass should look again then.
+        assert_eq!(r.next_look(), Some(NOW + 59_000));
+        assert_eq!(r.grace_ends(), None);
+    }
+
+    #[test]
+    fn the_next_look_is_the_earlier_of_a_grace_end_and_a_run_coming_of_age() {
+        let runs = vec![
+            run("best", Some(0.9), NOW - 100_000),
+            run("in-grace", Some(0.1), NOW - 5_000),
+            run("young", Some(0.0), NOW - 1_000),
+        ];
+        let p = with(policy(Direction::Max, 1), |p| {
+            p.older_than = Some(Duration::from_secs(2));
+            p.grace = Some(Duration::from_secs(10));
+        });
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(r.grace_ends(), Some(NOW + 5_000));
+        assert_eq!(r.next_look(), Some(NOW + 1_000));
+    }
+
+    #[test]
+    fn a_run_without_the_metric_fails_nothing_when_other_runs_have_it() {
+        // Every candidate is too young or already pruned; one run lacks the metric. The metric's
+        // name is right (other runs logged it): the run is kept and reported, the pass goes on.
+        let mut pruned = run("pruned", Some(0.5), NOW - 100_000);
+        pruned.pruned = true;
+        let runs = vec![
+            pruned,
+            run("young", Some(0.2), NOW - 1_000),
+            run("no-metric", None, NOW - 100_000),
+        ];
+        let p = with(policy(Direction::Max, 1), |p| {
+            p.older_than = Some(Duration::from_secs(60))
+        });
+        let r = rank(runs, &p, NOW).unwrap();
+        assert_eq!(r.missing_metric().count(), 1);
+        assert_eq!(r.ranked, 0);
+        assert_eq!(r.count("delete"), 0);
+    }
+
+    #[test]
+    fn a_run_whose_deletion_did_not_finish_is_completed_and_never_takes_a_slot() {
+        let started = |id: &str, metric: f64| RunFacts {
+            deletion_started: Some("2026-12-01T10:00:00Z".into()),
+            ..run(id, Some(metric), 1)
+        };
+        let mut registered = started("registered", 0.95);
+        registered.protection = Some(Protection::KeepTag);
+        let mut trashed = started("trashed", 0.97);
+        trashed.active = false;
+        // The best value of all, but its files may be partly gone: it is not ranked, and the
+        // two whole models keep their slots.
+        let runs = vec![
+            started("half-gone", 0.99),
+            registered,
+            trashed,
+            run("a", Some(0.5), 1),
+            run("b", Some(0.4), 1),
+        ];
+        let r = rank(runs, &policy(Direction::Max, 2), NOW).unwrap();
+        assert_eq!(
+            rules(&r),
+            [
+                ("a", "keep", Rule::Rank),
+                ("b", "keep", Rule::Rank),
+                ("half-gone", "delete", Rule::Resume),
+                ("registered", "protected", Rule::Protected),
+                ("trashed", "skipped", Rule::Candidacy),
+            ]
+        );
+        assert_eq!(r.ranked, 2);
+        assert_eq!(
+            r.runs[2].reason,
+            "deletion started at 2026-12-01T10:00:00Z and did not finish: completing it"
+        );
+        assert!(
+            r.runs[3].reason.contains("files may be partly gone"),
+            "{}",
+            r.runs[3].reason
+        );
+    }
+
+    #[test]
+    fn withdrawals_for_an_empty_folder_or_a_change_name_their_own_rule() {
+        let mut r = rank(
+            vec![
+                run("a", Some(0.5), 1),
+                run("b", Some(0.4), 1),
+                run("c", Some(0.3), 1),
+            ],
+            &policy(Direction::Max, 1),
+            NOW,
+        )
+        .unwrap();
+        let empty = SkipReason::EmptyFolder {
+            folder: "s3://mlflow/1/b/artifacts/model/".into(),
+        };
+        assert!(r.withdraw("b", Decision::Skipped { reason: empty }));
+        let changed = SkipReason::Changed {
+            what: "accuracy 0.3 -> 0.99".into(),
+        };
+        assert!(r.withdraw("c", Decision::Skipped { reason: changed }));
+        assert_eq!(
+            rules(&r),
+            [
+                ("a", "keep", Rule::Rank),
+                ("b", "skipped", Rule::Empty),
+                ("c", "skipped", Rule::Changed),
+            ]
+        );
+        assert!(
+            r.runs[1].reason.contains("holds no file"),
+            "{}",
+            r.runs[1].reason
         );
     }
 
@@ -1126,21 +1355,25 @@ mod tests {
                 Just(f64::NAN),
                 Just(f64::INFINITY)
             ]),
-            any::<(bool, bool, bool, bool)>(),
+            any::<(bool, bool, bool, u8)>(),
             proptest::option::of(prop_oneof![Just("x".to_string()), Just("y".to_string())]),
         )
             .prop_map(
-                |(id, status, active, end, metric, (model, pruned, keep, _), group)| RunFacts {
-                    run_name: id.clone(),
-                    run_id: id,
-                    status,
-                    active: active || model,
-                    end_time: end,
-                    metric,
-                    has_model: model,
-                    pruned,
-                    protection: keep.then_some(Protection::KeepTag),
-                    group,
+                |(id, status, active, end, metric, (model, pruned, keep, started), group)| {
+                    RunFacts {
+                        run_name: id.clone(),
+                        run_id: id,
+                        status,
+                        active: active || model,
+                        end_time: end,
+                        metric,
+                        has_model: model,
+                        pruned,
+                        // One run in eight was left half deleted by an earlier pass.
+                        deletion_started: (started % 8 == 0).then(|| "2026-01-01T00:00:00Z".into()),
+                        protection: keep.then_some(Protection::KeepTag),
+                        group,
+                    }
                 },
             )
     }
@@ -1175,12 +1408,13 @@ mod tests {
 
     /// What the rules promise to keep, computed from the policy's definition without the
     /// ranking code: per group (or all), the best `keep_top` within the floor, the
-    /// `keep_latest` most recently finished, runs within grace, protected or not finished.
+    /// `keep_latest` most recently finished, runs within grace, protected or not finished. A
+    /// run whose deletion started is never a candidate.
     fn must_keep(runs: &[RunFacts], p: &RetentionPolicy, now: i64) -> HashSet<String> {
         let mut keep = HashSet::new();
         let candidates: Vec<&RunFacts> = runs
             .iter()
-            .filter(|r| skip_reason(r, p, now).is_none())
+            .filter(|r| r.deletion_started.is_none() && skip_reason(r, p, now).is_none())
             .collect();
         let group_of = |r: &RunFacts| p.group_by.as_ref().and(r.group.clone());
         for run in &candidates {
@@ -1214,11 +1448,20 @@ mod tests {
             }
         }
         for run in runs {
-            if run.status != RunStatus::Finished || !run.active {
+            if run.status != RunStatus::Finished || !run.active || run.protection.is_some() {
                 keep.insert(run.run_id.clone());
             }
         }
         keep
+    }
+
+    /// A run whose deletion did not finish: completed unless settled or protected.
+    fn resumable(run: &RunFacts) -> bool {
+        run.deletion_started.is_some()
+            && run.active
+            && run.status == RunStatus::Finished
+            && !run.pruned
+            && run.protection.is_none()
     }
 
     fn unique(mut runs: Vec<RunFacts>) -> Vec<RunFacts> {
@@ -1259,17 +1502,27 @@ mod tests {
             };
             prop_assert_eq!(project(&rank(shuffled, &p, NOW).unwrap()), project(&r));
 
-            // Nothing outside the candidates, nothing protected, is ever deleted.
+            // Nothing outside the candidates, nothing protected, is ever deleted, but for the
+            // completion of an unfinished deletion.
             for x in r.to_delete() {
-                prop_assert!(skip_reason(&x.run, &p, NOW).is_none());
                 prop_assert!(x.run.protection.is_none());
+                if x.rule == Rule::Resume {
+                    prop_assert!(resumable(&x.run) && x.rank.is_none());
+                    continue;
+                }
+                prop_assert!(skip_reason(&x.run, &p, NOW).is_none());
+                prop_assert!(x.run.deletion_started.is_none());
                 prop_assert!(x.rank.unwrap() > keep_top as usize);
+            }
+            // Every resumable run is completed.
+            for x in r.runs.iter().filter(|x| resumable(&x.run)) {
+                prop_assert_eq!(x.rule, Rule::Resume);
             }
             // Exactly min(keep_top, ranked) runs are kept by rank.
             prop_assert_eq!(r.count("keep"), r.ranked.min(keep_top as usize));
             // Every kept run is at least as good as every deleted one.
             for k in r.runs.iter().filter(|x| x.decision == Decision::Keep) {
-                for d in r.to_delete() {
+                for d in r.to_delete().filter(|d| d.rule != Rule::Resume) {
                     prop_assert_ne!(compare(&k.run, &d.run, direction), Ordering::Greater);
                 }
             }
@@ -1292,6 +1545,10 @@ mod tests {
             let keep = must_keep(&runs, &p, now);
             for x in r.to_delete() {
                 prop_assert!(!keep.contains(&x.run.run_id), "{} deleted: {}", x.run.run_id, x.reason);
+                if x.rule == Rule::Resume {
+                    prop_assert!(resumable(&x.run), "{}", x.reason);
+                    continue;
+                }
                 prop_assert!(matches!(x.rule, Rule::Rank | Rule::Group | Rule::Floor));
                 prop_assert!(x.reason.starts_with("rank "), "{}", x.reason);
             }

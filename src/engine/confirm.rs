@@ -3,22 +3,24 @@
 //! that may point at them, found by targeted searches (`run_id IN (...)`, `source_path LIKE` the
 //! experiment's artifact root in its `s3://` and `mlflow-artifacts:` forms, and `models:/<id>`
 //! for each logged model) rather than a read of the whole registry: what a pass reads grows with
-//! the experiment, not with the registry. All read-only; up to
-//! `concurrency.parallel_deletions` requests in flight.
+//! the experiment, not with the registry. The experiment is read again too, so that a change
+//! of its policy tags is seen. All read-only; up to `concurrency.parallel_deletions` requests in
+//! flight.
 
 use std::collections::{BTreeSet, HashMap};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
-use super::guard;
+use super::guard::{self, Fresh};
 use super::inventory::{InventoryOptions, ModelSources};
 use super::{Engine, PlannedDeletion, PruneError};
+use crate::domain::policy::{self, PolicyOverrides, RetentionPolicy};
 use crate::domain::ranking::Decision;
 use crate::mlflow::{MlflowError, ModelVersion, Run, RunFields, VersionFilter};
 
 /// Run ids per `model-versions/search` by `run_id IN (...)`: keeps the GET's URL short.
-const RUN_IDS_PER_VERSION_SEARCH: usize = 50;
+pub(super) const RUN_IDS_PER_VERSION_SEARCH: usize = 50;
 
 /// How much a look searches the registry for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,24 +32,34 @@ pub(super) enum Depth {
     Full,
 }
 
+/// What a pass planned, as its looks compare it with fresh reads.
+pub(super) struct Planned<'a> {
+    pub experiment_id: &'a str,
+    pub runs: &'a [PlannedDeletion],
+    pub sources: &'a HashMap<String, ModelSources>,
+    pub options: &'a InventoryOptions<'a>,
+    /// The request's policy overrides, to resolve the experiment's policy again.
+    pub overrides: &'a PolicyOverrides,
+    /// The policy the pass ranked under.
+    pub policy: &'a RetentionPolicy,
+}
+
 impl Engine {
-    /// The last look at runs `group` of `planned` (see [`guard::check`]); reads the group's runs
-    /// and the other runs of their shared models again, and the registry versions that may
-    /// point at them.
-    #[allow(clippy::too_many_arguments)]
+    /// The last look at runs `group` of the plan (see [`guard::check`]); reads the group's runs
+    /// and the other runs of their shared models again, the experiment, and the registry
+    /// versions that may point at them.
     pub(super) async fn confirm(
         &self,
-        experiment_id: &str,
-        planned: &[PlannedDeletion],
+        plan: &Planned<'_>,
         group: &[usize],
         settled: &HashMap<&str, bool>,
-        sources: &HashMap<String, ModelSources>,
-        options: &InventoryOptions<'_>,
         depth: Depth,
     ) -> Result<Vec<(usize, Option<Decision>)>, PruneError> {
         if group.is_empty() {
             return Ok(Vec::new());
         }
+        let (experiment_id, planned, sources, options) =
+            (plan.experiment_id, plan.runs, plan.sources, plan.options);
         let runs = || group.iter().map(|&at| &planned[at]);
         let mut ids: BTreeSet<&str> = runs().map(|p| p.run_id.as_str()).collect();
         ids.extend(runs().flat_map(|p| p.shared_with.values().flatten().map(String::as_str)));
@@ -82,22 +94,37 @@ impl Engine {
         let params = options.params();
         let tags = options.tags();
         let fields = RunFields {
-            metrics: &[],
+            metrics: &[options.metric],
             params: &params,
             tags: &tags,
         };
         let fresh = self.retry.run("mlflow", "runs/search", || {
             self.mlflow.search_runs_by_id(experiment_id, &ids, &fields)
         });
-        // Both reads start now: a keep tag or a version written before this look is seen.
-        let (versions, fresh) =
-            tokio::try_join!(self.registry_versions(searches), fresh).map_err(|source| {
-                PruneError::Mlflow {
+        let experiment = self.retry.run("mlflow", "experiments/get", || {
+            self.mlflow.get_experiment(experiment_id)
+        });
+        // The reads start now: a keep tag, a version or a policy tag written before this look
+        // is seen.
+        let (versions, fresh, experiment) =
+            tokio::try_join!(self.registry_versions(searches), fresh, experiment).map_err(
+                |source| PruneError::Mlflow {
                     experiment_id: experiment_id.to_owned(),
                     source,
-                }
-            })?;
-        let fresh: HashMap<&str, &Run> = fresh.iter().map(|r| (r.run_id.as_str(), r)).collect();
+                },
+            )?;
+        let policy_change = match policy::resolve(plan.overrides, &experiment.tags, &self.defaults)
+        {
+            Ok(now) if now == *plan.policy => None,
+            Ok(now) => Some(format!("policy {} -> {now}", plan.policy)),
+            Err(e) => Some(format!("policy tags now invalid: {e}")),
+        };
+        let runs: HashMap<&str, &Run> = fresh.iter().map(|r| (r.run_id.as_str(), r)).collect();
+        let fresh = Fresh {
+            runs: &runs,
+            versions: &versions,
+            policy_change,
+        };
         tracing::debug!(
             runs = group.len(),
             versions = versions.len(),
@@ -109,14 +136,14 @@ impl Engine {
             group,
             settled,
             &fresh,
-            &versions,
             sources,
             &self.rules,
+            options,
         ))
     }
 
     /// Every version the searches find, with up to `parallel_deletions` searches in flight.
-    async fn registry_versions(
+    pub(super) async fn registry_versions(
         &self,
         searches: Vec<VersionFilter<'_>>,
     ) -> Result<Vec<ModelVersion>, MlflowError> {

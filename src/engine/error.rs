@@ -58,8 +58,22 @@ pub enum PruneError {
         source: StoreError,
     },
     #[error(
-        "experiment {experiment_id} not deleted: {} run(s) still hold unprotected models or are \
-         unfinished ({}); prune with keep_top 0 once they are finished",
+        "experiment {experiment_id}: every planned model folder holds no file (run(s) {}, e.g. \
+         {folder}): nothing deleted, no run marked; {cause}",
+        run_ids.join(", ")
+    )]
+    EmptyFolders {
+        experiment_id: String,
+        run_ids: Vec<String>,
+        folder: String,
+        /// The likely cause, from a look at the folder's parent.
+        cause: String,
+    },
+    #[error(
+        "experiment {experiment_id} not deleted: {} run(s) still hold models, are protected \
+         (registered, tagged model_pruner.keep) or are unfinished ({}); a retired experiment's \
+         runs count as deleted and MLflow's garbage collection would take their files: prune \
+         with keep_top 0 once they are finished, and unregister or untag what may go",
         remaining.len(), remaining.join(", ")
     )]
     ExperimentNotEmpty {
@@ -79,7 +93,7 @@ impl PruneError {
     }
 
     /// Every [`PruneError::kind`], so metrics can start each series at zero.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "unknown_experiment",
         "run_not_in_experiment",
         "invalid_policy",
@@ -89,6 +103,7 @@ impl PruneError {
         "mlflow",
         "store",
         "experiment_not_empty",
+        "empty_folders",
     ];
 
     /// Low-cardinality kind for metrics and dead-letter headers.
@@ -103,6 +118,7 @@ impl PruneError {
             PruneError::Mlflow { .. } => "mlflow",
             PruneError::Store { .. } => "store",
             PruneError::ExperimentNotEmpty { .. } => "experiment_not_empty",
+            PruneError::EmptyFolders { .. } => "empty_folders",
         }
     }
 }

@@ -5,6 +5,10 @@
 //! The rules:
 //! - a run is deleted only if, read again just now, it is still active, `FINISHED`, not tagged
 //!   `model_pruner.keep`, not already marked, and no registry version points at its models;
+//! - and only if what it was ranked on is unchanged: its metric value, its `group_by` value, its
+//!   end time, and the experiment's policy (resolved again from its tags). A change keeps the run
+//!   this pass (rule `changed`) and the next pass decides; a resumed deletion (rule `resume`)
+//!   was not ranked, so only its protections are checked;
 //! - a registry version points at a run's models when its `run_id` is the run, its `model_id` is
 //!   one of the run's logged models, its source is `runs:/<run>/...` or `models:/<model>`, or
 //!   its source, resolved to a bucket and key prefix (`mlflow-artifacts:/` mapped through the
@@ -18,7 +22,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::PlannedDeletion;
-use super::inventory::{ModelSources, is_pruned};
+use super::inventory::{InventoryOptions, ModelSources, is_pruned};
 use crate::domain::location::LocationRules;
 use crate::domain::marks;
 use crate::domain::ranking::{Decision, Protection, SkipReason};
@@ -71,10 +75,13 @@ pub fn share(
 /// `source_path LIKE` patterns that find every registry version whose source lies in the folders
 /// `folders` (`(artifact URI, owner id)`): the folder's root (the experiment's artifact
 /// location, the part before the owner's folder) in its `s3://` form and, when it lies under the
-/// artifacts destination, in its `mlflow-artifacts:` form. Shared by all runs of an experiment,
-/// so a look costs a few searches whatever its size, and the rows found grow with the versions
-/// of this experiment, not with the registry. A folder whose root cannot be told is searched by
-/// its owner's id instead.
+/// artifacts destination, in its `mlflow-artifacts:` forms (`mlflow-artifacts:/<path>` and
+/// `mlflow-artifacts://<host>/<path>`), each anchored at folder boundaries: the root itself and
+/// `<root>/%`, so that experiment 1's root never reads experiments 10 to 19's versions. Shared by
+/// all runs of an experiment, so a look costs a few searches whatever its size, and the rows
+/// found grow with the versions of this experiment, not with the registry. A folder whose root
+/// cannot be told is searched by its owner's id instead. (`_` and `%` inside a path match more
+/// than themselves in `LIKE`: such a search reads more rows, never fewer.)
 pub fn source_patterns<'a>(
     folders: impl IntoIterator<Item = (&'a str, &'a str)>,
     rules: &LocationRules,
@@ -90,23 +97,53 @@ pub fn source_patterns<'a>(
             }
             (!root.is_empty()).then_some((place.bucket, root))
         });
-        let Some((bucket, root)) = root else {
-            patterns.insert(format!("%{id}%"));
-            continue;
-        };
-        // No `/` before the `%`: a version of the root folder itself is found too (and the
-        // siblings that start the same way are told apart by `points_at`).
-        patterns.insert(format!("s3://{bucket}/{}%", root.join("/")));
-        if let Some(dest) = &destination
-            && dest.bucket == bucket
-            && root.len() > dest.segments.len()
-            && root.starts_with(&dest.segments)
-        {
-            let rest = &root[dest.segments.len()..];
-            patterns.insert(format!("mlflow-artifacts:%/{}%", rest.join("/")));
+        match root {
+            Some((bucket, root)) => anchored(&bucket, &root, destination.as_ref(), &mut patterns),
+            None => {
+                patterns.insert(format!("%{id}%"));
+            }
         }
     }
     patterns
+}
+
+/// The patterns of [`source_patterns`] for every version whose source lies in the folder `uri`
+/// itself (an experiment's artifact location); none when the folder cannot be resolved.
+pub fn folder_patterns(uri: &str, rules: &LocationRules) -> Option<BTreeSet<String>> {
+    let destination = rules.place(rules.artifacts_destination.as_str(), "").ok();
+    let place = rules.place(uri, "").ok()?;
+    let mut patterns = BTreeSet::new();
+    anchored(
+        &place.bucket,
+        &place.segments,
+        destination.as_ref(),
+        &mut patterns,
+    );
+    Some(patterns)
+}
+
+/// Adds the anchored patterns of folder `root` of `bucket`: the folder and `<folder>/%`, as
+/// `s3://` and, under the artifacts destination, as both `mlflow-artifacts:` forms.
+fn anchored(
+    bucket: &str,
+    root: &[String],
+    destination: Option<&crate::domain::location::Place>,
+    patterns: &mut BTreeSet<String>,
+) {
+    let mut add = |base: String| {
+        patterns.insert(format!("{base}/%"));
+        patterns.insert(base);
+    };
+    add(format!("s3://{bucket}/{}", root.join("/")));
+    if let Some(dest) = destination
+        && dest.bucket == bucket
+        && root.len() > dest.segments.len()
+        && root.starts_with(&dest.segments)
+    {
+        let rest = root[dest.segments.len()..].join("/");
+        add(format!("mlflow-artifacts:/{rest}"));
+        add(format!("mlflow-artifacts://%/{rest}"));
+    }
 }
 
 /// Whether registry version `v` points at the models of run `run_id`.
@@ -144,11 +181,21 @@ pub fn points_at(
         .any(|folder| folder.overlaps(&place))
 }
 
+/// What a look read afresh.
+pub struct Fresh<'a> {
+    /// The runs read again just now (the group and the other runs of their shared models).
+    pub runs: &'a HashMap<&'a str, &'a Run>,
+    /// Every registry version the targeted lookups found.
+    pub versions: &'a [ModelVersion],
+    /// How the experiment's policy, resolved again from its tags, differs from the one the
+    /// pass ranked under, if it does.
+    pub policy_change: Option<String>,
+}
+
 /// The last look at runs `group` of `planned`: `None` where the deletion still stands, else the
 /// decision that replaces it. `settled` holds the runs of the pass decided by an earlier look
-/// (true: it stands); `fresh` the runs read again just now (the group and the other runs of
-/// their shared models); `versions` every registry version the targeted lookups found;
-/// `sources` what each planned run's models are.
+/// (true: it stands); `fresh` what was read again; `sources` what each planned run's models
+/// are; `options` how the ranking read runs (its metric and `group_by` key).
 ///
 /// A run that carries a shared logged model stays, whole, when another run linked to the model
 /// stays: the next pass deletes its own files and leaves the model to the other run.
@@ -156,24 +203,37 @@ pub fn check(
     planned: &[PlannedDeletion],
     group: &[usize],
     settled: &HashMap<&str, bool>,
-    fresh: &HashMap<&str, &Run>,
-    versions: &[ModelVersion],
+    fresh: &Fresh<'_>,
     sources: &HashMap<String, ModelSources>,
     rules: &LocationRules,
+    options: &InventoryOptions<'_>,
 ) -> Vec<(usize, Option<Decision>)> {
+    let versions = fresh.versions;
     let empty = ModelSources::default();
     let mut verdicts: Vec<(usize, Option<Decision>)> = group
         .iter()
         .map(|&at| {
-            let run_id = planned[at].run_id.as_str();
+            let plan = &planned[at];
+            let run_id = plan.run_id.as_str();
             let run_sources = sources.get(run_id).unwrap_or(&empty);
-            let fresh_run = fresh.get(run_id).copied();
-            (
-                at,
-                withdrawal(fresh_run, run_id, run_sources, versions, rules),
-            )
+            let fresh_run = fresh.runs.get(run_id).copied();
+            let verdict =
+                withdrawal(fresh_run, run_id, run_sources, versions, rules).or_else(|| {
+                    if plan.resume {
+                        return None;
+                    }
+                    let what = fresh
+                        .policy_change
+                        .clone()
+                        .or_else(|| changed(plan, fresh_run?, options))?;
+                    Some(Decision::Skipped {
+                        reason: SkipReason::Changed { what },
+                    })
+                });
+            (at, verdict)
         })
         .collect();
+    let fresh = fresh.runs;
     // A sharer of a carried model must be gone or going: in this look and still standing, or
     // looked at earlier and standing, or pruned before; and, read just now, neither protected
     // nor unfinished. Withdrawing a carrier can block another carrier that shares a model with
@@ -218,6 +278,46 @@ pub fn check(
             return verdicts;
         }
     }
+}
+
+/// What changed in `run`, read again, among the inputs `plan` was ranked on, if anything did.
+pub fn changed(
+    plan: &PlannedDeletion,
+    run: &Run,
+    options: &InventoryOptions<'_>,
+) -> Option<String> {
+    let was = &plan.ranked_on;
+    let metric = run.metrics.get(options.metric).copied();
+    let same_metric = match (was.metric, metric) {
+        (Some(a), Some(b)) => a.total_cmp(&b).is_eq() || (a.is_nan() && b.is_nan()),
+        (None, None) => true,
+        _ => false,
+    };
+    let show = |v: Option<f64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+    if !same_metric {
+        return Some(format!(
+            "{} {} -> {}",
+            options.metric,
+            show(was.metric),
+            show(metric)
+        ));
+    }
+    let group = options.group(run);
+    if group != was.group
+        && let Some(key) = options.group_by
+    {
+        return Some(format!("{key} {:?} -> {:?}", was.group, group));
+    }
+    if run.end_time != was.end_time {
+        let show =
+            |t: Option<i64>| t.map_or_else(|| "none".to_owned(), crate::domain::ranking::rfc3339);
+        return Some(format!(
+            "end time {} -> {}",
+            show(was.end_time),
+            show(run.end_time)
+        ));
+    }
+    None
 }
 
 /// Why a planned run must stay after all, if it must.
@@ -266,6 +366,7 @@ mod tests {
 
     use super::*;
     use crate::domain::location::ModelLocation;
+    use crate::engine::RankedOn;
 
     fn rules() -> LocationRules {
         LocationRules {
@@ -355,10 +456,46 @@ mod tests {
             [
                 "%r4%",
                 "%r5%",
-                "mlflow-artifacts:%/7%",
-                "s3://mlflow/proxied/7%",
+                "mlflow-artifacts://%/7",
+                "mlflow-artifacts://%/7/%",
+                "mlflow-artifacts:/7",
+                "mlflow-artifacts:/7/%",
+                "s3://mlflow/proxied/7",
+                "s3://mlflow/proxied/7/%",
             ]
         );
+        let found = |source: &str| patterns.iter().any(|p| like(p, source));
+        for source in [
+            "s3://mlflow/proxied/7",
+            "s3://mlflow/proxied/7/r1/artifacts/model",
+            "mlflow-artifacts:/7/models/m-2/artifacts",
+            "mlflow-artifacts://host:5000/7/r1/artifacts/model",
+        ] {
+            assert!(found(source), "{source} must be found");
+        }
+        for source in [
+            "s3://mlflow/proxied/70/r1/artifacts/model",
+            "s3://mlflow/proxied/17/r1/artifacts",
+            "mlflow-artifacts:/71/r1/artifacts",
+            "mlflow-artifacts:/17/r1/artifacts",
+            "mlflow-artifacts://host:5000/70/x",
+        ] {
+            assert!(!found(source), "{source} is another experiment's");
+        }
+    }
+
+    /// SQL `LIKE` as MLflow's store evaluates it: `%` any text, `_` any character.
+    fn like(pattern: &str, s: &str) -> bool {
+        let (p, s): (Vec<char>, Vec<char>) = (pattern.chars().collect(), s.chars().collect());
+        fn go(p: &[char], s: &[char]) -> bool {
+            match p.split_first() {
+                None => s.is_empty(),
+                Some(('%', rest)) => (0..=s.len()).any(|i| go(rest, &s[i..])),
+                Some(('_', rest)) => !s.is_empty() && go(rest, &s[1..]),
+                Some((c, rest)) => s.first() == Some(c) && go(rest, &s[1..]),
+            }
+        }
+        go(&p, &s)
     }
 
     fn linked(runs: &[&str]) -> BTreeSet<String> {
@@ -422,7 +559,127 @@ mod tests {
                 .iter()
                 .map(|(m, with)| (m.to_string(), with.iter().map(|r| r.to_string()).collect()))
                 .collect(),
+            ranked_on: RankedOn {
+                metric: None,
+                group: None,
+                end_time: Some(2),
+            },
+            resume: false,
+            writes_deleted_param: true,
         }
+    }
+
+    const OPTIONS: InventoryOptions<'static> = InventoryOptions {
+        metric: "acc",
+        model_uploaded_param: "model_uploaded",
+        group_by: None,
+    };
+
+    fn look<'a>(runs: &'a HashMap<&'a str, &'a Run>, versions: &'a [ModelVersion]) -> Fresh<'a> {
+        Fresh {
+            runs,
+            versions,
+            policy_change: None,
+        }
+    }
+
+    #[test]
+    fn a_change_in_what_the_ranking_used_withdraws_the_run() {
+        let group_key = crate::domain::policy::GroupKey::Param("base".into());
+        let options = InventoryOptions {
+            group_by: Some(&group_key),
+            ..OPTIONS
+        };
+        let mut planned = plan("r", &[]);
+        planned.ranked_on = RankedOn {
+            metric: Some(0.3),
+            group: Some("bert".into()),
+            end_time: Some(2),
+        };
+        let mut same = run("r", "FINISHED");
+        same.metrics.insert("acc".into(), 0.3);
+        same.params.insert("base".into(), "bert".into());
+        assert_eq!(changed(&planned, &same, &options), None);
+
+        let mut better = same.clone();
+        better.metrics.insert("acc".into(), 0.99);
+        assert_eq!(
+            changed(&planned, &better, &options).as_deref(),
+            Some("acc 0.3 -> 0.99")
+        );
+        let mut regrouped = same.clone();
+        regrouped.params.insert("base".into(), "roberta".into());
+        assert_eq!(
+            changed(&planned, &regrouped, &options).as_deref(),
+            Some("params.base Some(\"bert\") -> Some(\"roberta\")")
+        );
+        let mut resumed = same.clone();
+        resumed.end_time = Some(5);
+        assert!(
+            changed(&planned, &resumed, &options)
+                .unwrap()
+                .starts_with("end time")
+        );
+        let mut lost = same.clone();
+        lost.metrics.clear();
+        assert_eq!(
+            changed(&planned, &lost, &options).as_deref(),
+            Some("acc 0.3 -> none")
+        );
+        // NaN stays NaN.
+        planned.ranked_on.metric = Some(f64::NAN);
+        let mut nan = same.clone();
+        nan.metrics.insert("acc".into(), f64::NAN);
+        assert_eq!(changed(&planned, &nan, &options), None);
+
+        // Through the look: withdrawn with rule changed; a resumed deletion is not ranked, so
+        // only its protections count; a policy change withdraws every ranked run.
+        let runs: HashMap<&str, &Run> = HashMap::from([("r", &better)]);
+        let sources = HashMap::new();
+        planned.ranked_on.metric = Some(0.3);
+        let verdicts = check(
+            &[planned.clone()],
+            &[0],
+            &HashMap::new(),
+            &look(&runs, &[]),
+            &sources,
+            &rules(),
+            &options,
+        );
+        assert!(matches!(
+            &verdicts[0].1,
+            Some(Decision::Skipped { reason: SkipReason::Changed { what } }) if what == "acc 0.3 -> 0.99"
+        ));
+        let mut resume = planned.clone();
+        resume.resume = true;
+        let verdicts = check(
+            &[resume],
+            &[0],
+            &HashMap::new(),
+            &look(&runs, &[]),
+            &sources,
+            &rules(),
+            &options,
+        );
+        assert_eq!(verdicts[0].1, None);
+        let runs: HashMap<&str, &Run> = HashMap::from([("r", &same)]);
+        let fresh = Fresh {
+            policy_change: Some("policy acc max, keep_top 1 -> acc max, keep_top 3".into()),
+            ..look(&runs, &[])
+        };
+        let verdicts = check(
+            &[planned],
+            &[0],
+            &HashMap::new(),
+            &fresh,
+            &sources,
+            &rules(),
+            &options,
+        );
+        assert!(matches!(
+            &verdicts[0].1,
+            Some(Decision::Skipped { reason: SkipReason::Changed { what } }) if what.starts_with("policy")
+        ));
     }
 
     #[test]
@@ -478,10 +735,10 @@ mod tests {
             &planned,
             &group,
             &settled,
-            &fresh,
-            &versions,
+            &look(&fresh, &versions),
             &sources,
             &rules(),
+            &OPTIONS,
         );
         let labels: Vec<(&str, Option<&str>)> = verdicts
             .iter()
@@ -512,10 +769,10 @@ mod tests {
             &planned,
             &[6],
             &settled,
-            &fresh,
-            &versions,
+            &look(&fresh, &versions),
             &sources,
             &rules(),
+            &OPTIONS,
         );
         assert!(
             verdicts[0].1.is_some(),

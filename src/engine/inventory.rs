@@ -1,9 +1,9 @@
 //! Turns what MLflow says about an experiment (runs, logged models, registry versions) into the
 //! facts ranking needs and the models each run still stores. Pure: no I/O.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED, TAG_KEEP};
+use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED, TAG_DELETING, TAG_KEEP};
 use crate::domain::policy::GroupKey;
 use crate::domain::ranking::{Protection, RunFacts};
 use crate::domain::run::LifecycleStage;
@@ -31,6 +31,8 @@ pub struct Inventory {
     pub links: HashMap<String, BTreeSet<String>>,
     /// What a registry version may point at, per run with a stored model.
     pub sources: HashMap<String, ModelSources>,
+    /// Runs that already carry the param `model_deleted` (any value): it is immutable.
+    pub deleted_param_set: HashSet<String>,
 }
 
 /// Where a run's models live, for matching registry versions against: the run's artifact root
@@ -62,7 +64,7 @@ impl InventoryOptions<'_> {
 
     /// The run tags the inventory reads.
     pub fn tags(&self) -> Vec<&str> {
-        let mut tags = vec![TAG_DELETED, TAG_KEEP];
+        let mut tags = vec![TAG_DELETED, TAG_DELETING, TAG_KEEP];
         if let Some(GroupKey::Tag(name)) = self.group_by {
             tags.push(name);
         }
@@ -70,7 +72,7 @@ impl InventoryOptions<'_> {
     }
 
     /// The run's value of the grouping key.
-    fn group(&self, run: &Run) -> Option<String> {
+    pub fn group(&self, run: &Run) -> Option<String> {
         match self.group_by? {
             GroupKey::Param(name) => run.params.get(name).cloned(),
             GroupKey::Tag(name) => run.tags.get(name).cloned(),
@@ -129,6 +131,9 @@ pub fn build(
         ..Inventory::default()
     };
     for run in &runs {
+        if !marks::writes_deleted_param(&run.params) {
+            inventory.deleted_param_set.insert(run.run_id.clone());
+        }
         let logged = models_by_run.get(run.run_id.as_str());
         let mut models: Vec<StoredModel> = logged
             .into_iter()
@@ -153,6 +158,7 @@ pub fn build(
             metric: run.metrics.get(options.metric).copied(),
             has_model: !models.is_empty(),
             pruned: is_pruned(run),
+            deletion_started: marks::deletion_started(&run.tags, &run.params),
             protection: marks::is_kept(&run.tags).then_some(Protection::KeepTag),
             group: options.group(run),
         });

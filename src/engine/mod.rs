@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use tracing::{info, instrument};
 
 pub use error::PruneError;
-pub use report::{PassReport, PlannedDeletion, PrunedRun};
+pub use report::{PassReport, PlannedDeletion, PrunedRun, RankedOn, UnmarkedRun};
 pub use retry::RetryPolicy;
 
 use crate::domain::event::Event;
@@ -43,10 +43,12 @@ use crate::domain::location::LocationRules;
 use crate::domain::policy::{PolicyDefaults, PolicyOverrides};
 use crate::domain::run::LifecycleStage;
 use crate::metrics::Metrics;
-use crate::mlflow::{Experiment, LoggedModel, MlflowClient, MlflowError, Run, RunFields};
+use crate::mlflow::{
+    Experiment, LoggedModel, MlflowClient, MlflowError, Run, RunFields, VersionFilter,
+};
 use crate::settings::Settings;
 use crate::store::ObjectStore;
-use confirm::Depth;
+use confirm::{Depth, Planned};
 use inventory::InventoryOptions;
 
 /// What kind of pass to run.
@@ -165,17 +167,15 @@ impl Engine {
             Depth::RunIds
         };
         let all: Vec<usize> = (0..plan.planned.len()).collect();
-        let verdicts = self
-            .confirm(
-                experiment_id,
-                &plan.planned,
-                &all,
-                &HashMap::new(),
-                &plan.inventory.sources,
-                &options,
-                depth,
-            )
-            .await?;
+        let first = Planned {
+            experiment_id,
+            runs: &plan.planned,
+            sources: &plan.inventory.sources,
+            options: &options,
+            overrides: &req.policy,
+            policy: &policy,
+        };
+        let verdicts = self.confirm(&first, &all, &HashMap::new(), depth).await?;
         plan.withdraw(verdicts);
         plan.check_valve(
             experiment_id,
@@ -189,6 +189,7 @@ impl Engine {
             ranking: plan.ranking,
             planned: plan.planned,
             pruned: Vec::new(),
+            unmarked: Vec::new(),
             foreign_run_ids: plan.foreign_run_ids,
             experiment_deleted: false,
             dry_run: req.dry_run,
@@ -199,18 +200,21 @@ impl Engine {
 
         // Apply.
         let pruned = self
-            .prune(
+            .prune(&Planned {
                 experiment_id,
-                &report.planned,
-                &plan.inventory.sources,
-                &options,
-            )
+                runs: &report.planned,
+                sources: &plan.inventory.sources,
+                options: &options,
+                overrides: &req.policy,
+                policy: &policy,
+            })
             .await?;
         for (run_id, decision) in pruned.withdrawn {
             report.ranking.withdraw(&run_id, decision);
             report.planned.retain(|p| p.run_id != run_id);
         }
         report.pruned = pruned.runs;
+        report.unmarked = pruned.unmarked;
         if let PassKind::Sweep {
             delete_experiment: true,
             ..
@@ -218,7 +222,8 @@ impl Engine {
         {
             // A redelivered retirement finds the experiment already deleted: nothing to redo.
             if experiment.lifecycle_stage != LifecycleStage::Deleted {
-                self.delete_experiment(&report).await?;
+                self.delete_experiment(&report, &experiment, &logged_models)
+                    .await?;
             }
             report.experiment_deleted = true;
         }
@@ -293,9 +298,24 @@ impl Engine {
             })
     }
 
-    /// Soft-deletes the experiment once no run holds an unprotected model or is unfinished.
-    async fn delete_experiment(&self, report: &PassReport) -> Result<(), PruneError> {
-        let remaining = plan::retirement_blockers(&report.ranking);
+    /// Soft-deletes the experiment once no run holds a model, is protected or is unfinished,
+    /// and no registry version points into it (MLflow counts a retired experiment's runs as
+    /// deleted, and its garbage collection takes their files whatever the registry says).
+    async fn delete_experiment(
+        &self,
+        report: &PassReport,
+        experiment: &Experiment,
+        logged_models: &[LoggedModel],
+    ) -> Result<(), PruneError> {
+        let mut remaining = plan::retirement_blockers(&report.ranking);
+        remaining.extend(
+            self.registry_blockers(report, experiment, logged_models)
+                .await
+                .map_err(|source| PruneError::Mlflow {
+                    experiment_id: report.experiment_id.clone(),
+                    source,
+                })?,
+        );
         if !remaining.is_empty() {
             return Err(PruneError::ExperimentNotEmpty {
                 experiment_id: report.experiment_id.clone(),
@@ -318,6 +338,59 @@ impl Engine {
         }
         info!("experiment deleted");
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Every registry version pointing into the experiment: by the run ids of all its runs, by
+    /// sources under its artifact location, and by `models:/<id>` of its logged models. An
+    /// artifact location that cannot be resolved blocks on its own (when unsure, keep).
+    async fn registry_blockers(
+        &self,
+        report: &PassReport,
+        experiment: &Experiment,
+        logged_models: &[LoggedModel],
+    ) -> Result<Vec<String>, MlflowError> {
+        let ids: Vec<&str> = report
+            .ranking
+            .runs
+            .iter()
+            .map(|r| r.run.run_id.as_str())
+            .collect();
+        let mut blockers = Vec::new();
+        let mut patterns = match guard::folder_patterns(&experiment.artifact_location, &self.rules)
+        {
+            Some(patterns) => patterns,
+            None => {
+                blockers.push(format!(
+                    "artifact location {} (cannot be matched against registry sources)",
+                    experiment.artifact_location
+                ));
+                Default::default()
+            }
+        };
+        patterns.extend(
+            logged_models
+                .iter()
+                .map(|m| format!("models:/{}%", m.model_id)),
+        );
+        let mut searches: Vec<VersionFilter> = ids
+            .chunks(confirm::RUN_IDS_PER_VERSION_SEARCH)
+            .map(VersionFilter::RunIds)
+            .collect();
+        searches.extend(patterns.iter().map(|p| VersionFilter::SourceLike(p)));
+        let versions = self.registry_versions(searches).await?;
+        let mut seen = std::collections::BTreeSet::new();
+        for v in versions {
+            if seen.insert((v.name.clone(), v.version.clone())) {
+                let of = v.run_id.as_deref().unwrap_or(v.source.as_str());
+                blockers.push(format!(
+                    "{of} (backs registered model {} version {})",
+                    v.name, v.version
+                ));
+            }
+        }
+        Ok(blockers)
     }
 }
 

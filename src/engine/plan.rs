@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::guard::{self, Share};
 use super::inventory::{self, Inventory, InventoryOptions, StoredModel};
-use super::{PassKind, PassRequest, PlannedDeletion, PruneError};
+use super::{PassKind, PassRequest, PlannedDeletion, PruneError, RankedOn};
 use crate::domain::location::LocationRules;
 use crate::domain::marks;
 use crate::domain::policy::{self, PolicyDefaults, RetentionPolicy};
-use crate::domain::ranking::{self, Decision, Ranking, SkipReason};
+use crate::domain::ranking::{self, Decision, Ranking, Rule, SkipReason};
 use crate::mlflow::{Experiment, LoggedModel, Run};
 
 /// The rules a plan is made under.
@@ -155,6 +155,13 @@ impl Planner<'_> {
                     run_id: run_id.clone(),
                     run_name: r.run.run_name.clone(),
                     reason: r.reason.clone(),
+                    ranked_on: RankedOn {
+                        metric: r.run.metric,
+                        group: r.run.group.clone(),
+                        end_time: r.run.end_time,
+                    },
+                    resume: r.rule == Rule::Resume,
+                    writes_deleted_param: !inventory.deleted_param_set.contains(run_id),
                     locations,
                     shared_with,
                 })
@@ -237,26 +244,31 @@ fn log_ranking(ranking: &Ranking, policy: &RetentionPolicy) {
 }
 
 /// The runs that keep an experiment from being retired, with their reasons: runs still storing
-/// a model that stays (kept, in grace, without the metric) and runs that have not ended.
+/// a model that stays (kept, in grace, without the metric, protected, left by a last look),
+/// runs that have not ended, and every protected run whatever it stores: a retired experiment's
+/// runs count as deleted, and MLflow's garbage collection would take the files a registry
+/// version or a keep tag stands for.
 pub fn retirement_blockers(ranking: &Ranking) -> Vec<String> {
     ranking
         .runs
         .iter()
         .filter_map(|r| {
             let blocking = match &r.decision {
-                Decision::Keep | Decision::Grace { .. } => true,
-                Decision::Skipped { reason } => matches!(
+                Decision::Keep | Decision::Grace { .. } | Decision::Protected { .. } => true,
+                Decision::Skipped { reason } => !matches!(
                     reason,
-                    SkipReason::MissingMetric | SkipReason::NotFinished { .. } | SkipReason::TooRecent { .. }
+                    SkipReason::NotActive | SkipReason::AlreadyPruned | SkipReason::NoModel
                 ),
-                Decision::Protected { .. } | Decision::Delete => false,
+                Decision::Delete => false,
             };
             let unfinished = matches!(
                 &r.decision,
                 Decision::Skipped { reason: SkipReason::NotFinished { status } } if status.is_active()
             );
             let stored = r.run.has_model || unfinished;
-            (blocking && stored).then(|| format!("{} ({})", r.run.run_id, r.reason))
+            let protected = r.run.protection.is_some() && r.run.active;
+            ((blocking && stored) || protected)
+                .then(|| format!("{} ({})", r.run.run_id, r.reason))
         })
         .collect()
 }

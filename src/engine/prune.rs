@@ -5,6 +5,13 @@
 //! `concurrency.parallel_deletions` requests in flight, and listing pauses while that many
 //! batches wait to be sent, so memory stays bounded (a few batches of keys) whatever the size of
 //! the experiment.
+//!
+//! Deletion is recoverable at any point. Before the first key of a run goes, the run is tagged
+//! `model_pruner.deleting` (one MLflow write per run); the mark comes after its last key. A run
+//! with the first tag and not the mark is one a pass left half done (crash, ack deadline, a
+//! failed batch, a mark MLflow refused): it never ranks again, and the next pass completes it.
+//! A run whose planned folders hold no file at all is not marked: it is reported (rule `empty`),
+//! and a pass that found every planned folder empty fails, naming the likely cause.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -15,12 +22,14 @@ use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
 use super::batch::{Batcher, DeleteBatch};
-use super::confirm::Depth;
-use super::inventory::{InventoryOptions, ModelSources};
+use super::confirm::{Depth, Planned};
 use super::walk::{self, ListingWalk};
-use super::{Engine, PlannedDeletion, PruneError, PrunedRun};
-use crate::domain::marks::{PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_REASON};
-use crate::domain::ranking::Decision;
+use super::{Engine, PlannedDeletion, PruneError, PrunedRun, UnmarkedRun};
+use crate::domain::classify::ErrorClass;
+use crate::domain::marks::{
+    self, PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_DELETING, TAG_REASON,
+};
+use crate::domain::ranking::{Decision, SkipReason};
 use crate::store::{Page, Usage};
 
 /// Where a planned run stands with the last look before its files go.
@@ -34,6 +43,16 @@ enum Look {
     Withdrawn,
 }
 
+/// Whether the start of a run's deletion is recorded in MLflow (tag `model_pruner.deleting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    /// Not yet: none of its keys may go.
+    Unrecorded,
+    Recording,
+    /// Written by this pass or an earlier one (a resumed run): its keys may go.
+    Recorded,
+}
+
 /// Looks in flight at once: one can run while the previous one's answers are applied.
 const LOOKS_IN_FLIGHT: usize = 2;
 /// Runs a look waits for while deletions are under way: a look costs the same few requests
@@ -45,23 +64,23 @@ const LOOK_GROUP: usize = 40;
 pub(super) struct Pruned {
     /// The runs whose files are gone and that are marked, in plan order.
     pub runs: Vec<PrunedRun>,
-    /// Runs the last look kept, with the decision that replaces `Delete`.
+    /// Runs the last look kept, or whose folders held no file, with the decision that
+    /// replaces `Delete`.
     pub withdrawn: Vec<(String, Decision)>,
+    /// Runs whose files are gone but whose mark MLflow refused.
+    pub unmarked: Vec<UnmarkedRun>,
 }
 
 impl Engine {
     /// Deletes every file of the planned runs, then marks each run and its logged models.
     /// Before the first key of a run is sent (or the run is marked, if it has none), the run
     /// gets a last look ([`Engine::confirm`]): a run found protected, unfinished or sharing a
-    /// model with a run that stays keeps every file. On an error the pass stops; runs already
-    /// marked stay marked and the next pass completes the rest.
-    pub(super) async fn prune(
-        &self,
-        experiment_id: &str,
-        planned: &[PlannedDeletion],
-        sources: &HashMap<String, ModelSources>,
-        options: &InventoryOptions<'_>,
-    ) -> Result<Pruned, PruneError> {
+    /// model with a run that stays keeps every file; then the start of its deletion is recorded.
+    /// A mark MLflow refuses (a 4xx) is that run's problem: reported in
+    /// [`Pruned::unmarked`], the other runs go on. On any other error the pass stops; runs
+    /// already marked stay marked, and runs already started are completed by the next pass.
+    pub(super) async fn prune(&self, plan: &Planned<'_>) -> Result<Pruned, PruneError> {
+        let (experiment_id, planned) = (plan.experiment_id, plan.runs);
         let width = self.parallel_deletions.max(1);
         let mut batcher = Batcher::new(
             self.store.batch_size(),
@@ -84,6 +103,22 @@ impl Engine {
             }
         }
         let mut looks = vec![Look::Pending; planned.len()];
+        let mut intents: Vec<Intent> = planned
+            .iter()
+            .map(|p| {
+                if p.resume {
+                    Intent::Recorded
+                } else {
+                    Intent::Unrecorded
+                }
+            })
+            .collect();
+        let mut recording = FuturesUnordered::new();
+        let mut to_record: VecDeque<usize> = VecDeque::new();
+        let mut empty: Vec<usize> = Vec::new();
+        // Runs with a batch sent (answered or not): their files may be partly gone.
+        let mut sent = vec![false; planned.len()];
+        let mut unmarked: Vec<UnmarkedRun> = Vec::new();
         let mut asked: Vec<usize> = Vec::new();
         let mut confirming = FuturesUnordered::new();
         let mut held: Vec<DeleteBatch> = Vec::new();
@@ -119,6 +154,14 @@ impl Engine {
         for &(run, _) in &unconfirmed_marks {
             ask(run, &mut looks, &mut asked);
         }
+        // Every failure of the pass goes through here.
+        macro_rules! fail {
+            ($error:expr) => {
+                return Err(self
+                    .unrecord(experiment_id, planned, &intents, &sent, $error)
+                    .await)
+            };
+        }
 
         loop {
             while lists.len() < width
@@ -149,20 +192,10 @@ impl Engine {
                     .filter(|(_, look)| matches!(look, Look::Confirmed | Look::Withdrawn))
                     .map(|(at, look)| (planned[at].run_id.as_str(), *look == Look::Confirmed))
                     .collect();
-                confirming.push(async move {
-                    self.confirm(
-                        experiment_id,
-                        planned,
-                        &group,
-                        &settled,
-                        sources,
-                        options,
-                        Depth::Full,
-                    )
-                    .await
-                });
+                confirming
+                    .push(async move { self.confirm(plan, &group, &settled, Depth::Full).await });
             }
-            // Batches whose runs all passed their look go; marks likewise.
+            // Batches whose runs all passed their look wait to be sent; marks likewise.
             let (ready, waiting): (Vec<DeleteBatch>, Vec<DeleteBatch>) = std::mem::take(&mut held)
                 .into_iter()
                 .partition(|batch| batch.runs().all(|run| looks[run] == Look::Confirmed));
@@ -174,9 +207,26 @@ impl Engine {
             to_mark.extend(ready);
             unconfirmed_marks = waiting;
 
+            // The batches next in line have the start of their runs' deletion recorded, and
+            // go once it is: a run is recorded just before its first key goes, not earlier.
+            for run in batches.iter().take(width).flat_map(DeleteBatch::runs) {
+                if intents[run] == Intent::Unrecorded {
+                    intents[run] = Intent::Recording;
+                    to_record.push_back(run);
+                }
+            }
+            while recording.len() < width
+                && let Some(run) = to_record.pop_front()
+            {
+                recording.push(self.record_start(experiment_id, run, &planned[run]));
+            }
             while deletes.len() < width
+                && batches
+                    .front()
+                    .is_some_and(|b| b.runs().all(|run| intents[run] == Intent::Recorded))
                 && let Some(batch) = batches.pop_front()
             {
+                batch.runs().for_each(|run| sent[run] = true);
                 deletes.push(self.delete_batch(experiment_id, planned, batch));
             }
             while marks.len() < width
@@ -186,7 +236,10 @@ impl Engine {
             }
             tokio::select! {
                 Some(listed) = lists.next() => {
-                    let (mut walk, page) = listed?;
+                    let (mut walk, page) = match listed {
+                        Ok(listed) => listed,
+                        Err(e) => fail!(e),
+                    };
                     let step = walk.page(page.objects, page.more);
                     for (run, objects) in step.taken {
                         // Asked as soon as its keys are listed, so the look runs while its
@@ -198,6 +251,11 @@ impl Engine {
                         }
                     }
                     for done in step.finished.into_iter().filter_map(|run| batcher.listing_done(run)) {
+                        if done.1.objects == 0 && !planned[done.0].resume {
+                            // Not one file in any of its folders: nothing to mark as deleted.
+                            empty.push(done.0);
+                            continue;
+                        }
                         ask(done.0, &mut looks, &mut asked);
                         unconfirmed_marks.push(done);
                     }
@@ -208,7 +266,11 @@ impl Engine {
                     }
                 }
                 Some(verdicts) = confirming.next() => {
-                    for (run, verdict) in verdicts? {
+                    let verdicts = match verdicts {
+                        Ok(verdicts) => verdicts,
+                        Err(e) => fail!(e),
+                    };
+                    for (run, verdict) in verdicts {
                         match verdict {
                             None => looks[run] = Look::Confirmed,
                             Some(decision) => {
@@ -220,16 +282,64 @@ impl Engine {
                         }
                     }
                 }
-                Some(deleted) = deletes.next() => to_mark.extend(batcher.deleted(&deleted?)),
-                Some(marked) = marks.next() => pruned.push(marked?),
+                Some((run, recorded)) = recording.next() => match recorded {
+                    Ok(()) => intents[run] = Intent::Recorded,
+                    Err(e) if e.class() == ErrorClass::Transient => fail!(e),
+                    Err(e) => {
+                        // MLflow refuses to tag the run: nothing of it was deleted, it stays.
+                        looks[run] = Look::Withdrawn;
+                        intents[run] = Intent::Unrecorded;
+                        batcher.withdraw(run, &mut held);
+                        let mut queued: Vec<DeleteBatch> = batches.drain(..).collect();
+                        batcher.withdraw(run, &mut queued);
+                        batches.extend(queued);
+                        let reason = SkipReason::NotRecorded { error: e.to_string() };
+                        tracing::warn!(run_id = %planned[run].run_id, error = %e, "kept: the start of its deletion could not be recorded");
+                        withdrawn.push((planned[run].run_id.clone(), Decision::Skipped { reason }));
+                    }
+                },
+                Some(deleted) = deletes.next() => match deleted {
+                    Ok(batch) => to_mark.extend(batcher.deleted(&batch)),
+                    Err(e) => fail!(e),
+                },
+                Some((run, marked)) = marks.next() => match marked {
+                    Ok(done) => pruned.push((run, done)),
+                    Err(e) if e.class() == ErrorClass::Transient => fail!(e),
+                    Err(e) => {
+                        tracing::error!(run_id = %planned[run].run_id, error = %e, "files deleted but MLflow refused the mark: the next pass completes it");
+                        self.metrics.run_left("unmarked");
+                        unmarked.push(UnmarkedRun {
+                            run_id: planned[run].run_id.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                },
                 else => break,
             }
         }
-        if pruned.len() + withdrawn.len() != planned.len() {
+        // Runs whose folders held nothing, unless a look kept them for a reason of its own.
+        empty.retain(|&run| looks[run] != Look::Withdrawn);
+        let deleted_any = pruned.iter().any(|(_, run)| run.objects > 0) || !unmarked.is_empty();
+        if !empty.is_empty() && !deleted_any {
+            return Err(self.all_empty(experiment_id, planned, &empty).await);
+        }
+        for &run in &empty {
+            let folder = planned[run]
+                .locations
+                .first()
+                .map(|(location, _)| location.to_string())
+                .unwrap_or_default();
+            tracing::warn!(run_id = %planned[run].run_id, %folder, "planned model folder holds no file: nothing deleted, not marked");
+            self.metrics.run_left("empty_folder");
+            let reason = SkipReason::EmptyFolder { folder };
+            withdrawn.push((planned[run].run_id.clone(), Decision::Skipped { reason }));
+        }
+        if pruned.len() + withdrawn.len() + unmarked.len() != planned.len() {
             tracing::error!(
                 planned = planned.len(),
                 pruned = pruned.len(),
                 withdrawn = withdrawn.len(),
+                unmarked = unmarked.len(),
                 "a planned run was neither marked nor withdrawn; the next pass completes it"
             );
         }
@@ -237,7 +347,111 @@ impl Engine {
         Ok(Pruned {
             runs: pruned.into_iter().map(|(_, run)| run).collect(),
             withdrawn,
+            unmarked,
         })
+    }
+
+    /// The error of a pass whose planned folders all held no file: nothing was deleted, and
+    /// marking the runs would hide models that live elsewhere. One listing of the first run's
+    /// parent folder tells the likely cause.
+    async fn all_empty(
+        &self,
+        experiment_id: &str,
+        planned: &[PlannedDeletion],
+        empty: &[usize],
+    ) -> PruneError {
+        let run_ids: Vec<String> = empty.iter().map(|&r| planned[r].run_id.clone()).collect();
+        let folder = empty
+            .iter()
+            .find_map(|&r| planned[r].locations.first())
+            .map(|(location, _)| location);
+        let parent = folder.and_then(|folder| {
+            let (parent, _) = folder.prefix.trim_end_matches('/').rsplit_once('/')?;
+            Some((folder.bucket.as_str(), format!("{parent}/")))
+        });
+        let beside = match &parent {
+            Some((bucket, parent)) => self
+                .store
+                .list_page(bucket, parent, None)
+                .await
+                .ok()
+                .map(|page| page.objects.len()),
+            None => None,
+        };
+        let parent = parent.map(|(bucket, p)| format!("s3://{bucket}/{p}"));
+        let cause = match (beside, parent) {
+            (Some(n), Some(parent)) if n > 0 => format!(
+                "{parent} holds files outside it: the models are logged under another artifact \
+                 path than the one planned (the classic layout is <run>/artifacts/model/)"
+            ),
+            (Some(_), Some(parent)) => format!(
+                "{parent} holds no file either: the artifacts live elsewhere (is \
+                 store.artifacts_destination the tracking server's --artifacts-destination, and \
+                 store.endpoint the store it writes to?)"
+            ),
+            _ => "check the layout of the models and store.artifacts_destination".to_owned(),
+        };
+        PruneError::EmptyFolders {
+            experiment_id: experiment_id.to_owned(),
+            run_ids,
+            folder: folder.map(ToString::to_string).unwrap_or_default(),
+            cause,
+        }
+    }
+
+    /// Before a failed pass returns `error`: takes back the start recorded for runs none of
+    /// whose keys was sent, so that the next pass ranks them again instead of completing them.
+    /// Best effort: a tag left behind (MLflow down too) makes the next pass complete a deletion
+    /// the last look had confirmed.
+    async fn unrecord(
+        &self,
+        experiment_id: &str,
+        planned: &[PlannedDeletion],
+        intents: &[Intent],
+        sent: &[bool],
+        error: PruneError,
+    ) -> PruneError {
+        let unsent = (0..planned.len()).filter(|&run| {
+            !planned[run].resume && intents[run] != Intent::Unrecorded && !sent[run]
+        });
+        let mut removals: FuturesUnordered<_> = unsent
+            .map(|run| async move {
+                let run_id = planned[run].run_id.as_str();
+                let removed = self.mlflow.delete_tag(run_id, TAG_DELETING).await;
+                (run_id, removed)
+            })
+            .collect();
+        while let Some((run_id, removed)) = removals.next().await {
+            if let Err(e) = removed {
+                tracing::warn!(%experiment_id, %run_id, error = %e, "could not take back the recorded start of a deletion that did not begin: the next pass completes it");
+            }
+        }
+        error
+    }
+
+    /// Records that the run's deletion starts (tag `model_pruner.deleting`): from here on, a
+    /// pass that stops leaves a run the next one completes, never one that looks whole.
+    async fn record_start(
+        &self,
+        experiment_id: &str,
+        index: usize,
+        plan: &PlannedDeletion,
+    ) -> (usize, Result<(), PruneError>) {
+        let now = OffsetDateTime::now_utc()
+            .format(&Rfc3339)
+            .expect("the current time formats as RFC 3339");
+        let tags = [(TAG_DELETING, now.as_str())];
+        let recorded = self
+            .retry
+            .run("mlflow", "runs/log-batch", || {
+                self.mlflow.log_batch(&plan.run_id, &[], &tags)
+            })
+            .await
+            .map_err(|source| PruneError::Mlflow {
+                experiment_id: experiment_id.to_owned(),
+                source,
+            });
+        (index, recorded)
     }
 
     /// Lists the next page of a walk, retrying transient failures.
@@ -290,6 +504,7 @@ impl Engine {
     }
 
     /// Marks a run whose files are all gone: its logged models first, then the run itself.
+    /// Returns the run's index with the outcome, so that a refused mark stays the run's own.
     #[tracing::instrument(skip_all, fields(experiment_id, run_id = %plan.run_id))]
     async fn mark_run(
         &self,
@@ -297,14 +512,24 @@ impl Engine {
         index: usize,
         plan: &PlannedDeletion,
         freed: Usage,
-    ) -> Result<(usize, PrunedRun), PruneError> {
+    ) -> (usize, Result<PrunedRun, PruneError>) {
+        (index, self.mark(experiment_id, plan, freed).await)
+    }
+
+    async fn mark(
+        &self,
+        experiment_id: &str,
+        plan: &PlannedDeletion,
+        freed: Usage,
+    ) -> Result<PrunedRun, PruneError> {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .expect("the current time formats as RFC 3339");
+        let reason = marks::tag_value(&plan.reason);
         let tags = [
             (TAG_DELETED, "true"),
             (TAG_DELETED_AT, now.as_str()),
-            (TAG_REASON, plan.reason.as_str()),
+            (TAG_REASON, reason.as_ref()),
         ];
         let mlflow_err = |source| PruneError::Mlflow {
             experiment_id: experiment_id.to_owned(),
@@ -321,7 +546,7 @@ impl Engine {
         // The run's own mark comes last: it is what takes the run out of later passes. One
         // runs/log-batch writes the param and the tags in one request (one transaction in
         // MLflow) instead of four: MLflow's writes bound the pruning rate.
-        let params: &[(&str, &str)] = if self.log_deleted_param {
+        let params: &[(&str, &str)] = if self.log_deleted_param && plan.writes_deleted_param {
             &[(PARAM_DELETED, "1")]
         } else {
             &[]
@@ -340,11 +565,10 @@ impl Engine {
         );
         self.metrics
             .run_pruned(plan.locations.len(), freed.objects, freed.bytes);
-        let pruned = PrunedRun {
+        Ok(PrunedRun {
             run_id: plan.run_id.clone(),
             objects: freed.objects,
             bytes: freed.bytes,
-        };
-        Ok((index, pruned))
+        })
     }
 }

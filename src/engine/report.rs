@@ -14,12 +14,38 @@ pub struct PlannedDeletion {
     pub run_id: String,
     pub run_name: String,
     pub reason: String,
+    /// What the run was ranked on, compared with a fresh read at the last look.
+    pub ranked_on: RankedOn,
+    /// The completion of a deletion an earlier pass started (rule `resume`): the run was not
+    /// ranked, its folders may be partly or wholly empty already.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resume: bool,
+    /// The mark writes the param `model_deleted = 1` (the run does not carry it yet).
+    #[serde(skip)]
+    pub writes_deleted_param: bool,
     /// Folders to empty, each with the logged model id it belongs to (none for classic models).
     pub locations: Vec<(ModelLocation, Option<String>)>,
     /// Logged models of `locations` also linked to other runs, with those runs (each pruned in
     /// this pass or before: a model another run keeps is not planned at all).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shared_with: BTreeMap<String, Vec<String>>,
+}
+
+/// The inputs of the ranking that can change while a pass runs, as the pass ranked them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedOn {
+    pub metric: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub end_time: Option<i64>,
+}
+
+/// A run whose files are gone but which MLflow refused to mark: reported, and completed by the
+/// next pass (its `model_pruner.deleting` tag makes it a run to resume).
+#[derive(Debug, Clone, Serialize)]
+pub struct UnmarkedRun {
+    pub run_id: String,
+    pub error: String,
 }
 
 /// A run whose models were deleted and marked.
@@ -38,6 +64,9 @@ pub struct PassReport {
     pub ranking: Ranking,
     pub planned: Vec<PlannedDeletion>,
     pub pruned: Vec<PrunedRun>,
+    /// Runs whose files are gone but whose mark MLflow refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmarked: Vec<UnmarkedRun>,
     /// Run ids named by events that are not runs of this experiment.
     pub foreign_run_ids: Vec<String>,
     pub experiment_deleted: bool,

@@ -164,8 +164,10 @@ impl Metrics {
             runs: r.counter_vec(
                 "model_pruner_runs_total",
                 "Runs by what passes did with them: kept, in_grace (out of the top N but \
-                 finished less than the policy's grace ago), protected, skipped, or pruned \
-                 (model files deleted and run marked; dry runs prune nothing).",
+                 finished less than the policy's grace ago), protected, skipped, pruned \
+                 (model files deleted and run marked; dry runs prune nothing), empty_folder \
+                 (planned, but its folders held no file: not marked) or unmarked (files \
+                 deleted, MLflow refused the mark; the next pass completes it).",
                 &["decision"],
             ),
             models_deleted: r.counter(
@@ -255,7 +257,15 @@ impl Metrics {
                 m.retries.with_label_values(&[target.as_str(), reason]);
             }
         }
-        for decision in ["kept", "in_grace", "protected", "skipped", "pruned"] {
+        for decision in [
+            "kept",
+            "in_grace",
+            "protected",
+            "skipped",
+            "pruned",
+            "empty_folder",
+            "unmarked",
+        ] {
             m.runs.with_label_values(&[decision]);
         }
         m.registry = r.registry;
@@ -359,6 +369,12 @@ impl Metrics {
         self.0.pass_duration.observe(elapsed.as_secs_f64());
         self.0.coalesced.inc_by(events.saturating_sub(1) as u64);
         self.0.passes.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a planned run a pass left with `decision`: `empty_folder` (its folders held no
+    /// file; not marked) or `unmarked` (files deleted, MLflow refused the mark).
+    pub fn run_left(&self, decision: &'static str) {
+        self.0.runs.with_label_values(&[decision]).inc();
     }
 
     /// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.

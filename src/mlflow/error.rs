@@ -53,6 +53,17 @@ pub enum MlflowError {
         #[source]
         source: serde_json::Error,
     },
+    /// A search that spans several pages read differently each time: the server is written to
+    /// faster than it can be read consistently. Tried again later.
+    #[error(
+        "MLflow {operation} for {target}: {reads} reads over several pages each found other \
+         rows (written to while paging); not trusted"
+    )]
+    Unstable {
+        operation: &'static str,
+        target: String,
+        reads: usize,
+    },
     /// The client could not be built from the settings.
     #[error("cannot build the MLflow client: {0}")]
     Build(String),
@@ -87,7 +98,8 @@ impl MlflowError {
             MlflowError::Status { status, .. } => ErrorClass::from_http_status(*status),
             MlflowError::Timeout { .. }
             | MlflowError::Connect { .. }
-            | MlflowError::Transport { .. } => ErrorClass::Transient,
+            | MlflowError::Transport { .. }
+            | MlflowError::Unstable { .. } => ErrorClass::Transient,
             MlflowError::Decode { .. } | MlflowError::Build(_) => ErrorClass::Permanent,
         }
     }
@@ -161,6 +173,7 @@ impl Classified for MlflowError {
             MlflowError::Timeout { .. } => "timeout",
             MlflowError::Connect { .. } => "connect",
             MlflowError::Transport { .. } => "transport",
+            MlflowError::Unstable { .. } => "unstable_read",
             MlflowError::Decode { .. } => "decode",
             MlflowError::Build(_) => "build",
         }

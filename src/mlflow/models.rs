@@ -5,7 +5,9 @@ use reqwest::Method;
 use serde::de::IgnoredAny;
 use serde_json::json;
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
@@ -14,11 +16,14 @@ use super::wire::{
     SearchLoggedModelsResponse, SearchModelVersionsResponse, WireLoggedModel, WireModelVersion,
 };
 
-/// Page size for `model-versions/search`: MLflow's cap, so that a search reads one page. Pages
-/// are offsets: a version deleted between two page requests would make the next page skip one,
-/// and a skipped version is a protection missed. The searches are targeted (an experiment's
-/// folders), so one page stays small.
+/// Page size for `model-versions/search`: MLflow's cap, so that a search nearly always reads one
+/// page. Pages are offsets: a version deleted between two page requests would make the next page
+/// skip one, and a skipped version is a protection missed. A search that spans several pages is
+/// therefore read again until two reads in a row find the same versions (see [`stable`]).
 const MODEL_VERSIONS_PAGE_SIZE: u32 = 200_000;
+
+/// Reads of a multi-page version search before it is given up as unstable (transient).
+const VERSION_READS: usize = 4;
 
 /// Oldest first, then a total order: versions registered while a search pages come last.
 const VERSIONS_ORDER: [&str; 3] = ["creation_timestamp ASC", "name ASC", "version_number ASC"];
@@ -40,6 +45,14 @@ impl fmt::Display for VersionFilter<'_> {
             VersionFilter::SourceLike(pattern) => write!(f, "source_path LIKE '{pattern}'"),
         }
     }
+}
+
+/// Whether the last of `reads` (the keys each read found) can be trusted: it came in one page
+/// (offsets cannot skip within one answer), or it found the same rows as the read before it. A
+/// row skipped because another was deleted between two page requests shows as a difference:
+/// the earlier read holds the deleted row, the later one does not.
+fn stable(pages: usize, reads: &[BTreeSet<String>]) -> bool {
+    pages <= 1 || matches!(reads, [.., before, last] if before == last)
 }
 
 impl MlflowClient {
@@ -86,22 +99,36 @@ impl MlflowClient {
         let filter = &filter.to_string();
         let max_results = &MODEL_VERSIONS_PAGE_SIZE.to_string();
         let key = |v: &WireModelVersion| format!("{}\0{}", v.name, v.version);
-        let versions = all_pages(
-            "model-versions/search",
-            key,
-            |page_token: Option<String>| async move {
-                let call = Call::new("model-versions/search", format!("filter {filter:?}"));
-                let url = self.url(&["model-versions", "search"]);
-                let mut query = vec![("max_results", max_results.as_str()), ("filter", filter)];
-                query.extend(VERSIONS_ORDER.iter().map(|o| ("order_by", *o)));
-                query.extend(page_token.as_deref().map(|t| ("page_token", t)));
-                let page: SearchModelVersionsResponse = self.get(call, url, &query).await?;
-                Ok((page.model_versions, page.next_page_token))
-            },
-        )
-        .await?;
-        tracing::debug!(versions = versions.len(), "searched model versions");
-        Ok(versions.into_iter().map(ModelVersion::from).collect())
+        let mut reads = Vec::new();
+        while reads.len() < VERSION_READS {
+            let pages = &AtomicUsize::new(0);
+            let versions = all_pages(
+                "model-versions/search",
+                key,
+                |page_token: Option<String>| async move {
+                    pages.fetch_add(1, Ordering::Relaxed);
+                    let call = Call::new("model-versions/search", format!("filter {filter:?}"));
+                    let url = self.url(&["model-versions", "search"]);
+                    let mut query = vec![("max_results", max_results.as_str()), ("filter", filter)];
+                    query.extend(VERSIONS_ORDER.iter().map(|o| ("order_by", *o)));
+                    query.extend(page_token.as_deref().map(|t| ("page_token", t)));
+                    let page: SearchModelVersionsResponse = self.get(call, url, &query).await?;
+                    Ok((page.model_versions, page.next_page_token))
+                },
+            )
+            .await?;
+            let keys: BTreeSet<String> = versions.iter().map(key).collect();
+            reads.push(keys);
+            if stable(pages.load(Ordering::Relaxed), &reads) {
+                tracing::debug!(versions = versions.len(), "searched model versions");
+                return Ok(versions.into_iter().map(ModelVersion::from).collect());
+            }
+        }
+        Err(MlflowError::Unstable {
+            operation: "model-versions/search",
+            target: format!("filter {filter:?}"),
+            reads: reads.len(),
+        })
     }
 
     /// Sets (or overwrites) tags on a logged model (`PATCH logged-models/{id}/tags`).
@@ -120,5 +147,28 @@ impl MlflowClient {
         let body = json!({ "tags": tags });
         let _: IgnoredAny = self.send(call, Method::PATCH, url, &body).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(keys: &[&str]) -> BTreeSet<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn one_page_is_trusted_and_several_only_when_two_reads_agree() {
+        assert!(stable(1, &[read(&["a"])]));
+        assert!(stable(0, &[read(&[])]));
+        // Two pages: a deletion between them may have skipped a row.
+        assert!(!stable(2, &[read(&["a", "c"])]));
+        // Read again: "b" was deleted, "c" had been skipped the first time.
+        assert!(!stable(2, &[read(&["a", "b"]), read(&["a", "c"])]));
+        assert!(stable(
+            2,
+            &[read(&["a", "b"]), read(&["a", "c"]), read(&["a", "c"])]
+        ));
     }
 }

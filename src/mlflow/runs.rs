@@ -83,6 +83,16 @@ impl MlflowClient {
         .await
     }
 
+    /// Removes a tag from a run (`POST runs/delete-tag`).
+    #[tracing::instrument(level = "debug", skip_all, fields(%run_id, %key), err(level = "debug", Display))]
+    pub async fn delete_tag(&self, run_id: &str, key: &str) -> Result<(), MlflowError> {
+        let call = Call::new("runs/delete-tag", format!("run {run_id}"));
+        let url = self.url(&["runs", "delete-tag"]);
+        let body = json!({ "run_id": run_id, "key": key });
+        let _: IgnoredAny = self.send(call, Method::POST, url, &body).await?;
+        Ok(())
+    }
+
     /// Logs params and sets tags on the run in one `runs/log-batch` request, which MLflow
     /// applies in one transaction. Re-logging a param with the same value succeeds, so this is
     /// safe to repeat; a different value is a permanent 400 `INVALID_PARAMETER_VALUE`.

@@ -128,8 +128,9 @@ pub(crate) struct RunData {
 #[derive(Debug, Deserialize)]
 pub(crate) struct WireMetric {
     pub key: String,
-    #[serde(default = "nan", deserialize_with = "lenient_f64")]
-    pub value: f64,
+    /// `None` when the entry carries no value at all: a missing metric, not NaN.
+    #[serde(default, deserialize_with = "lenient_f64")]
+    pub value: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -169,7 +170,7 @@ impl WireRun {
                 .metrics
                 .into_iter()
                 .filter(|m| fields.metrics.contains(&m.key.as_str()))
-                .map(|m| (m.key, m.value))
+                .filter_map(|m| Some((m.key, m.value?)))
                 .collect(),
             params: only(r.data.params, fields.params),
             tags: only(r.data.tags, fields.tags),
@@ -287,10 +288,6 @@ fn model_id_from_source(source: &str) -> Option<String> {
 
 // ---- lenient scalars ----
 
-fn nan() -> f64 {
-    f64::NAN
-}
-
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum Scalar {
@@ -316,19 +313,21 @@ fn lenient_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>
 }
 
 /// A double sent as a number, as `"NaN"`/`"Infinity"`/`"-Infinity"` or as a decimal string;
-/// `null` (no value) is NaN, which ranks as "no usable metric".
-fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+/// `null` (no value) is `None`: a metric without a value is missing, never NaN (NaN ranks and
+/// can be deleted; a missing metric keeps the run).
+fn lenient_f64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<f64>, D::Error> {
     use serde::de::Error;
     match Option::<Scalar>::deserialize(deserializer)? {
-        None => Ok(f64::NAN),
-        Some(Scalar::Int(n)) => Ok(n as f64),
-        Some(Scalar::Float(f)) => Ok(f),
+        None => Ok(None),
+        Some(Scalar::Int(n)) => Ok(Some(n as f64)),
+        Some(Scalar::Float(f)) => Ok(Some(f)),
         Some(Scalar::Text(s)) => match s.as_str() {
-            "NaN" | "nan" => Ok(f64::NAN),
-            "Infinity" | "inf" => Ok(f64::INFINITY),
-            "-Infinity" | "-inf" => Ok(f64::NEG_INFINITY),
+            "NaN" | "nan" => Ok(Some(f64::NAN)),
+            "Infinity" | "inf" => Ok(Some(f64::INFINITY)),
+            "-Infinity" | "-inf" => Ok(Some(f64::NEG_INFINITY)),
             other => other
                 .parse()
+                .map(Some)
                 .map_err(|_| D::Error::custom(format!("expected a double, got {s:?}"))),
         },
     }
@@ -382,6 +381,14 @@ mod tests {
         assert_eq!(run.metrics["text"], 0.25);
         assert_eq!(run.metrics["int"], 3.0);
         assert_eq!(run.metrics["max"], f64::MAX);
+    }
+
+    #[test]
+    fn a_metric_without_a_value_is_missing_not_nan() {
+        let run = run(r#"{"run": {"info": {"run_id": "r"}, "data": {"metrics": [
+            {"key": "acc", "timestamp": 1, "step": 0},
+            {"key": "nan", "value": null}]}}}"#);
+        assert!(run.metrics.is_empty(), "{:?}", run.metrics);
     }
 
     #[test]

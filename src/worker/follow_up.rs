@@ -1,5 +1,6 @@
-//! Follow-up passes the worker schedules for itself when a pass leaves runs in their grace
-//! window: one delayed `experiment.prune` per experiment at the end of the earliest window.
+//! Follow-up passes the worker schedules for itself when a pass leaves runs held back by time
+//! (in their grace window, or too recent for `older_than`): one delayed `experiment.prune` per
+//! experiment when the earliest of them changes its fate.
 //! Pure bookkeeping so that a burst of passes over one experiment schedules one follow-up, not
 //! one per pass; the settler publishes. Follow-ups are told apart by experiment and by the
 //! policy overrides their pass ranks under (a follow-up under other overrides may keep other
@@ -49,6 +50,16 @@ impl FollowUps {
     }
 }
 
+/// When the follow-up of a pass whose next look is at `next_look` is due, at `now`: just after
+/// it, but no further ahead than the longest grace (an `older_than` of months is looked at
+/// again at that horizon, by a pass that schedules the rest).
+pub fn due(next_look: i64, now: i64) -> i64 {
+    let horizon = i64::try_from(MAX_GRACE.as_millis()).unwrap_or(i64::MAX);
+    next_look
+        .saturating_add(MARGIN_MS)
+        .min(now.saturating_add(horizon))
+}
+
 /// A follow-up due at `due` has not run yet at `now`: it runs from [`EARLY_MS`] before.
 fn is_pending(due: i64, now: i64) -> bool {
     due > now.saturating_add(EARLY_MS)
@@ -68,6 +79,14 @@ mod tests {
 
     fn key(experiment_id: &str) -> Key {
         Key::new(experiment_id, &PolicyOverrides::default())
+    }
+
+    #[test]
+    fn a_follow_up_is_due_after_the_next_look_within_the_horizon() {
+        assert_eq!(due(5_000, 0), 5_000 + MARGIN_MS);
+        let horizon = i64::try_from(MAX_GRACE.as_millis()).unwrap();
+        assert_eq!(due(10 * horizon, 7), 7 + horizon);
+        assert!(travels_on(due(10 * horizon, 7), 7));
     }
 
     #[test]

@@ -376,22 +376,22 @@ async fn run_batch(
                     .pass_interrupted("timed_out", jobs.len(), took);
             }
         }
-        // Runs left in their grace window: the pass's work is done only once its follow-up is
-        // with the broker.
-        let grace_ends = match &ended {
+        // Runs held back by time (a grace window, `older_than`): the pass's work is done only
+        // once its follow-up is with the broker.
+        let next_look = match &ended {
             Ended::Finished(result) if !request.dry_run => result
                 .as_ref()
                 .as_ref()
                 .ok()
-                .and_then(|r| r.ranking.grace_ends()),
+                .and_then(|r| r.ranking.next_look()),
             _ => None,
         };
-        let follow_up = match grace_ends {
-            Some(until) => settler
+        let follow_up = match next_look {
+            Some(at) => settler
                 .follow_up(
                     &request.experiment_id,
                     &request.policy,
-                    until.saturating_add(follow_up::MARGIN_MS),
+                    follow_up::due(at, now_ms()),
                 )
                 .await
                 .map(drop)

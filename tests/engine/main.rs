@@ -5,6 +5,7 @@
 mod support;
 
 mod consistency;
+mod failures;
 mod policies;
 mod protection;
 mod python_client;

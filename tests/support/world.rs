@@ -163,7 +163,7 @@ impl World {
     }
 
     /// Whether the run carries the deletion tag (the rest of the mark may still be on its way).
-    async fn tagged_deleted(&self, m: &ModelRun) -> bool {
+    pub async fn tagged_deleted(&self, m: &ModelRun) -> bool {
         let tags = self.mlflow.run_tags(&m.run.run_id).await.expect("run tags");
         tags.get("model_pruner.deleted").map(String::as_str) == Some("true")
     }
