@@ -129,12 +129,19 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
                     objects += usage.objects;
                     bytes += usage.bytes;
                 }
-                findings.push(Finding::BeyondTopN {
-                    run_id: p.run_id.clone(),
-                    reason: p.reason.clone(),
-                    objects,
-                    bytes,
-                });
+                let finding = match p.locations.first() {
+                    Some((location, _)) if objects == 0 && !p.resume => Finding::EmptyModelFolder {
+                        run_id: p.run_id.clone(),
+                        location: location.to_string(),
+                    },
+                    _ => Finding::BeyondTopN {
+                        run_id: p.run_id.clone(),
+                        reason: p.reason.clone(),
+                        objects,
+                        bytes,
+                    },
+                };
+                findings.push(finding);
             }
             Some(report.policy.to_string())
         }
@@ -308,6 +315,10 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
                 objects,
                 bytes,
             } => format!("{location}: {objects} objects, {bytes} bytes of no known run or model"),
+            Finding::EmptyModelFolder { run_id, location } => format!(
+                "run {run_id}: {location} holds no file; is the model logged under another \
+                 artifact path, or store.artifacts_destination wrong?"
+            ),
             Finding::PlanFailed { error } => error.clone(),
         };
         writeln!(out, "{:<20} {detail}", f.label())?;

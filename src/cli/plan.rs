@@ -107,6 +107,12 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         freed.objects,
         freed.bytes,
     ));
+    for run in &report.unmarked {
+        s.push_str(&format!(
+            "run {}: files deleted, but MLflow refused the mark ({}); the next pass completes it\n",
+            run.run_id, run.error
+        ));
+    }
     if let Some(until) = report.ranking.grace_ends() {
         s.push_str(&format!(
             "the first grace window ends at {}: a pass after that deletes what is still out of the top\n",

@@ -31,6 +31,10 @@ pub enum Finding {
         objects: u64,
         bytes: u64,
     },
+    /// A run planned for deletion whose model folders hold no file: its model lives elsewhere
+    /// (another artifact path than `model/`, or a wrong `store.artifacts_destination`). A pass
+    /// reports it and never marks it; only fixing the layout or the setting helps.
+    EmptyModelFolder { run_id: String, location: String },
     /// Objects under the experiment's root that belong to no run or logged model MLflow knows.
     Orphan {
         location: String,
@@ -47,6 +51,7 @@ impl Finding {
         match self {
             Finding::UnfinishedDeletion { .. } => "unfinished deletion",
             Finding::BeyondTopN { .. } => "beyond top N",
+            Finding::EmptyModelFolder { .. } => "empty model folder",
             Finding::Orphan { .. } => "orphan",
             Finding::PlanFailed { .. } => "plan failed",
         }

@@ -1,6 +1,7 @@
 //! A run out of the top N that finished less than `grace` ago stays, and the pass that left it
 //! schedules its own follow-up: after one event from the test, the run is pruned once its window
-//! has ended, unless someone tagged it to keep in between. A burst schedules one follow-up.
+//! has ended, unless someone tagged it to keep in between. A burst schedules one follow-up. A
+//! run too recent for `older_than` is revisited the same way once it comes of age.
 
 use std::time::Duration;
 
@@ -212,6 +213,44 @@ async fn a_window_longer_than_every_delay_is_waited_out_in_legs_without_passes()
     // Two passes: the event's, and the follow-up's once due; the legs ran none.
     let passes = counted(&app, "model_pruner_passes_total", Some(("outcome", "ok")));
     assert_eq!(passes, 2.0);
+    assert_eq!(follow_ups_scheduled(&app), 1.0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_run_too_recent_for_older_than_is_pruned_by_a_follow_up_once_it_comes_of_age() {
+    let world = World::new("worker");
+    let exp = world
+        .mlflow
+        .experiment_with_tags("worker-older-than", &[("model_pruner.older_than", "5s")])
+        .await
+        .unwrap();
+    let now = now_ms();
+    let best = model_run(&world, &exp, 0, 0.9, 1_700_000_000_000).await;
+    let young = model_run(&world, &exp, 1, 0.1, now).await;
+
+    // The event's pass finds the young run no candidate yet and deletes nothing; no further
+    // event comes, as in an experiment whose pipelines went quiet.
+    let app = TestApp::spawn(settings()).await;
+    app.publish("run.finished", &run_finished(&exp, &young, 1))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !world.marked(&young).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run held back by older_than was never revisited"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let tags = world.mlflow.run_tags(&young.run.run_id).await.unwrap();
+    let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
+    let after_end = (deleted_at.unix_timestamp_nanos() / 1_000_000) as i64 - now;
+    assert!(
+        after_end >= 5_000,
+        "pruned {after_end} ms after its end, too young"
+    );
+    assert!(!world.marked(&best).await);
+    wait_drained(&app, Duration::from_secs(30)).await;
     assert_eq!(follow_ups_scheduled(&app), 1.0);
     app.cleanup().await;
 }
