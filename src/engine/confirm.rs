@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
-use super::guard::{self, Fresh};
+use super::guard::{self, Fresh, Keeper};
 use super::inventory::{InventoryOptions, ModelSources};
 use super::{Engine, PlannedDeletion, PruneError};
 use crate::domain::policy::{self, PolicyOverrides, RetentionPolicy};
@@ -42,6 +42,11 @@ pub(super) struct Planned<'a> {
     pub overrides: &'a PolicyOverrides,
     /// The policy the pass ranked under.
     pub policy: &'a RetentionPolicy,
+    /// The runs the pass keeps by rank or as latest, read again with the planned runs of their
+    /// group.
+    pub keepers: &'a [Keeper],
+    /// A run of the experiment was pruned before this pass.
+    pub pruned_before: bool,
 }
 
 impl Engine {
@@ -63,6 +68,15 @@ impl Engine {
         let runs = || group.iter().map(|&at| &planned[at]);
         let mut ids: BTreeSet<&str> = runs().map(|p| p.run_id.as_str()).collect();
         ids.extend(runs().flat_map(|p| p.shared_with.values().flatten().map(String::as_str)));
+        // The keepers of the look's groups are read again too: one that changed may have freed
+        // a slot a planned run now deserves.
+        let reread: Vec<&str> = ids
+            .iter()
+            .copied()
+            .chain(guard::keepers_to_read(planned, group, plan.keepers))
+            .collect::<BTreeSet<&str>>()
+            .into_iter()
+            .collect();
         let ids: Vec<&str> = ids.into_iter().collect();
         let mut searches: Vec<VersionFilter> = ids
             .chunks(RUN_IDS_PER_VERSION_SEARCH)
@@ -99,7 +113,8 @@ impl Engine {
             tags: &tags,
         };
         let fresh = self.retry.run("mlflow", "runs/search", || {
-            self.mlflow.search_runs_by_id(experiment_id, &ids, &fields)
+            self.mlflow
+                .search_runs_by_id(experiment_id, &reread, &fields)
         });
         let experiment = self.retry.run("mlflow", "experiments/get", || {
             self.mlflow.get_experiment(experiment_id)
@@ -121,6 +136,7 @@ impl Engine {
         };
         let runs: HashMap<&str, &Run> = fresh.iter().map(|r| (r.run_id.as_str(), r)).collect();
         let fresh = Fresh {
+            keepers: plan.keepers,
             runs: &runs,
             versions: &versions,
             policy_change,

@@ -83,6 +83,12 @@ pub enum PruneError {
 }
 
 impl PruneError {
+    /// An MLflow write refused for a reason of the run's own (see
+    /// [`MlflowError::is_about_the_run`]).
+    pub fn is_about_the_run(&self) -> bool {
+        matches!(self, PruneError::Mlflow { source, .. } if source.is_about_the_run())
+    }
+
     /// Transient errors are worth retrying; everything else is permanent.
     pub fn class(&self) -> ErrorClass {
         match self {

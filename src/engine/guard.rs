@@ -21,8 +21,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::PlannedDeletion;
 use super::inventory::{InventoryOptions, ModelSources, is_pruned};
+use super::{PlannedDeletion, RankedOn};
 use crate::domain::location::LocationRules;
 use crate::domain::marks;
 use crate::domain::ranking::{Decision, Protection, SkipReason};
@@ -137,12 +137,16 @@ fn anchored(
     add(format!("s3://{bucket}/{}", root.join("/")));
     if let Some(dest) = destination
         && dest.bucket == bucket
-        && root.len() > dest.segments.len()
         && root.starts_with(&dest.segments)
     {
         let rest = root[dest.segments.len()..].join("/");
-        add(format!("mlflow-artifacts:/{rest}"));
-        add(format!("mlflow-artifacts://%/{rest}"));
+        if rest.is_empty() {
+            // The folder is the destination itself: every proxied source lies in it.
+            patterns.insert("mlflow-artifacts:%".to_owned());
+        } else {
+            add(format!("mlflow-artifacts:/{rest}"));
+            add(format!("mlflow-artifacts://%/{rest}"));
+        }
     }
 }
 
@@ -181,8 +185,18 @@ pub fn points_at(
         .any(|folder| folder.overlaps(&place))
 }
 
+/// A run the pass keeps in the top N (or among the latest), as ranked: a change to it (trashed,
+/// a worse value, another group) may free a slot a planned run now deserves.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    pub run_id: String,
+    pub ranked_on: RankedOn,
+}
+
 /// What a look read afresh.
 pub struct Fresh<'a> {
+    /// The keepers of the pass (read afresh in `runs` when they share a group with the look).
+    pub keepers: &'a [Keeper],
     /// The runs read again just now (the group and the other runs of their shared models).
     pub runs: &'a HashMap<&'a str, &'a Run>,
     /// Every registry version the targeted lookups found.
@@ -225,7 +239,8 @@ pub fn check(
                     let what = fresh
                         .policy_change
                         .clone()
-                        .or_else(|| changed(plan, fresh_run?, options))?;
+                        .or_else(|| changed(&plan.ranked_on, fresh_run?, options))
+                        .or_else(|| keeper_change(&plan.ranked_on, fresh, options))?;
                     Some(Decision::Skipped {
                         reason: SkipReason::Changed { what },
                     })
@@ -280,13 +295,50 @@ pub fn check(
     }
 }
 
-/// What changed in `run`, read again, among the inputs `plan` was ranked on, if anything did.
-pub fn changed(
-    plan: &PlannedDeletion,
-    run: &Run,
+/// What changed in a keeper of the group a run `was` ranked in, read again, if anything did:
+/// gone, trashed, unfinished, pruned, or ranked on other values.
+fn keeper_change(
+    was: &RankedOn,
+    fresh: &Fresh<'_>,
     options: &InventoryOptions<'_>,
 ) -> Option<String> {
-    let was = &plan.ranked_on;
+    fresh
+        .keepers
+        .iter()
+        .filter(|k| k.ranked_on.group == was.group)
+        .find_map(|k| {
+            let what = match fresh.runs.get(k.run_id.as_str()) {
+                None => "gone".to_owned(),
+                Some(run) if run.lifecycle_stage != LifecycleStage::Active => "trashed".to_owned(),
+                Some(run) if run.status != RunStatus::Finished => format!("status {}", run.status),
+                Some(run) if is_pruned(run) => "pruned".to_owned(),
+                Some(run) => changed(&k.ranked_on, run, options)?,
+            };
+            Some(format!("kept run {}: {what}", k.run_id))
+        })
+}
+
+/// The runs whose fresh reads a look needs beside the planned ones: the keepers of the groups
+/// of its ranked (not resumed) runs.
+pub fn keepers_to_read<'a>(
+    planned: &[PlannedDeletion],
+    group: &[usize],
+    keepers: &'a [Keeper],
+) -> impl Iterator<Item = &'a str> {
+    let groups: Vec<Option<String>> = group
+        .iter()
+        .map(|&at| &planned[at])
+        .filter(|p| !p.resume)
+        .map(|p| p.ranked_on.group.clone())
+        .collect();
+    keepers
+        .iter()
+        .filter(move |k| groups.contains(&k.ranked_on.group))
+        .map(|k| k.run_id.as_str())
+}
+
+/// What changed in `run`, read again, among the inputs it `was` ranked on, if anything did.
+pub fn changed(was: &RankedOn, run: &Run, options: &InventoryOptions<'_>) -> Option<String> {
     let metric = run.metrics.get(options.metric).copied();
     let same_metric = match (was.metric, metric) {
         (Some(a), Some(b)) => a.total_cmp(&b).is_eq() || (a.is_nan() && b.is_nan()),
@@ -577,6 +629,7 @@ mod tests {
 
     fn look<'a>(runs: &'a HashMap<&'a str, &'a Run>, versions: &'a [ModelVersion]) -> Fresh<'a> {
         Fresh {
+            keepers: &[],
             runs,
             versions,
             policy_change: None,
@@ -599,38 +652,38 @@ mod tests {
         let mut same = run("r", "FINISHED");
         same.metrics.insert("acc".into(), 0.3);
         same.params.insert("base".into(), "bert".into());
-        assert_eq!(changed(&planned, &same, &options), None);
+        assert_eq!(changed(&planned.ranked_on, &same, &options), None);
 
         let mut better = same.clone();
         better.metrics.insert("acc".into(), 0.99);
         assert_eq!(
-            changed(&planned, &better, &options).as_deref(),
+            changed(&planned.ranked_on, &better, &options).as_deref(),
             Some("acc 0.3 -> 0.99")
         );
         let mut regrouped = same.clone();
         regrouped.params.insert("base".into(), "roberta".into());
         assert_eq!(
-            changed(&planned, &regrouped, &options).as_deref(),
+            changed(&planned.ranked_on, &regrouped, &options).as_deref(),
             Some("params.base Some(\"bert\") -> Some(\"roberta\")")
         );
         let mut resumed = same.clone();
         resumed.end_time = Some(5);
         assert!(
-            changed(&planned, &resumed, &options)
+            changed(&planned.ranked_on, &resumed, &options)
                 .unwrap()
                 .starts_with("end time")
         );
         let mut lost = same.clone();
         lost.metrics.clear();
         assert_eq!(
-            changed(&planned, &lost, &options).as_deref(),
+            changed(&planned.ranked_on, &lost, &options).as_deref(),
             Some("acc 0.3 -> none")
         );
         // NaN stays NaN.
         planned.ranked_on.metric = Some(f64::NAN);
         let mut nan = same.clone();
         nan.metrics.insert("acc".into(), f64::NAN);
-        assert_eq!(changed(&planned, &nan, &options), None);
+        assert_eq!(changed(&planned.ranked_on, &nan, &options), None);
 
         // Through the look: withdrawn with rule changed; a resumed deletion is not ranked, so
         // only its protections count; a policy change withdraws every ranked run.

@@ -167,7 +167,11 @@ impl Engine {
             Depth::RunIds
         };
         let all: Vec<usize> = (0..plan.planned.len()).collect();
+        let keepers = plan.keepers();
+        let pruned_before = plan.pruned_before();
         let first = Planned {
+            keepers: &keepers,
+            pruned_before,
             experiment_id,
             runs: &plan.planned,
             sources: &plan.inventory.sources,
@@ -201,6 +205,8 @@ impl Engine {
         // Apply.
         let pruned = self
             .prune(&Planned {
+                keepers: &keepers,
+                pruned_before,
                 experiment_id,
                 runs: &report.planned,
                 sources: &plan.inventory.sources,

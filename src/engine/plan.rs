@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::guard::{self, Share};
+use super::guard::{self, Keeper, Share};
 use super::inventory::{self, Inventory, InventoryOptions, StoredModel};
 use super::{PassKind, PassRequest, PlannedDeletion, PruneError, RankedOn};
 use crate::domain::location::LocationRules;
@@ -155,11 +155,7 @@ impl Planner<'_> {
                     run_id: run_id.clone(),
                     run_name: r.run.run_name.clone(),
                     reason: r.reason.clone(),
-                    ranked_on: RankedOn {
-                        metric: r.run.metric,
-                        group: r.run.group.clone(),
-                        end_time: r.run.end_time,
-                    },
+                    ranked_on: RankedOn::of(&r.run),
                     resume: r.rule == Rule::Resume,
                     writes_deleted_param: !inventory.deleted_param_set.contains(run_id),
                     locations,
@@ -171,6 +167,25 @@ impl Planner<'_> {
 }
 
 impl Plan {
+    /// Whether a run of the experiment was pruned before: its layout and the settings have
+    /// worked for it once.
+    pub fn pruned_before(&self) -> bool {
+        self.ranking.runs.iter().any(|r| r.run.pruned)
+    }
+
+    /// The runs kept by rank or as latest, with what they were ranked on.
+    pub fn keepers(&self) -> Vec<Keeper> {
+        self.ranking
+            .runs
+            .iter()
+            .filter(|r| r.decision == Decision::Keep)
+            .map(|r| Keeper {
+                run_id: r.run.run_id.clone(),
+                ranked_on: RankedOn::of(&r.run),
+            })
+            .collect()
+    }
+
     /// Takes the runs a look found must stay out of the deletions (`verdicts` in plan order).
     pub fn withdraw(&mut self, verdicts: Vec<(usize, Option<Decision>)>) {
         // Removing from the end keeps the other indices valid.

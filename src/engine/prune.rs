@@ -14,6 +14,7 @@
 //! and a pass that found every planned folder empty fails, naming the likely cause.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
@@ -25,7 +26,6 @@ use super::batch::{Batcher, DeleteBatch};
 use super::confirm::{Depth, Planned};
 use super::walk::{self, ListingWalk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun, UnmarkedRun};
-use crate::domain::classify::ErrorClass;
 use crate::domain::marks::{
     self, PARAM_DELETED, TAG_DELETED, TAG_DELETED_AT, TAG_DELETING, TAG_REASON,
 };
@@ -102,6 +102,21 @@ impl Engine {
                 carriers_of.entry(other.as_str()).or_default().push(at);
             }
         }
+        // The runs of the pass each run shares a logged model with: a shared model's keys go
+        // only once every run linked to it is recorded as being deleted, so that none of them
+        // can look whole while the model is partly gone.
+        let linked: Vec<Vec<usize>> = planned
+            .iter()
+            .map(|p| {
+                let sharers = p.shared_with.values().flatten();
+                let mut runs: Vec<usize> = sharers
+                    .filter_map(|id| index.get(id.as_str()).copied())
+                    .collect();
+                runs.extend(carriers_of.get(p.run_id.as_str()).into_iter().flatten());
+                runs
+            })
+            .collect();
+        let with_linked = |run: usize| std::iter::once(run).chain(linked[run].iter().copied());
         let mut looks = vec![Look::Pending; planned.len()];
         let mut intents: Vec<Intent> = planned
             .iter()
@@ -117,7 +132,7 @@ impl Engine {
         let mut to_record: VecDeque<usize> = VecDeque::new();
         let mut empty: Vec<usize> = Vec::new();
         // Runs with a batch sent (answered or not): their files may be partly gone.
-        let mut sent = vec![false; planned.len()];
+        let sent: Vec<AtomicBool> = (0..planned.len()).map(|_| AtomicBool::new(false)).collect();
         let mut unmarked: Vec<UnmarkedRun> = Vec::new();
         let mut asked: Vec<usize> = Vec::new();
         let mut confirming = FuturesUnordered::new();
@@ -156,11 +171,18 @@ impl Engine {
         }
         // Every failure of the pass goes through here.
         macro_rules! fail {
-            ($error:expr) => {
+            ($error:expr) => {{
+                let error = $error;
+                // Recordings in flight land (or not) before the unsent ones are taken back.
+                while let Some((run, recorded)) = recording.next().await {
+                    if recorded.is_ok() {
+                        intents[run] = Intent::Recorded;
+                    }
+                }
                 return Err(self
-                    .unrecord(experiment_id, planned, &intents, &sent, $error)
-                    .await)
-            };
+                    .unrecord(experiment_id, planned, &intents, &sent, error)
+                    .await);
+            }};
         }
 
         loop {
@@ -209,7 +231,8 @@ impl Engine {
 
             // The batches next in line have the start of their runs' deletion recorded, and
             // go once it is: a run is recorded just before its first key goes, not earlier.
-            for run in batches.iter().take(width).flat_map(DeleteBatch::runs) {
+            let next = batches.iter().take(width).flat_map(DeleteBatch::runs);
+            for run in next.flat_map(with_linked) {
                 if intents[run] == Intent::Unrecorded {
                     intents[run] = Intent::Recording;
                     to_record.push_back(run);
@@ -221,13 +244,14 @@ impl Engine {
                 recording.push(self.record_start(experiment_id, run, &planned[run]));
             }
             while deletes.len() < width
-                && batches
-                    .front()
-                    .is_some_and(|b| b.runs().all(|run| intents[run] == Intent::Recorded))
+                && batches.front().is_some_and(|b| {
+                    b.runs()
+                        .flat_map(with_linked)
+                        .all(|run| intents[run] == Intent::Recorded)
+                })
                 && let Some(batch) = batches.pop_front()
             {
-                batch.runs().for_each(|run| sent[run] = true);
-                deletes.push(self.delete_batch(experiment_id, planned, batch));
+                deletes.push(self.delete_batch(experiment_id, planned, batch, &sent));
             }
             while marks.len() < width
                 && let Some((run, freed)) = to_mark.pop_front()
@@ -284,9 +308,10 @@ impl Engine {
                 }
                 Some((run, recorded)) = recording.next() => match recorded {
                     Ok(()) => intents[run] = Intent::Recorded,
-                    Err(e) if e.class() == ErrorClass::Transient => fail!(e),
+                    Err(e) if !e.is_about_the_run() || !linked[run].is_empty() => fail!(e),
                     Err(e) => {
-                        // MLflow refuses to tag the run: nothing of it was deleted, it stays.
+                        // MLflow refuses to tag the run (gone, no longer active): nothing of
+                        // it was deleted, it stays.
                         looks[run] = Look::Withdrawn;
                         intents[run] = Intent::Unrecorded;
                         batcher.withdraw(run, &mut held);
@@ -304,7 +329,7 @@ impl Engine {
                 },
                 Some((run, marked)) = marks.next() => match marked {
                     Ok(done) => pruned.push((run, done)),
-                    Err(e) if e.class() == ErrorClass::Transient => fail!(e),
+                    Err(e) if !e.is_about_the_run() => fail!(e),
                     Err(e) => {
                         tracing::error!(run_id = %planned[run].run_id, error = %e, "files deleted but MLflow refused the mark: the next pass completes it");
                         self.metrics.run_left("unmarked");
@@ -320,7 +345,10 @@ impl Engine {
         // Runs whose folders held nothing, unless a look kept them for a reason of its own.
         empty.retain(|&run| looks[run] != Look::Withdrawn);
         let deleted_any = pruned.iter().any(|(_, run)| run.objects > 0) || !unmarked.is_empty();
-        if !empty.is_empty() && !deleted_any {
+        // Every planned folder empty in an experiment never pruned before: the layout or the
+        // settings are likely wrong for all of it. Once a pass has pruned a run, an empty
+        // folder is a stray run's own, reported without failing every later event.
+        if !empty.is_empty() && !deleted_any && !plan.pruned_before {
             return Err(self.all_empty(experiment_id, planned, &empty).await);
         }
         for &run in &empty {
@@ -330,7 +358,6 @@ impl Engine {
                 .map(|(location, _)| location.to_string())
                 .unwrap_or_default();
             tracing::warn!(run_id = %planned[run].run_id, %folder, "planned model folder holds no file: nothing deleted, not marked");
-            self.metrics.run_left("empty_folder");
             let reason = SkipReason::EmptyFolder { folder };
             withdrawn.push((planned[run].run_id.clone(), Decision::Skipped { reason }));
         }
@@ -408,21 +435,31 @@ impl Engine {
         experiment_id: &str,
         planned: &[PlannedDeletion],
         intents: &[Intent],
-        sent: &[bool],
+        sent: &[AtomicBool],
         error: PruneError,
     ) -> PruneError {
         let unsent = (0..planned.len()).filter(|&run| {
-            !planned[run].resume && intents[run] != Intent::Unrecorded && !sent[run]
+            !planned[run].resume
+                && intents[run] != Intent::Unrecorded
+                && !sent[run].load(Ordering::Relaxed)
         });
         let mut removals: FuturesUnordered<_> = unsent
             .map(|run| async move {
                 let run_id = planned[run].run_id.as_str();
-                let removed = self.mlflow.delete_tag(run_id, TAG_DELETING).await;
+                let removed = self
+                    .retry
+                    .run("mlflow", "runs/delete-tag", || {
+                        self.mlflow.delete_tag(run_id, TAG_DELETING)
+                    })
+                    .await;
                 (run_id, removed)
             })
             .collect();
         while let Some((run_id, removed)) = removals.next().await {
-            if let Err(e) = removed {
+            // Not found: the recording never landed, there is nothing to take back.
+            if let Err(e) = removed
+                && !e.is_not_found()
+            {
                 tracing::warn!(%experiment_id, %run_id, error = %e, "could not take back the recorded start of a deletion that did not begin: the next pass completes it");
             }
         }
@@ -489,7 +526,12 @@ impl Engine {
         experiment_id: &str,
         planned: &[PlannedDeletion],
         batch: DeleteBatch,
+        sent: &[AtomicBool],
     ) -> Result<DeleteBatch, PruneError> {
+        // From the first poll on, the request may be on its way.
+        batch
+            .runs()
+            .for_each(|run| sent[run].store(true, Ordering::Relaxed));
         self.retry
             .run("store", "DeleteObjects", || {
                 self.store.delete_objects(&batch.bucket, &batch.objects)

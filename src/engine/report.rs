@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::domain::location::ModelLocation;
 use crate::domain::policy::RetentionPolicy;
-use crate::domain::ranking::Ranking;
+use crate::domain::ranking::{Ranking, RunFacts};
 
 /// A run whose models are to be deleted, with every folder resolved.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +38,17 @@ pub struct RankedOn {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub end_time: Option<i64>,
+}
+
+impl RankedOn {
+    /// What `run` is ranked on.
+    pub fn of(run: &RunFacts) -> Self {
+        RankedOn {
+            metric: run.metric,
+            group: run.group.clone(),
+            end_time: run.end_time,
+        }
+    }
 }
 
 /// A run whose files are gone but which MLflow refused to mark: reported, and completed by the

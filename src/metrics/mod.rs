@@ -354,6 +354,7 @@ impl Metrics {
             ("in_grace", runs.in_grace),
             ("protected", runs.protected),
             ("skipped", runs.skipped),
+            ("empty_folder", runs.empty_folder),
         ] {
             self.0
                 .runs
@@ -371,8 +372,8 @@ impl Metrics {
         self.0.passes.with_label_values(&[outcome]).inc();
     }
 
-    /// Counts a planned run a pass left with `decision`: `empty_folder` (its folders held no
-    /// file; not marked) or `unmarked` (files deleted, MLflow refused the mark).
+    /// Counts a planned run a pass left with `decision` `unmarked` (files deleted, MLflow
+    /// refused the mark).
     pub fn run_left(&self, decision: &'static str) {
         self.0.runs.with_label_values(&[decision]).inc();
     }
@@ -522,7 +523,9 @@ pub struct RunCounts {
     pub kept: usize,
     pub in_grace: usize,
     pub protected: usize,
+    /// Skipped, but for the runs whose planned folders held no file (`empty_folder`).
     pub skipped: usize,
+    pub empty_folder: usize,
 }
 
 /// The system a request went to.

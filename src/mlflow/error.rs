@@ -125,6 +125,18 @@ impl MlflowError {
         }
     }
 
+    /// MLflow refused a write for a reason of the run's own: a value it will not take
+    /// (`INVALID_PARAMETER_VALUE`: an immutable param, a value too long), a run gone
+    /// (`RESOURCE_DOES_NOT_EXIST`) or no longer active (`INVALID_STATE`). Anything else (no
+    /// permission, a broken server) concerns every run alike.
+    pub fn is_about_the_run(&self) -> bool {
+        matches!(
+            self,
+            MlflowError::Status { status: 400 | 404, error_code: Some(code), .. }
+                if matches!(code.as_str(), INVALID_PARAMETER_VALUE | RESOURCE_DOES_NOT_EXIST | "INVALID_STATE")
+        )
+    }
+
     /// MLflow's `error_code`, when the server sent one.
     pub fn error_code(&self) -> Option<&str> {
         match self {

@@ -26,6 +26,7 @@ use super::scheduler::{Job, PassBatch, Scheduler};
 use super::settle::{Received, Settler, Subject};
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
+use crate::domain::ranking::Rule;
 use crate::engine::{Engine, PassReport, PruneError, now_ms};
 use crate::metrics::{self, Health, Metrics};
 use crate::settings::BrokerSettings;
@@ -427,12 +428,18 @@ async fn run_batch(
 /// What a successful pass decided, for the runs counter.
 fn run_counts(result: &Result<PassReport, PruneError>) -> Option<metrics::RunCounts> {
     let ranking = &result.as_ref().ok()?.ranking;
+    let empty_folder = ranking
+        .runs
+        .iter()
+        .filter(|r| r.rule == Rule::Empty)
+        .count();
     Some(metrics::RunCounts {
         evaluated: ranking.runs.len(),
         kept: ranking.count("keep"),
         in_grace: ranking.count("grace"),
         protected: ranking.count("protected"),
-        skipped: ranking.count("skipped"),
+        skipped: ranking.count("skipped") - empty_folder,
+        empty_folder,
     })
 }
 

@@ -394,3 +394,46 @@ async fn an_experiment_with_registered_runs_is_not_retired() {
     // The unprotected run was pruned all the same; the registered one kept its files.
     w.assert_kept(&runs, &[0]).await;
 }
+
+#[tokio::test]
+async fn a_keeper_trashed_while_the_pass_lists_keeps_the_run_that_takes_its_slot() {
+    let proxy = Proxy::store().await;
+    let mut w = World::new();
+    w.settings.store.endpoint = Some(proxy.url().into());
+    let exp = w.experiment().await;
+    let runs = w.ranked_runs(&exp, Layout::Classic, &[0.9, 0.5, 0.1]).await;
+    // While the files are listed, someone moves the best run to MLflow's trash: with keep_top
+    // 1, the second run is now the top one and must keep its model.
+    let mut held = proxy.hold(LIST_OBJECTS, None);
+    let writer = async {
+        let release = held.recv().await.expect("the pass lists files");
+        w.mlflow
+            .delete_run(&runs[0].run.run_id)
+            .await
+            .expect("trash the keeper");
+        release.send(()).expect("the pass waits");
+        tokio::spawn(async move {
+            while let Some(release) = held.recv().await {
+                let _ = release.send(());
+            }
+        });
+    };
+    let engine = w.engine();
+    let pass = handle(&engine, Event::ExperimentPrune(sweep(&exp, keep(1))));
+    let (report, ()) = tokio::join!(pass, writer);
+    let report = report.unwrap();
+    let (decision, rule) = rule_of(&report, &runs[1].run.run_id);
+    assert_eq!(rule, Rule::Changed);
+    assert!(
+        matches!(decision, Decision::Skipped { reason: SkipReason::Changed { what } } if what.contains(&runs[0].run.run_id)),
+        "{decision:?}"
+    );
+    assert_eq!(w.objects(&runs[1]).await, 3);
+    assert!(!w.tagged_deleted(&runs[1]).await);
+    // The next pass ranks the new state: the second run keeps its model, the third goes.
+    handle(&w.engine(), Event::ExperimentPrune(sweep(&exp, keep(1))))
+        .await
+        .unwrap();
+    assert_eq!(w.objects(&runs[1]).await, 3);
+    assert_eq!(w.objects(&runs[2]).await, 0);
+}
