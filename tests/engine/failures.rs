@@ -6,7 +6,7 @@
 use model_pruner::domain::event::Event;
 use model_pruner::domain::policy::{GroupKey, PolicyOverrides};
 use model_pruner::domain::ranking::{Decision, Rule, SkipReason};
-use model_pruner::engine::PruneError;
+use model_pruner::engine::{PassReport, PruneError};
 
 use crate::support::mlflow_fixtures::{
     ExperimentFixture, ModelSource, RunSpec, now_ms, unique_name,
@@ -19,7 +19,7 @@ use crate::world::{Layout, METRIC, World, handle, keep, run_finished, sweep};
 /// ListObjectsV2 on the store, path style: `GET /<bucket>?list-type=2&...`.
 const LIST_OBJECTS: (&str, &str) = ("GET", "list-type=2");
 
-fn rule_of<'a>(report: &'a model_pruner::engine::PassReport, run_id: &str) -> (&'a Decision, Rule) {
+fn rule_of<'a>(report: &'a PassReport, run_id: &str) -> (&'a Decision, Rule) {
     let r = report
         .ranking
         .runs
@@ -27,6 +27,31 @@ fn rule_of<'a>(report: &'a model_pruner::engine::PassReport, run_id: &str) -> (&
         .find(|r| r.run.run_id == run_id)
         .expect("the run is in the ranking");
     (&r.decision, r.rule)
+}
+
+/// Runs `event` with every store listing held until `change` is done: the pass has ranked and
+/// planned, and is about to list the files it will delete.
+async fn changed_while_listing(
+    w: &World,
+    proxy: &Proxy,
+    event: Event,
+    change: impl Future<Output = ()>,
+) -> Result<PassReport, PruneError> {
+    let mut held = proxy.hold(LIST_OBJECTS, None);
+    let writer = async {
+        let release = held.recv().await.expect("the pass lists files");
+        change.await;
+        release.send(()).expect("the pass waits");
+        // The other walks' listings, and any later page, go on at once.
+        tokio::spawn(async move {
+            while let Some(release) = held.recv().await {
+                let _ = release.send(());
+            }
+        });
+    };
+    let engine = w.engine();
+    let (report, ()) = tokio::join!(handle(&engine, event), writer);
+    report
 }
 
 #[tokio::test]
@@ -246,23 +271,19 @@ async fn a_metric_relogged_while_the_pass_lists_the_store_keeps_the_run() {
 
     // Ranked and planned; while the files are listed, an evaluation job logs a new best value
     // on the worst run.
-    let mut held = proxy.hold(LIST_OBJECTS, None);
-    let writer = async {
-        let release = held.recv().await.expect("the pass lists files");
+    let change = async {
         w.mlflow
             .log_metric(&runs[2].run.run_id, METRIC, 0.99, now_ms())
             .await
             .expect("log the metric");
-        release.send(()).expect("the pass waits");
-        tokio::spawn(async move {
-            while let Some(release) = held.recv().await {
-                let _ = release.send(());
-            }
-        });
     };
-    let engine = w.engine();
-    let pass = handle(&engine, Event::ExperimentPrune(sweep(&exp, keep(1))));
-    let (report, ()) = tokio::join!(pass, writer);
+    let report = changed_while_listing(
+        &w,
+        &proxy,
+        Event::ExperimentPrune(sweep(&exp, keep(1))),
+        change,
+    )
+    .await;
     let report = report.unwrap();
 
     let (decision, rule) = rule_of(&report, &runs[2].run.run_id);
@@ -285,9 +306,7 @@ async fn keep_top_raised_on_the_experiment_while_the_pass_lists_keeps_every_run(
         .await
         .unwrap();
     let runs = w.ranked_runs(&exp, Layout::Classic, &[0.9, 0.5, 0.1]).await;
-    let mut held = proxy.hold(LIST_OBJECTS, None);
-    let writer = async {
-        let release = held.recv().await.expect("the pass lists files");
+    let change = async {
         w.mlflow
             .post(
                 "experiments/set-experiment-tag",
@@ -295,19 +314,14 @@ async fn keep_top_raised_on_the_experiment_while_the_pass_lists_keeps_every_run(
             )
             .await
             .expect("raise keep_top");
-        release.send(()).expect("the pass waits");
-        tokio::spawn(async move {
-            while let Some(release) = held.recv().await {
-                let _ = release.send(());
-            }
-        });
     };
-    let engine = w.engine();
-    let pass = handle(
-        &engine,
+    let report = changed_while_listing(
+        &w,
+        &proxy,
         Event::ExperimentPrune(sweep(&exp, PolicyOverrides::default())),
-    );
-    let (report, ()) = tokio::join!(pass, writer);
+        change,
+    )
+    .await;
     let report = report.unwrap();
     assert!(report.pruned.is_empty());
     assert_eq!(report.ranking.count("delete"), 0);
@@ -404,23 +418,19 @@ async fn a_keeper_trashed_while_the_pass_lists_keeps_the_run_that_takes_its_slot
     let runs = w.ranked_runs(&exp, Layout::Classic, &[0.9, 0.5, 0.1]).await;
     // While the files are listed, someone moves the best run to MLflow's trash: with keep_top
     // 1, the second run is now the top one and must keep its model.
-    let mut held = proxy.hold(LIST_OBJECTS, None);
-    let writer = async {
-        let release = held.recv().await.expect("the pass lists files");
+    let change = async {
         w.mlflow
             .delete_run(&runs[0].run.run_id)
             .await
             .expect("trash the keeper");
-        release.send(()).expect("the pass waits");
-        tokio::spawn(async move {
-            while let Some(release) = held.recv().await {
-                let _ = release.send(());
-            }
-        });
     };
-    let engine = w.engine();
-    let pass = handle(&engine, Event::ExperimentPrune(sweep(&exp, keep(1))));
-    let (report, ()) = tokio::join!(pass, writer);
+    let report = changed_while_listing(
+        &w,
+        &proxy,
+        Event::ExperimentPrune(sweep(&exp, keep(1))),
+        change,
+    )
+    .await;
     let report = report.unwrap();
     let (decision, rule) = rule_of(&report, &runs[1].run.run_id);
     assert_eq!(rule, Rule::Changed);
