@@ -9,12 +9,10 @@ use model_pruner::domain::event::Event;
 use crate::support::mlflow_fixtures::{ModelSource, RunSpec, RunStatus, unique_name};
 use crate::support::proxy::Proxy;
 use crate::support::store_fixtures;
-use crate::world::{Layout, METRIC, World, handle, keep, sweep};
+use crate::world::{Layout, METRIC, World, changed_while_listing, handle, keep, sweep};
 
 /// `runs/search` on the tracking server, as the proxy sees it.
 const RUNS_SEARCH: (&str, &str) = ("POST", "/runs/search");
-/// ListObjectsV2 on the store, path style: `GET /<bucket>?list-type=2&...`.
-const LIST_OBJECTS: (&str, &str) = ("GET", "list-type=2");
 
 #[tokio::test]
 async fn runs_created_between_the_pages_of_a_pass_are_ranked_once() {
@@ -82,10 +80,8 @@ async fn a_version_registered_and_a_keep_tag_set_while_a_pass_runs_keep_their_mo
 
     // The pass has ranked and planned; it is about to list the files it will delete. Every
     // listing is held (a pass lists in several walks at once) until the world has changed.
-    let mut held = proxy.hold(LIST_OBJECTS, None);
     let name = unique_name("registered-mid-pass");
-    let writer = async {
-        let release = held.recv().await.expect("the pass lists files");
+    let change = async {
         w.mlflow
             .register_model_version(&name, ModelSource::Run(&runs[1].run.run_id, "model"))
             .await
@@ -99,17 +95,9 @@ async fn a_version_registered_and_a_keep_tag_set_while_a_pass_runs_keep_their_mo
             .set_tag(&runs[2].run.run_id, "model_pruner.keep", "true")
             .await
             .expect("set the keep tag");
-        release.send(()).expect("the pass waits");
-        // The other walks' listings, and any later page, go on at once.
-        tokio::spawn(async move {
-            while let Some(release) = held.recv().await {
-                let _ = release.send(());
-            }
-        });
     };
-    let engine = w.engine();
-    let pass = handle(&engine, Event::ExperimentPrune(sweep(&exp, keep(1))));
-    let (report, ()) = tokio::join!(pass, writer);
+    let event = Event::ExperimentPrune(sweep(&exp, keep(1)));
+    let report = changed_while_listing(&w, &proxy, event, change).await;
     w.mlflow.delete_registered_model(&name).await.unwrap();
     let report = report.unwrap();
 

@@ -14,10 +14,9 @@ use crate::support::mlflow_fixtures::{
 use crate::support::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::store_fixtures;
 use crate::support::world::ModelRun;
-use crate::world::{Layout, METRIC, World, handle, keep, run_finished, sweep};
-
-/// ListObjectsV2 on the store, path style: `GET /<bucket>?list-type=2&...`.
-const LIST_OBJECTS: (&str, &str) = ("GET", "list-type=2");
+use crate::world::{
+    Layout, METRIC, World, changed_while_listing, handle, keep, run_finished, sweep,
+};
 
 fn rule_of<'a>(report: &'a PassReport, run_id: &str) -> (&'a Decision, Rule) {
     let r = report
@@ -27,31 +26,6 @@ fn rule_of<'a>(report: &'a PassReport, run_id: &str) -> (&'a Decision, Rule) {
         .find(|r| r.run.run_id == run_id)
         .expect("the run is in the ranking");
     (&r.decision, r.rule)
-}
-
-/// Runs `event` with every store listing held until `change` is done: the pass has ranked and
-/// planned, and is about to list the files it will delete.
-async fn changed_while_listing(
-    w: &World,
-    proxy: &Proxy,
-    event: Event,
-    change: impl Future<Output = ()>,
-) -> Result<PassReport, PruneError> {
-    let mut held = proxy.hold(LIST_OBJECTS, None);
-    let writer = async {
-        let release = held.recv().await.expect("the pass lists files");
-        change.await;
-        release.send(()).expect("the pass waits");
-        // The other walks' listings, and any later page, go on at once.
-        tokio::spawn(async move {
-            while let Some(release) = held.recv().await {
-                let _ = release.send(());
-            }
-        });
-    };
-    let engine = w.engine();
-    let (report, ()) = tokio::join!(handle(&engine, event), writer);
-    report
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! One test's world: the shared MLflow/S3 world (`support::world`) plus the engine built from
-//! the stack's settings, which a test may adjust first.
+//! the stack's settings, which a test may adjust first; and a pass held at its listings while
+//! the test changes the world.
 
 use std::ops::Deref;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use model_pruner::metrics::Metrics;
 use model_pruner::settings::Settings;
 
 use crate::support::mlflow_fixtures::Mlflow;
+use crate::support::proxy::Proxy;
 pub use crate::support::world::{
     BUCKET, Layout, METRIC, keep, proxied_destination, run_finished, sweep,
 };
@@ -71,4 +73,32 @@ impl World {
 
 pub async fn handle(engine: &Engine, event: Event) -> Result<PassReport, PruneError> {
     engine.handle(&event).await
+}
+
+/// ListObjectsV2 on the store, path style: `GET /<bucket>?list-type=2&...`.
+const LIST_OBJECTS: (&str, &str) = ("GET", "list-type=2");
+
+/// Runs `event` with every store listing held until `change` is done: the pass has ranked and
+/// planned, and is about to list the files it will delete.
+pub async fn changed_while_listing(
+    w: &World,
+    proxy: &Proxy,
+    event: Event,
+    change: impl Future<Output = ()>,
+) -> Result<PassReport, PruneError> {
+    let mut held = proxy.hold(LIST_OBJECTS, None);
+    let writer = async {
+        let release = held.recv().await.expect("the pass lists files");
+        change.await;
+        release.send(()).expect("the pass waits");
+        // The other walks' listings, and any later page, go on at once.
+        tokio::spawn(async move {
+            while let Some(release) = held.recv().await {
+                let _ = release.send(());
+            }
+        });
+    };
+    let engine = w.engine();
+    let (report, ()) = tokio::join!(handle(&engine, event), writer);
+    report
 }
