@@ -14,9 +14,10 @@ ARG DEBIAN_RELEASE=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /build
 
-# 1. Dependencies only: the manifest, the lock file and an empty crate. This layer is reused
-#    for as long as Cargo.toml and Cargo.lock do not change.
+# 1. Dependencies only: the manifest, the lock file, the patched dependency (vendor/README.md)
+#    and an empty crate. This layer is reused for as long as those do not change.
 COPY Cargo.toml Cargo.lock ./
+COPY vendor ./vendor
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \

@@ -11,6 +11,8 @@ VENV="$CACHE/venv"
 # Pinned tool versions (the venv / binary are cached in $CACHE and ~/.cargo/bin).
 MLFLOW_SPEC="${MODEL_PRUNER_MLFLOW_SPEC:-mlflow==3.17.2}"
 BOTO3_SPEC="${MODEL_PRUNER_BOTO3_SPEC:-boto3}"
+# pika publishes what lapin refuses to send (header names that are not UTF-8) in the tests.
+PIKA_SPEC="${MODEL_PRUNER_PIKA_SPEC:-pika==1.3.2}"
 GARAGE_VERSION="2.5.0"
 
 # Fixed, test-only credentials. Garage key ids are "GK" + 24 hex chars, secrets 64 hex chars.
@@ -227,7 +229,7 @@ ensure_rabbitmq() {
 
 mlflow_installed() {
   [[ -x "$VENV/bin/mlflow" && -f "$VENV/.model-pruner-installed" ]] &&
-    [[ "$(cat "$VENV/.model-pruner-installed")" == "$MLFLOW_SPEC $BOTO3_SPEC" ]]
+    [[ "$(cat "$VENV/.model-pruner-installed")" == "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC" ]]
 }
 
 install_mlflow() {
@@ -236,13 +238,13 @@ install_mlflow() {
     log "creating virtualenv $VENV"
     "${PYTHON:-python3}" -m venv "$VENV" >&2
   fi
-  log "installing $MLFLOW_SPEC $BOTO3_SPEC into $VENV (a few minutes; log $CACHE/mlflow-install.log)"
-  if ! "$VENV/bin/pip" install -q "$MLFLOW_SPEC" "$BOTO3_SPEC" >>"$CACHE/mlflow-install.log" 2>&1; then
+  log "installing $MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC into $VENV (a few minutes; log $CACHE/mlflow-install.log)"
+  if ! "$VENV/bin/pip" install -q "$MLFLOW_SPEC" "$BOTO3_SPEC" "$PIKA_SPEC" >>"$CACHE/mlflow-install.log" 2>&1; then
     tail -n 30 "$CACHE/mlflow-install.log" >&2
     die "pip install of MLflow failed"
   fi
-  "$VENV/bin/python" -c 'import mlflow, boto3' || die "mlflow/boto3 not importable after install"
-  printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC" >"$VENV/.model-pruner-installed"
+  "$VENV/bin/python" -c 'import mlflow, boto3, pika' || die "mlflow/boto3/pika not importable after install"
+  printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC" >"$VENV/.model-pruner-installed"
 }
 
 # mlflow_answers URL: the tracking server at URL answers its health and search endpoints.

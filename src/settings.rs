@@ -46,6 +46,8 @@ pub struct BrokerSettings {
     pub delay_queue_prefix: String,
     pub delivery_limit: u32,
     pub prefetch: u16,
+    /// Largest message body the worker handles; a larger one is dead-lettered unread.
+    pub max_message_bytes: usize,
     /// Longest wait for a connection to open (TCP, AMQP handshake, first channel) and for the
     /// broker to answer a declaration.
     #[serde(with = "humantime_serde")]
@@ -219,6 +221,15 @@ impl Settings {
             "retry.delays must have at least one step",
         )?;
         rule(
+            self.broker.prefetch >= 1,
+            "broker.prefetch must be at least 1 (0 would let RabbitMQ send unacked messages \
+             without limit)",
+        )?;
+        rule(
+            self.broker.max_message_bytes >= 1024,
+            "broker.max_message_bytes must be at least 1024 (an event is a few hundred bytes)",
+        )?;
+        rule(
             !self.broker.connect_timeout.is_zero() && !self.broker.confirm_timeout.is_zero(),
             "broker.connect_timeout and broker.confirm_timeout must be above zero",
         )?;
@@ -361,5 +372,14 @@ mod tests {
             Some("ml-secret"),
             "the client still gets them"
         );
+    }
+
+    #[test]
+    fn an_unbounded_prefetch_or_a_tiny_size_bound_is_refused() {
+        assert!(settings_with("").validate().is_ok());
+        for bad in ["[broker]\nprefetch = 0", "[broker]\nmax_message_bytes = 10"] {
+            let err = settings_with(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("broker."), "{bad}: {err}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! prefixed: RabbitMQ 4 ignores client-set `x-death` and reserves the prefix. The ops CLI that
 //! lists and replays dead letters reads the same names.
 
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
 /// Deliveries of the message so far (failed attempts before this delivery).
@@ -84,17 +85,111 @@ fn get_int(headers: Option<&FieldTable>, name: &str) -> Option<i128> {
     Some(value)
 }
 
+/// One entry of the broker's `x-death`: a time RabbitMQ dead-lettered the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Death {
+    /// The queue it left.
+    pub queue: String,
+    /// Why: `rejected`, `expired`, `maxlen` or `delivery_limit`.
+    pub reason: String,
+    /// The exchange it had been published to before it entered `queue`.
+    pub exchange: Option<String>,
+    /// The routing keys it had been published with before it entered `queue`.
+    pub routing_keys: Vec<String>,
+    /// Seconds since the epoch of the first such death.
+    pub time: Option<i64>,
+}
+
+/// The broker's `x-death` entries, newest first: RabbitMQ moves the entry of the latest
+/// dead-lettering to the front. On RabbitMQ 3.x a publisher can write `x-death` itself, so only
+/// the first entry of a message the broker dead-lettered is the broker's own.
+pub fn deaths(headers: Option<&FieldTable>) -> Vec<Death> {
+    let Some(AMQPValue::FieldArray(deaths)) = headers.and_then(|h| h.inner().get("x-death")) else {
+        return Vec::new();
+    };
+    deaths
+        .as_slice()
+        .iter()
+        .map_while(|d| {
+            let AMQPValue::FieldTable(d) = d else {
+                return None;
+            };
+            let d = Some(d);
+            let routing_keys = match d?.inner().get("routing-keys") {
+                Some(AMQPValue::FieldArray(keys)) => keys
+                    .as_slice()
+                    .iter()
+                    .filter_map(|k| match k {
+                        AMQPValue::LongString(s) => {
+                            Some(String::from_utf8_lossy(s.as_bytes()).into_owned())
+                        }
+                        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            Some(Death {
+                queue: get_str(d, "queue")?,
+                reason: get_str(d, "reason")?,
+                exchange: get_str(d, "exchange"),
+                routing_keys,
+                time: get_i64(d, "time"),
+            })
+        })
+        .collect()
+}
+
 /// The queue and reason of the message's latest dead-lettering, from the broker's `x-death`
 /// (newest first), if it was ever dead-lettered.
 pub fn last_death(headers: Option<&FieldTable>) -> Option<(String, String)> {
-    let AMQPValue::FieldArray(deaths) = headers?.inner().get("x-death")? else {
-        return None;
+    deaths(headers)
+        .into_iter()
+        .next()
+        .map(|d| (d.queue, d.reason))
+}
+
+/// Whether a message's properties or header names held bytes that are not UTF-8. AMQP short
+/// strings (ids, content type, header names) must be UTF-8 for lapin; the tree's patched
+/// `amq-protocol-types` (see `vendor/README.md`) reads such bytes as U+FFFD instead of closing
+/// the connection, and this tells the worker and the `dlq` commands that the message is not
+/// what its publisher sent once read: it is rejected unread, never re-published from a copy.
+pub fn unreadable(properties: &BasicProperties) -> bool {
+    let garbled = |s: &Option<ShortString>| {
+        s.as_ref()
+            .is_some_and(|s| s.as_str().contains(char::REPLACEMENT_CHARACTER))
     };
-    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
-        return None;
-    };
-    let latest = Some(latest);
-    Some((get_str(latest, "queue")?, get_str(latest, "reason")?))
+    [
+        properties.content_type(),
+        properties.content_encoding(),
+        properties.correlation_id(),
+        properties.reply_to(),
+        properties.expiration(),
+        properties.message_id(),
+        properties.kind(),
+        properties.user_id(),
+        properties.app_id(),
+        properties.cluster_id(),
+    ]
+    .into_iter()
+    .any(garbled)
+        || properties.headers().as_ref().is_some_and(table_unreadable)
+}
+
+fn table_unreadable(table: &FieldTable) -> bool {
+    table
+        .inner()
+        .iter()
+        .any(|(k, v)| k.as_str().contains(char::REPLACEMENT_CHARACTER) || value_unreadable(v))
+}
+
+fn value_unreadable(value: &AMQPValue) -> bool {
+    match value {
+        AMQPValue::ShortString(s) => s.as_str().contains(char::REPLACEMENT_CHARACTER),
+        AMQPValue::FieldTable(t) => table_unreadable(t),
+        AMQPValue::FieldArray(a) => a.as_slice().iter().any(value_unreadable),
+        _ => false,
+    }
 }
 
 /// Sets a string header.
@@ -249,6 +344,70 @@ pub(crate) mod tests {
         assert!(!r.contains_key(FOLLOW_UP_AT));
         assert!(r.contains_key("trace-id"));
         assert!(r.contains_key(ATTEMPTS));
+    }
+
+    #[test]
+    fn deaths_read_newest_first_with_the_key_a_message_entered_with() {
+        let mut death = FieldTable::default();
+        set_str(&mut death, "queue", "work");
+        set_str(&mut death, "reason", "expired");
+        set_str(&mut death, "exchange", "model-pruner");
+        death.insert(
+            "routing-keys".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::LongString("run.finished".into())].into()),
+        );
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut h = with_deaths(&[("p.30s", "expired")]);
+        let AMQPValue::FieldArray(older) = h.inner()["x-death"].clone() else {
+            unreachable!()
+        };
+        let mut all = vec![AMQPValue::FieldTable(death)];
+        all.extend(older.as_slice().iter().cloned());
+        h.insert("x-death".into(), AMQPValue::FieldArray(all.into()));
+        let d = deaths(Some(&h));
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d[0],
+            Death {
+                queue: "work".into(),
+                reason: "expired".into(),
+                exchange: Some("model-pruner".into()),
+                routing_keys: vec!["run.finished".into()],
+                time: Some(1_700_000_000),
+            }
+        );
+        assert_eq!(
+            (d[1].queue.as_str(), d[1].exchange.clone()),
+            ("p.30s", None)
+        );
+        assert!(deaths(None).is_empty());
+    }
+
+    #[test]
+    fn replacement_characters_anywhere_in_properties_or_header_names_are_unreadable() {
+        let clean = BasicProperties::default()
+            .with_message_id("m-1".into())
+            .with_headers(with_deaths(&[("w", "rejected")]));
+        assert!(!unreadable(&clean));
+        assert!(unreadable(
+            &clean.clone().with_message_id("\u{FFFD}\u{FFFD}".into())
+        ));
+        assert!(unreadable(&clean.clone().with_app_id("a\u{FFFD}".into())));
+        let mut h = FieldTable::default();
+        set_str(&mut h, "k\u{FFFD}", "v");
+        assert!(unreadable(&BasicProperties::default().with_headers(h)));
+        let mut nested = FieldTable::default();
+        nested.insert("x".into(), AMQPValue::ShortString("\u{FFFD}".into()));
+        let mut h = FieldTable::default();
+        h.insert(
+            "list".into(),
+            AMQPValue::FieldArray(vec![AMQPValue::FieldTable(nested)].into()),
+        );
+        assert!(unreadable(&BasicProperties::default().with_headers(h)));
+        // A long-string value is bytes: any content is readable, and is kept as sent.
+        let mut h = FieldTable::default();
+        h.insert("v".into(), AMQPValue::LongString(vec![0xff, 0xfe].into()));
+        assert!(!unreadable(&BasicProperties::default().with_headers(h)));
     }
 
     #[test]

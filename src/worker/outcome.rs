@@ -8,8 +8,10 @@ use crate::engine::PruneError;
 use crate::metrics::Finished;
 
 /// Every [`Failure::kind`] that is not a [`PruneError::kind`].
-pub const MESSAGE_KINDS: [&str; 6] = [
+pub const MESSAGE_KINDS: [&str; 8] = [
     "invalid_message",
+    "unreadable",
+    "too_large",
     "unknown_routing_key",
     "panic",
     "pass_timeout",
@@ -37,6 +39,17 @@ impl Failure {
             class: ErrorClass::Permanent,
             kind,
             message: error.to_string(),
+        }
+    }
+
+    /// A body larger than `broker.max_message_bytes`: dead-lettered unread.
+    pub fn too_large(size: usize, max: usize) -> Self {
+        Failure {
+            class: ErrorClass::Permanent,
+            kind: "too_large",
+            message: format!(
+                "the message body is {size} bytes, over broker.max_message_bytes ({max}): not read"
+            ),
         }
     }
 

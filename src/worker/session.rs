@@ -24,7 +24,7 @@ use super::follow_up::{self, FollowUps};
 use super::outcome::{Failure, RetryRules, decide};
 use super::scheduler::{Job, PassBatch, Scheduler};
 use super::settle::{Received, Settler, Subject};
-use crate::broker::{Broker, BrokerError, Topology};
+use crate::broker::{Broker, BrokerError, Topology, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::domain::ranking::Rule;
 use crate::engine::{Engine, PassReport, PruneError, now_ms};
@@ -172,6 +172,23 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
                     let received = Received::new(delivery, &ctx.topology, &ctx.metrics);
+                    if headers::unreadable(&received.delivery.properties) {
+                        let settler = settler.clone();
+                        let task = tasks.spawn(async move { settler.reject_unreadable(received).await });
+                        holding.insert(task.id(), None);
+                        continue;
+                    }
+                    let size = received.delivery.data.len();
+                    if size > ctx.broker.max_message_bytes {
+                        let failure = Failure::too_large(size, ctx.broker.max_message_bytes);
+                        let outcome = decide(Err(failure), received.attempt, ctx.rules);
+                        let settler = settler.clone();
+                        let task = tasks.spawn(async move {
+                            settler.settle(received, outcome, Subject::default()).await;
+                        });
+                        holding.insert(task.id(), None);
+                        continue;
+                    }
                     if let Some(at) = received.follow_up_at.filter(|at| {
                         received.routing_key == EXPERIMENT_PRUNE
                             && follow_up::travels_on(*at, now_ms())

@@ -160,6 +160,35 @@ impl Settler {
         ack(&received, subject).await;
     }
 
+    /// Rejects a delivery whose properties or header names were not UTF-8 without requeueing
+    /// it: RabbitMQ dead-letters the original bytes into the dead-letter queue (at least once),
+    /// where a copy the worker published would carry the U+FFFD it was read with. Never parsed,
+    /// never retried; the messages behind it are not affected.
+    pub async fn reject_unreadable(&self, received: Received) {
+        let reject = BasicNackOptions {
+            requeue: false,
+            ..BasicNackOptions::default()
+        };
+        let rejected = received.delivery.acker.nack(reject).await;
+        if matches!(rejected, Ok(true)) {
+            error!(
+                routing_key = received.delivery.routing_key.as_str(),
+                bytes = received.delivery.data.len(),
+                queue = self.topology.dead_letter_queue.as_str(),
+                outcome = "dead_letter",
+                error_class = "permanent",
+                error_kind = "unreadable",
+                "event dead-lettered unread: its properties or header names are not valid UTF-8 \
+                 (RabbitMQ moved the original bytes to the dead-letter queue)"
+            );
+            received.metrics.finished(Finished::DeadLettered {
+                class: "permanent",
+                reason: "unreadable",
+            });
+        }
+        settled(rejected, "nack", &received, Subject::default());
+    }
+
     /// Hands back a delivery held for `broker.ack_deadline`: a copy goes through the first
     /// delay queue with its routing key and attempt unchanged, then the delivery is acked, so
     /// RabbitMQ never times the consumer out and no delivery is counted against the limit.

@@ -8,5 +8,6 @@ mod audit;
 mod demo;
 mod dlq;
 mod helpers;
+mod hostile;
 mod migrate;
 mod publish;

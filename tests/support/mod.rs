@@ -6,6 +6,7 @@
 pub mod app;
 pub mod management;
 pub mod mlflow_fixtures;
+pub mod pika;
 pub mod proxy;
 pub mod store_fixtures;
 pub mod world;

@@ -158,3 +158,33 @@ async fn unreachable_mlflow_delays_then_dead_letters_after_max_attempts() {
     );
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_body_over_the_size_bound_is_dead_lettered_unread_and_the_next_one_runs() {
+    let mut s = settings();
+    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+    s.broker.max_message_bytes = 1024;
+    let app = TestApp::spawn(s).await;
+
+    // Valid JSON naming an experiment: only its size keeps it from a pass (which would fail
+    // transiently on the unreachable MLflow and be delayed, not dead-lettered).
+    let padding = "x".repeat(2000);
+    let large = format!(r#"{{"experiment_id":"1","run_id":"r","pad":"{padding}"}}"#);
+    app.publish("run.finished", large.as_bytes()).await;
+    app.publish("run.finished", b"{not json").await;
+
+    let wait = Duration::from_secs(10);
+    let first = app.next_dead_letter(wait).await;
+    assert_eq!(first.data, large.as_bytes(), "the body is kept whole");
+    assert_eq!(
+        header(&first, headers::ERROR_KIND).as_deref(),
+        Some("too_large")
+    );
+    assert_eq!(
+        header(&first, headers::ERROR_CLASS).as_deref(),
+        Some("permanent")
+    );
+    let next = app.next_dead_letter(wait).await;
+    assert_eq!(next.data, b"{not json");
+    app.cleanup().await;
+}

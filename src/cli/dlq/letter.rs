@@ -9,7 +9,9 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::broker::headers;
+use lapin::types::FieldTable;
+
+use crate::broker::{BINDINGS, Topology, headers};
 
 /// Which dead letters a command applies to; all of them when empty.
 #[derive(Debug, Clone, Default, Args)]
@@ -52,15 +54,40 @@ impl FromStr for Rate {
     }
 }
 
-/// What one dead letter says about itself: its headers and the ids in its body.
+/// Who put a dead letter in the queue, told by what only the broker writes (`x-death`, the
+/// exchange a message was delivered from), never by a header a publisher could have written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A copy the worker published after a failure: its `model-pruner-*` headers are the
+    /// worker's.
+    Worker,
+    /// RabbitMQ dead-lettered it out of the work queue by itself (over the delivery limit,
+    /// expired, over a length limit, or rejected by the worker as unreadable): the worker never
+    /// wrote its headers, so any `model-pruner-*` header is the publisher's and is ignored.
+    Broker,
+    /// Neither (published straight into the dead-letter queue, or dead-lettered from a queue
+    /// that is not the worker's): nothing about it is believed and it cannot be replayed.
+    Unknown,
+}
+
+/// What one dead letter says about itself: its headers (only those the worker or the broker
+/// wrote) and the ids in its body.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeadLetter {
     /// 1-based position in the queue when the walk started.
     pub position: u64,
+    pub source: Source,
+    /// The routing key a replay publishes it with: the one the worker recorded, or for a letter
+    /// RabbitMQ dead-lettered, the one it entered the work queue with (`x-death`). `None` when
+    /// neither can be believed.
     pub routing_key: Option<String>,
     pub experiment_id: Option<String>,
     pub run_id: Option<String>,
+    /// `transient` or `permanent` for the worker's letters, `broker` for RabbitMQ's.
     pub error_class: Option<String>,
+    /// The worker's error kind, or RabbitMQ's reason (`delivery_limit`, `expired`, `maxlen`,
+    /// `rejected`).
     pub error_kind: Option<String>,
     pub error_message: Option<String>,
     pub attempts: Option<u32>,
@@ -68,38 +95,128 @@ pub struct DeadLetter {
     pub last_failure: Option<String>,
     /// Seconds since the last failure.
     pub age_seconds: Option<i64>,
+    /// Its properties or header names were not valid UTF-8 (shown with U+FFFD): a replay would
+    /// not send the same bytes, so it is never replayed.
+    pub unreadable: bool,
     pub body: String,
 }
 
 impl DeadLetter {
-    pub fn read(position: u64, delivery: &Delivery, now: OffsetDateTime) -> Self {
+    pub fn read(
+        position: u64,
+        delivery: &Delivery,
+        topology: &Topology,
+        now: OffsetDateTime,
+    ) -> Self {
         let h = delivery.properties.headers().as_ref();
-        let s = |name| headers::get_str(h, name);
         let body: Option<serde_json::Value> = serde_json::from_slice(&delivery.data).ok();
         let id = |field: &str| {
             body.as_ref()
                 .and_then(|b| b.get(field)?.as_str().map(str::to_owned))
         };
-        let last_failure = s(headers::LAST_FAILURE);
-        let age_seconds = last_failure
+        let deaths = headers::deaths(h);
+        let mut letter = DeadLetter {
+            position,
+            source: Source::Unknown,
+            routing_key: None,
+            experiment_id: id("experiment_id"),
+            run_id: id("run_id"),
+            error_class: None,
+            error_kind: None,
+            error_message: None,
+            attempts: None,
+            first_failure: None,
+            last_failure: None,
+            age_seconds: None,
+            unreadable: headers::unreadable(&delivery.properties),
+            body: String::from_utf8_lossy(&delivery.data).into_owned(),
+        };
+        let published_to_the_queue = delivery.exchange.as_str().is_empty()
+            && delivery.routing_key.as_str() == topology.dead_letter_queue;
+        match deaths.first() {
+            None if published_to_the_queue => letter.read_worker_headers(h, now),
+            Some(death) if death.queue == topology.work_queue => {
+                letter.source = Source::Broker;
+                letter.routing_key = entered_with(&deaths, h, topology);
+                letter.error_class = Some("broker".into());
+                letter.error_kind = Some(death.reason.clone());
+                letter.error_message = Some(broker_reason(&death.reason, &death.queue));
+                let at = death
+                    .time
+                    .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok());
+                letter.last_failure = at.and_then(|t| t.format(&Rfc3339).ok());
+                letter.age_seconds = at.map(|t| (now - t).whole_seconds());
+            }
+            _ => {
+                letter.error_message = Some(
+                    "neither the worker nor RabbitMQ's dead-lettering of the work queue put \
+                     this message here: not replayed"
+                        .into(),
+                )
+            }
+        }
+        letter
+    }
+
+    fn read_worker_headers(&mut self, h: Option<&FieldTable>, now: OffsetDateTime) {
+        let s = |name| headers::get_str(h, name);
+        self.source = Source::Worker;
+        self.routing_key = s(headers::ROUTING_KEY);
+        self.error_class = s(headers::ERROR_CLASS);
+        self.error_kind = s(headers::ERROR_KIND);
+        self.error_message = s(headers::ERROR_MESSAGE);
+        self.attempts = headers::get_u32(h, headers::ATTEMPTS);
+        self.first_failure = s(headers::FIRST_FAILURE);
+        self.last_failure = s(headers::LAST_FAILURE);
+        self.age_seconds = self
+            .last_failure
             .as_deref()
             .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
             .map(|t| (now - t).whole_seconds());
-        DeadLetter {
-            position,
-            routing_key: s(headers::ROUTING_KEY),
-            experiment_id: id("experiment_id"),
-            run_id: id("run_id"),
-            error_class: s(headers::ERROR_CLASS),
-            error_kind: s(headers::ERROR_KIND),
-            error_message: s(headers::ERROR_MESSAGE),
-            attempts: headers::get_u32(h, headers::ATTEMPTS),
-            first_failure: s(headers::FIRST_FAILURE),
-            last_failure,
-            age_seconds,
-            body: String::from_utf8_lossy(&delivery.data).into_owned(),
-        }
     }
+}
+
+/// The routing key a message RabbitMQ dead-lettered out of the work queue had entered it with:
+/// one of the work queue's bindings on the exchange, as the broker recorded it in `x-death`;
+/// or, for a message that came back into the work queue from one of the worker's delay queues
+/// (through the default exchange, after expiring there), the routing key the worker recorded.
+/// Any other way in names no key that can be believed.
+fn entered_with(
+    deaths: &[headers::Death],
+    h: Option<&FieldTable>,
+    topology: &Topology,
+) -> Option<String> {
+    let entered = deaths.first()?;
+    let bound = |k: &str| BINDINGS.contains(&k);
+    match entered.exchange.as_deref() {
+        Some(e) if e == topology.exchange => {
+            entered.routing_keys.iter().find(|k| bound(k)).cloned()
+        }
+        Some("")
+            if entered.routing_keys == [topology.work_queue.as_str()]
+                && deaths.get(1).is_some_and(|d| {
+                    d.reason == "expired" && topology.delay_queues.iter().any(|q| q.name == d.queue)
+                }) =>
+        {
+            headers::get_str(h, headers::ROUTING_KEY).filter(|k| bound(k))
+        }
+        _ => None,
+    }
+}
+
+fn broker_reason(reason: &str, queue: &str) -> String {
+    let why = match reason {
+        "delivery_limit" => {
+            "it was delivered more times than the delivery limit (a worker crashed or lost its connection on it each time)"
+        }
+        "expired" => "it expired (the publisher set an expiration)",
+        "maxlen" => "the queue was over its length limit",
+        "rejected" => {
+            "the worker rejected it unread: its properties or header names are not valid UTF-8"
+        }
+        _ => "an unknown reason",
+    };
+    format!("RabbitMQ dead-lettered it out of {queue:?}: {why}")
 }
 
 pub fn table(letters: &[DeadLetter]) -> String {
@@ -165,13 +282,14 @@ fn age(seconds: i64) -> String {
 #[cfg(test)]
 mod tests {
     use lapin::BasicProperties;
-    use lapin::types::FieldTable;
+    use lapin::types::AMQPValue;
 
     use super::*;
 
     fn letter(experiment: &str, class: &str, kind: &str) -> DeadLetter {
         DeadLetter {
             position: 1,
+            source: Source::Worker,
             routing_key: Some("run.finished".into()),
             experiment_id: Some(experiment.into()),
             run_id: None,
@@ -182,6 +300,7 @@ mod tests {
             first_failure: None,
             last_failure: None,
             age_seconds: None,
+            unreadable: false,
             body: "{}".into(),
         }
     }
@@ -218,6 +337,137 @@ mod tests {
         assert_eq!(age(2 * 86400 + 4 * 3600), "2d04h");
     }
 
+    fn topology() -> Topology {
+        Topology {
+            exchange: "mp".into(),
+            work_queue: "mp.work".into(),
+            dead_letter_queue: "mp.dlq".into(),
+            delivery_limit: 20,
+            delay_queues: vec![crate::broker::DelayQueue {
+                name: "mp.delay.30s".into(),
+                delay: std::time::Duration::from_secs(30),
+            }],
+        }
+    }
+
+    /// A dead letter as `basic.get` returns it from the dead-letter queue, with `h`, and
+    /// `deaths` (newest first) as the broker's `x-death`: queue, reason, exchange, routing key.
+    fn delivered(mut h: FieldTable, deaths: &[(&str, &str, &str, &str)]) -> Delivery {
+        if !deaths.is_empty() {
+            let deaths = deaths
+                .iter()
+                .map(|(queue, reason, exchange, key)| {
+                    let mut d = FieldTable::default();
+                    headers::set_str(&mut d, "queue", queue);
+                    headers::set_str(&mut d, "reason", reason);
+                    headers::set_str(&mut d, "exchange", exchange);
+                    d.insert(
+                        "routing-keys".into(),
+                        AMQPValue::FieldArray(vec![AMQPValue::LongString((*key).into())].into()),
+                    );
+                    d.insert("time".into(), AMQPValue::Timestamp(1_735_725_600));
+                    AMQPValue::FieldTable(d)
+                })
+                .collect::<Vec<_>>();
+            h.insert("x-death".into(), AMQPValue::FieldArray(deaths.into()));
+        }
+        let mut d = Delivery::mock(
+            1,
+            "".into(),
+            "mp.dlq".into(),
+            false,
+            br#"{"experiment_id":"7","run_id":"r1"}"#.to_vec(),
+        );
+        d.properties = BasicProperties::default().with_headers(h);
+        d
+    }
+
+    /// What a publisher can write: the worker's header names.
+    fn forged() -> FieldTable {
+        let mut h = FieldTable::default();
+        headers::set_str(&mut h, headers::ROUTING_KEY, "experiment.prune");
+        headers::set_str(&mut h, headers::ERROR_CLASS, "transient");
+        headers::set_u32(&mut h, headers::ATTEMPTS, 1);
+        h
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::parse("2025-01-01T10:01:00Z", &Rfc3339).unwrap()
+    }
+
+    #[test]
+    fn a_letter_the_broker_dead_lettered_names_the_key_it_entered_with_not_its_headers() {
+        for reason in ["delivery_limit", "expired", "maxlen", "rejected"] {
+            let d = delivered(forged(), &[("mp.work", reason, "mp", "run.finished")]);
+            let l = DeadLetter::read(1, &d, &topology(), now());
+            assert_eq!(l.source, Source::Broker);
+            assert_eq!(l.routing_key.as_deref(), Some("run.finished"));
+            assert_eq!(l.error_class.as_deref(), Some("broker"));
+            assert_eq!(l.error_kind.as_deref(), Some(reason));
+            assert_eq!(l.attempts, None);
+            assert_eq!(l.age_seconds, Some(60));
+        }
+        // Entered with a key the work queue is not bound to, or through another exchange.
+        for (exchange, key) in [("mp", "x.y"), ("other", "run.finished")] {
+            let d = delivered(forged(), &[("mp.work", "expired", exchange, key)]);
+            assert_eq!(
+                DeadLetter::read(1, &d, &topology(), now()).routing_key,
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_letter_back_from_a_delay_queue_keeps_the_key_the_worker_recorded() {
+        let deaths = [
+            ("mp.work", "delivery_limit", "", "mp.work"),
+            ("mp.delay.30s", "expired", "", "mp.delay.30s"),
+        ];
+        let d = delivered(forged(), &deaths);
+        let l = DeadLetter::read(1, &d, &topology(), now());
+        assert_eq!(l.source, Source::Broker);
+        assert_eq!(l.routing_key.as_deref(), Some("experiment.prune"));
+        // Straight into the work queue through the default exchange: nothing to believe.
+        let d = delivered(forged(), &deaths[..1]);
+        assert_eq!(
+            DeadLetter::read(1, &d, &topology(), now()).routing_key,
+            None
+        );
+        // A recorded key the work queue is not bound to is not believed either.
+        let mut h = forged();
+        headers::set_str(&mut h, headers::ROUTING_KEY, "mp.dlq");
+        let d = delivered(h, &deaths);
+        assert_eq!(
+            DeadLetter::read(1, &d, &topology(), now()).routing_key,
+            None
+        );
+    }
+
+    #[test]
+    fn a_letter_from_nowhere_the_worker_or_broker_puts_them_is_unknown() {
+        let d = delivered(forged(), &[("elsewhere", "expired", "mp", "run.finished")]);
+        let l = DeadLetter::read(1, &d, &topology(), now());
+        assert_eq!(l.source, Source::Unknown);
+        assert_eq!((l.routing_key, l.error_class), (None, None));
+        // Published into another queue's name, without x-death.
+        let mut d = delivered(forged(), &[]);
+        d.routing_key = "other".into();
+        assert_eq!(
+            DeadLetter::read(1, &d, &topology(), now()).source,
+            Source::Unknown
+        );
+    }
+
+    #[test]
+    fn unreadable_properties_are_flagged() {
+        let mut d = delivered(
+            FieldTable::default(),
+            &[("mp.work", "rejected", "mp", "run.finished")],
+        );
+        d.properties = d.properties.with_message_id("\u{FFFD}".into());
+        assert!(DeadLetter::read(1, &d, &topology(), now()).unreadable);
+    }
+
     #[test]
     fn dead_letters_read_headers_and_body_ids() {
         let mut h = FieldTable::default();
@@ -228,13 +478,14 @@ mod tests {
         let mut d = Delivery::mock(
             1,
             "".into(),
-            "dlq".into(),
+            "mp.dlq".into(),
             false,
             br#"{"experiment_id":"7","run_id":"r1"}"#.to_vec(),
         );
         d.properties = BasicProperties::default().with_headers(h);
         let now = OffsetDateTime::parse("2025-01-01T10:01:00Z", &Rfc3339).unwrap();
-        let l = DeadLetter::read(4, &d, now);
+        let l = DeadLetter::read(4, &d, &topology(), now);
+        assert_eq!(l.source, Source::Worker);
         assert_eq!(l.position, 4);
         assert_eq!(l.experiment_id.as_deref(), Some("7"));
         assert_eq!(l.run_id.as_deref(), Some("r1"));

@@ -21,10 +21,10 @@ use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
-use crate::broker::{Broker, BrokerError, headers};
+use crate::broker::{Broker, BrokerError, Topology};
 use crate::settings::Settings;
 use letter::table;
-pub use letter::{DeadLetter, Filter, Rate};
+pub use letter::{DeadLetter, Filter, Rate, Source};
 use walk::{DlqWalk, republish};
 
 /// The `dlq` subcommands.
@@ -85,21 +85,28 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     let broker = Broker::connect(&settings.broker, "model-pruner dlq")
         .await
         .context("connecting to RabbitMQ")?;
-    let mut walk = DlqWalk::start(&broker, &settings.broker.dead_letter_queue).await?;
+    let topology = Topology::from_settings(settings);
+    let mut walk = DlqWalk::start(&broker, &topology.dead_letter_queue, settings).await?;
     let result = match command {
-        DlqCommand::List { limit, json } => list(&mut walk, limit, json).await,
+        DlqCommand::List { limit, json } => list(&mut walk, &topology, limit, json).await,
         DlqCommand::Replay {
             limit,
             filter,
             dry_run,
             rate,
         } => {
-            let exchange = settings.broker.exchange.as_str();
-            replay(&mut walk, exchange, &filter, limit, dry_run, rate).await
+            let run = Replay {
+                topology: &topology,
+                filter: &filter,
+                limit,
+                dry_run,
+                rate,
+            };
+            replay(&mut walk, run).await
         }
         DlqCommand::Purge {
             filter, dry_run, ..
-        } => purge(&mut walk, &filter, dry_run).await,
+        } => purge(&mut walk, &topology, &filter, dry_run).await,
     };
     let released = walk.release().await;
     let _ = broker.close().await;
@@ -108,14 +115,19 @@ pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<Exi
     Ok(code)
 }
 
-async fn list(walk: &mut DlqWalk<'_>, limit: u32, json: bool) -> anyhow::Result<ExitCode> {
+async fn list(
+    walk: &mut DlqWalk<'_>,
+    topology: &Topology,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let now = OffsetDateTime::now_utc();
     let mut letters = Vec::new();
     while letters.len() < limit as usize {
         let Some(delivery) = walk.next().await? else {
             break;
         };
-        letters.push(DeadLetter::read(walk.position(), &delivery, now));
+        letters.push(DeadLetter::read(walk.position(), &delivery, topology, now));
         walk.hold(delivery);
     }
     let mut out = std::io::stdout().lock();
@@ -134,14 +146,24 @@ async fn list(walk: &mut DlqWalk<'_>, limit: u32, json: bool) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replay(
-    walk: &mut DlqWalk<'_>,
-    exchange: &str,
-    filter: &Filter,
+/// What `dlq replay` was asked to do.
+struct Replay<'a> {
+    topology: &'a Topology,
+    filter: &'a Filter,
     limit: Option<u32>,
     dry_run: bool,
     rate: Option<Rate>,
-) -> anyhow::Result<ExitCode> {
+}
+
+async fn replay(walk: &mut DlqWalk<'_>, run: Replay<'_>) -> anyhow::Result<ExitCode> {
+    let Replay {
+        topology,
+        filter,
+        limit,
+        dry_run,
+        rate,
+    } = run;
+    let exchange = topology.exchange.as_str();
     let progress = progress_bar(walk.total, if dry_run { "checked" } else { "replayed" });
     let mut ticker = rate.map(|Rate(r)| {
         let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
@@ -155,23 +177,33 @@ async fn replay(
             break;
         };
         progress.inc(1);
-        let letter = DeadLetter::read(walk.position(), &delivery, now);
+        let letter = DeadLetter::read(walk.position(), &delivery, topology, now);
         if !filter.matches(&letter) {
             skipped += 1;
             walk.hold(delivery);
             continue;
         }
-        let Some(routing_key) = letter.routing_key.as_deref() else {
-            progress.suspend(|| {
-                eprintln!(
-                    "dead letter {}: no {} header, left in place",
-                    letter.position,
-                    headers::ROUTING_KEY
-                )
-            });
-            failed += 1;
-            walk.hold(delivery);
-            continue;
+        let routing_key = match (&letter.routing_key, letter.unreadable) {
+            (Some(key), false) => key.as_str(),
+            (key, unreadable) => {
+                let why = if unreadable {
+                    "its properties or header names are not valid UTF-8, so a copy would not be \
+                     what its publisher sent (purge it and have the publisher send it again)"
+                } else if key.is_none() && letter.source == Source::Worker {
+                    "the worker recorded no routing key for it"
+                } else {
+                    "no routing key it entered the work queue with can be believed"
+                };
+                progress.suspend(|| {
+                    eprintln!(
+                        "dead letter {}: not replayed, left in place: {why}",
+                        letter.position
+                    )
+                });
+                failed += 1;
+                walk.hold(delivery);
+                continue;
+            }
         };
         if dry_run {
             moved += 1;
@@ -181,7 +213,10 @@ async fn replay(
         if let Some(t) = ticker.as_mut() {
             t.tick().await;
         }
-        match republish(walk.broker, exchange, routing_key, &delivery).await {
+        // A letter that expired is replayed to be processed, not to expire again.
+        let expired =
+            letter.source == Source::Broker && letter.error_kind.as_deref() == Some("expired");
+        match republish(walk.broker, exchange, routing_key, &delivery, !expired).await {
             Ok(()) => {
                 walk.ack(&delivery).await?;
                 moved += 1;
@@ -212,13 +247,18 @@ async fn replay(
     })
 }
 
-async fn purge(walk: &mut DlqWalk<'_>, filter: &Filter, dry_run: bool) -> anyhow::Result<ExitCode> {
+async fn purge(
+    walk: &mut DlqWalk<'_>,
+    topology: &Topology,
+    filter: &Filter,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
     let progress = progress_bar(walk.total, "checked");
     let (mut removed, mut kept) = (0u64, 0u64);
     let now = OffsetDateTime::now_utc();
     while let Some(delivery) = walk.next().await? {
         progress.inc(1);
-        let letter = DeadLetter::read(walk.position(), &delivery, now);
+        let letter = DeadLetter::read(walk.position(), &delivery, topology, now);
         if !filter.matches(&letter) {
             kept += 1;
             walk.hold(delivery);

@@ -1,6 +1,8 @@
 //! One pass over the messages of a queue, each held unacked until settled, and the confirmed
 //! re-publication of a dead letter.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use lapin::Channel;
 use lapin::message::Delivery;
@@ -8,18 +10,22 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 
 use crate::broker::{Broker, BrokerError, copy_properties, headers};
+use crate::settings::Settings;
 
 /// Prefix of the headers the worker writes (attempts, routing key, failure): dropped on replay.
 const WORKER_HEADERS: &str = "model-pruner-";
 
 /// Publishes a copy of a dead letter to the exchange with its original routing key: the
-/// original properties, persistent, without the failure headers (a fresh attempt count), with
-/// confirms and the mandatory flag.
+/// original properties (type, priority, reply-to, content encoding, and the expiration unless
+/// `keep_expiration` is false),
+/// persistent, without any `model-pruner-*` header (a fresh attempt count; on a letter the
+/// broker dead-lettered they are the publisher's), with confirms and the mandatory flag.
 pub async fn republish(
     broker: &Broker,
     exchange: &str,
     routing_key: &str,
     delivery: &Delivery,
+    keep_expiration: bool,
 ) -> Result<(), BrokerError> {
     let original = &delivery.properties;
     let mut fresh = FieldTable::default();
@@ -28,7 +34,22 @@ pub async fn republish(
             fresh.insert(k.clone(), v.clone());
         }
     }
-    let properties = copy_properties(original, fresh);
+    let mut properties = copy_properties(original, fresh);
+    if let Some(v) = original.kind() {
+        properties = properties.with_type(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        properties = properties.with_priority(*v);
+    }
+    if let Some(v) = original.reply_to() {
+        properties = properties.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.expiration().as_ref().filter(|_| keep_expiration) {
+        properties = properties.with_expiration(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        properties = properties.with_content_encoding(v.clone());
+    }
     broker
         .publish_with(exchange, routing_key, &delivery.data, properties)
         .await
@@ -46,10 +67,16 @@ pub struct DlqWalk<'a> {
     seen: u64,
     /// The latest delivery still held; a multiple nack up to it requeues every held one.
     last_held: Option<Delivery>,
+    /// Longest wait for the broker to answer a get, an ack or a nack.
+    timeout: Duration,
 }
 
 impl<'a> DlqWalk<'a> {
-    pub async fn start(broker: &'a Broker, queue: &str) -> anyhow::Result<DlqWalk<'a>> {
+    pub async fn start(
+        broker: &'a Broker,
+        queue: &str,
+        settings: &Settings,
+    ) -> anyhow::Result<DlqWalk<'a>> {
         let total = broker.ready_messages(queue).await.with_context(|| {
             format!("dead-letter queue {queue:?} does not exist (check broker.dead_letter_queue)")
         })?;
@@ -60,6 +87,7 @@ impl<'a> DlqWalk<'a> {
             total: total.into(),
             seen: 0,
             last_held: None,
+            timeout: settings.broker.connect_timeout,
         })
     }
 
@@ -68,12 +96,11 @@ impl<'a> DlqWalk<'a> {
         if self.seen >= self.total {
             return Ok(None);
         }
-        let got = self
-            .channel
-            .basic_get(
-                self.queue.as_str().into(),
-                BasicGetOptions { no_ack: false },
-            )
+        let get = self.channel.basic_get(
+            self.queue.as_str().into(),
+            BasicGetOptions { no_ack: false },
+        );
+        let got = bounded(self.timeout, "basic.get", get)
             .await
             .with_context(|| format!("basic.get on {:?}", self.queue))?;
         Ok(got.map(|m| {
@@ -92,13 +119,15 @@ impl<'a> DlqWalk<'a> {
     }
 
     pub async fn ack(&self, delivery: &Delivery) -> anyhow::Result<()> {
-        delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .context("basic.ack")?
-            .then_some(())
-            .context("basic.ack: the delivery was already settled or its channel closed")
+        bounded(
+            self.timeout,
+            "basic.ack",
+            delivery.acker.ack(BasicAckOptions::default()),
+        )
+        .await
+        .context("basic.ack")?
+        .then_some(())
+        .context("basic.ack: the delivery was already settled or its channel closed")
     }
 
     /// Requeues every held message with one multiple nack; RabbitMQ puts each back where it
@@ -107,14 +136,28 @@ impl<'a> DlqWalk<'a> {
         let Some(last) = self.last_held.take() else {
             return Ok(());
         };
-        last.acker
-            .nack(BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            })
+        let nack = last.acker.nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        });
+        bounded(self.timeout, "basic.nack", nack)
             .await
             .context("basic.nack (requeue)")?
             .then_some(())
             .context("basic.nack (requeue): the channel closed; the broker requeues on its own")
+    }
+}
+
+/// Waits for `call` (the broker operation `op`) at most `limit`: a broker that stops answering
+/// ends the command with an error instead of hanging it; what it held goes back to the queue
+/// when the connection closes.
+async fn bounded<T>(
+    limit: Duration,
+    op: &'static str,
+    call: impl Future<Output = lapin::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => anyhow::bail!("RabbitMQ did not answer {op} within {limit:?}"),
     }
 }
