@@ -78,6 +78,12 @@ impl BrokerError {
         }
     }
 
+    /// RabbitMQ refused the user a permission (ACCESS_REFUSED): the broker's text names the
+    /// resource and the kind of access.
+    pub fn is_access_refused(&self) -> bool {
+        self.soft() == Some(AMQPSoftError::ACCESSREFUSED)
+    }
+
     /// The broker refused a declaration (PRECONDITION_FAILED: a queue exists with other
     /// arguments) or an access (ACCESS_REFUSED): reconnecting will not help, the configuration
     /// must change.

@@ -9,8 +9,8 @@
 //! the probe.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::Target;
@@ -77,11 +77,23 @@ struct Seen {
 #[derive(Debug)]
 pub struct Health {
     consuming: AtomicBool,
+    /// What RabbitMQ last refused the worker's user (ACCESS_REFUSED), by [`Refused`] kind,
+    /// until an operation of the same kind succeeds.
+    refused: Mutex<[Option<String>; 2]>,
     /// Unix milliseconds of the last [`Health::beat`]; 0 before the first.
     last_beat: AtomicU64,
     /// How long the loop may go without a beat before the worker counts as stalled.
     stalled_after: Duration,
     upstream: Arc<Upstream>,
+}
+
+/// What RabbitMQ can refuse the worker's user, each cleared by its own next success.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Connecting, declaring the topology or consuming.
+    Session = 0,
+    /// Publishing a copy (delay, dead letter, hand-back, follow-up) into the worker's queues.
+    Copy = 1,
 }
 
 /// How long a worker's loop may go without a beat when nothing says otherwise.
@@ -100,6 +112,7 @@ impl Health {
     pub fn new(stalled_after: Duration, metrics: &super::Metrics) -> Self {
         Health {
             consuming: AtomicBool::new(false),
+            refused: Mutex::new([None, None]),
             last_beat: AtomicU64::new(0),
             stalled_after,
             upstream: metrics.0.upstream.clone(),
@@ -109,6 +122,12 @@ impl Health {
     /// Set when the session starts consuming, cleared when it stops (shutdown or lost connection).
     pub fn set_consuming(&self, consuming: bool) {
         self.consuming.store(consuming, Ordering::Relaxed);
+    }
+
+    /// RabbitMQ refused the worker's user a permission for `kind` (`what` names it), or, with
+    /// `None`, an operation of that kind succeeded: `/readyz` names a refusal until then.
+    pub fn set_refused(&self, kind: Refused, what: Option<String>) {
+        self.refused.lock().unwrap_or_else(PoisonError::into_inner)[kind as usize] = what;
     }
 
     /// The worker's loop ran: called at every connection attempt and every second of a session.
@@ -128,8 +147,17 @@ impl Health {
 
     /// What `/readyz` answers.
     pub fn readiness(&self) -> ProbeReport {
+        let refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flatten()
+            .next()
+            .cloned();
         report(
             self.consuming.load(Ordering::Relaxed),
+            refused.as_deref(),
             [
                 ("mlflow", self.upstream.mlflow.seen()),
                 ("store", self.upstream.store.seen()),
@@ -157,16 +185,24 @@ fn liveness(last_beat: u64, stalled_after: Duration, now: Duration) -> ProbeRepo
     }
 }
 
-fn report(consuming: bool, deps: [(&str, Seen); 2], now: Duration) -> ProbeReport {
-    let mut lines = vec![(
-        "broker",
-        consuming,
-        if consuming {
-            "ok (consuming the work queue)".to_owned()
-        } else {
-            "not ready (not connected or not consuming; reconnecting)".to_owned()
-        },
-    )];
+fn report(
+    consuming: bool,
+    refused: Option<&str>,
+    deps: [(&str, Seen); 2],
+    now: Duration,
+) -> ProbeReport {
+    let broker = match (refused, consuming) {
+        (Some(what), _) => (
+            false,
+            format!("permission refused: {what} (grant what deploy/README.md lists)"),
+        ),
+        (None, true) => (true, "ok (consuming the work queue)".to_owned()),
+        (None, false) => (
+            false,
+            "not ready (not connected or not consuming; reconnecting)".to_owned(),
+        ),
+    };
+    let mut lines = vec![("broker", broker.0, broker.1)];
     for (name, seen) in deps {
         let (ok, text) = dependency(seen, now);
         lines.push((name, ok, text));
@@ -227,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_fresh_idle_worker_is_ready_with_unknown_dependencies() {
-        let r = report(true, deps(Seen::default(), Seen::default()), NOW);
+        let r = report(true, None, deps(Seen::default(), Seen::default()), NOW);
         assert!(r.ok, "{}", r.body);
         assert_eq!(
             r.body,
@@ -237,8 +273,27 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_permission_is_not_ready_and_named_even_while_consuming() {
+        let what = "ACCESS_REFUSED - write access to exchange 'amq.default'";
+        let r = report(
+            true,
+            Some(what),
+            deps(Seen::default(), Seen::default()),
+            NOW,
+        );
+        assert!(!r.ok);
+        assert!(r.body.starts_with("not ready: broker\n"), "{}", r.body);
+        assert!(
+            r.body
+                .contains("broker: permission refused: ACCESS_REFUSED"),
+            "{}",
+            r.body
+        );
+    }
+
+    #[test]
     fn not_consuming_is_not_ready_and_says_so() {
-        let r = report(false, deps(Seen::default(), Seen::default()), NOW);
+        let r = report(false, None, deps(Seen::default(), Seen::default()), NOW);
         assert!(!r.ok);
         assert!(r.body.starts_with("not ready: broker\n"), "{}", r.body);
     }
@@ -249,7 +304,7 @@ mod tests {
             last_answer: at(86_400),
             failing_since: 0,
         };
-        let r = report(true, deps(old, old), NOW);
+        let r = report(true, None, deps(old, old), NOW);
         assert!(r.ok, "{}", r.body);
         assert!(r.body.contains("mlflow: ok (last answer 86400s ago)"));
     }
@@ -260,7 +315,7 @@ mod tests {
             last_answer: at(600),
             failing_since: at(30),
         };
-        let r = report(true, deps(blip, Seen::default()), NOW);
+        let r = report(true, None, deps(blip, Seen::default()), NOW);
         assert!(r.ok, "{}", r.body);
         assert!(
             r.body.contains("mlflow: degraded (failing for 30s"),
@@ -272,7 +327,7 @@ mod tests {
             last_answer: 0,
             failing_since: at(301),
         };
-        let r = report(true, deps(Seen::default(), down), NOW);
+        let r = report(true, None, deps(Seen::default(), down), NOW);
         assert!(!r.ok);
         assert!(r.body.starts_with("not ready: store\n"), "{}", r.body);
         assert!(

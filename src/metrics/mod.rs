@@ -23,7 +23,7 @@ use prometheus::{
 };
 
 use health::Upstream;
-pub use health::{Health, ProbeReport, STALLED_AFTER, UNANSWERED_FOR};
+pub use health::{Health, ProbeReport, Refused, STALLED_AFTER, UNANSWERED_FOR};
 pub use server::Server;
 
 use crate::domain::classify::{ErrorClass, REASONS};

@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::broker::Topology;
 use crate::engine::{Engine, PruneError};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, Refused};
 use crate::settings::Settings;
 use outcome::RetryRules;
 use session::SessionError;
@@ -77,6 +77,14 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         match session::run(&ctx, &shutdown).await {
             Ok(()) => break,
+            Err(SessionError::Declare(e)) if e.is_access_refused() => {
+                error!(error = %e, "RabbitMQ refused the worker's user a permission it needs to declare the topology");
+                return Err(e).context(
+                    "RabbitMQ refused the worker's user a permission while declaring the \
+                     topology: grant the permissions deploy/README.md lists (configure, write and \
+                     read on the exchange and queues, and write on amq.default)",
+                );
+            }
             Err(SessionError::Declare(e)) if e.is_refusal() => {
                 error!(error = %e, "RabbitMQ refused the topology");
                 return Err(e).context(
@@ -91,7 +99,17 @@ pub async fn run(
                     backoff.session_ended(started.elapsed());
                 }
                 let wait = backoff.next_delay();
-                warn!(error = %e, retry_in = ?wait, "RabbitMQ unavailable; reconnecting");
+                if e.broker().is_access_refused() {
+                    ctx.health
+                        .set_refused(Refused::Session, Some(e.to_string()));
+                    error!(
+                        error = %e, retry_in = ?wait,
+                        "RabbitMQ refused the worker's user a permission (deploy/README.md lists \
+                         what it needs); reconnecting"
+                    );
+                } else {
+                    warn!(error = %e, retry_in = ?wait, "RabbitMQ unavailable; reconnecting");
+                }
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(wait) => {}

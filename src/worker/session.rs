@@ -28,7 +28,7 @@ use crate::broker::{Broker, BrokerError, Topology, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::domain::ranking::Rule;
 use crate::engine::{Engine, PassReport, PruneError, now_ms};
-use crate::metrics::{self, Health, Metrics};
+use crate::metrics::{self, Health, Metrics, Refused};
 use crate::settings::BrokerSettings;
 
 /// How often the session beats for `/healthz` and looks for deliveries held too long.
@@ -69,6 +69,15 @@ pub enum SessionError {
     Lost(BrokerError),
 }
 
+impl SessionError {
+    /// The broker operation that failed.
+    pub fn broker(&self) -> &BrokerError {
+        match self {
+            SessionError::Declare(e) | SessionError::Connect(e) | SessionError::Lost(e) => e,
+        }
+    }
+}
+
 /// Connects, consumes until `shutdown` (returns `Ok`) or until a connection fails.
 pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), SessionError> {
     let name = format!(
@@ -103,6 +112,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         "consuming"
     );
     ctx.health.set_consuming(true);
+    ctx.health.set_refused(Refused::Session, None);
 
     let mut publisher_events = publisher.events();
     let settler = Arc::new(Settler {
@@ -114,6 +124,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         topology_gone: Default::default(),
         follow_ups: ctx.follow_ups.clone(),
         metrics: ctx.metrics.clone(),
+        health: ctx.health.clone(),
     });
     let deadline = ctx.broker.ack_deadline;
     let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);

@@ -22,7 +22,7 @@ use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
 use crate::domain::policy::PolicyOverrides;
 use crate::engine::now_ms;
-use crate::metrics::{self, Finished, Metrics};
+use crate::metrics::{self, Finished, Health, Metrics, Refused};
 
 /// A delivery with what the worker read from its headers.
 #[derive(Debug)]
@@ -81,6 +81,8 @@ pub struct Settler {
     /// Follow-up passes scheduled and not due yet; outlives the session.
     pub follow_ups: Arc<Mutex<FollowUps>>,
     pub metrics: Metrics,
+    /// Told when RabbitMQ refuses the user a copy, and when a copy goes through again.
+    pub health: Arc<Health>,
 }
 
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
@@ -286,8 +288,21 @@ impl Settler {
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
         let published = self.broker.publish_to_queue(queue, body, properties).await;
-        if let Err(BrokerError::Unroutable { .. }) = &published {
-            self.topology_gone.store(true, Ordering::Relaxed);
+        match &published {
+            Ok(()) => self.health.set_refused(Refused::Copy, None),
+            Err(BrokerError::Unroutable { .. }) => {
+                self.topology_gone.store(true, Ordering::Relaxed)
+            }
+            Err(e) if e.is_access_refused() => {
+                error!(
+                    queue, error = %e,
+                    "RabbitMQ refused the worker's user write access to publish a copy through \
+                     the default exchange (amq.default): grant what deploy/README.md lists"
+                );
+                let what = format!("publishing a copy into {queue:?}: {e}");
+                self.health.set_refused(Refused::Copy, Some(what));
+            }
+            Err(_) => {}
         }
         published
     }

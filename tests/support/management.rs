@@ -118,4 +118,53 @@ impl Management {
         let v = self.queue(queue).await?;
         Some(v["messages"].as_u64()? + v["messages_unacknowledged"].as_u64().unwrap_or(0))
     }
+
+    /// PUTs `body` at `segments` of the API, panicking on an error status.
+    async fn put(&self, segments: &[&str], body: Value) {
+        self.http
+            .put(self.api(segments))
+            .basic_auth(&self.user, Some(&self.pass))
+            .json(&body)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("PUT {segments:?}: {e}"));
+    }
+
+    async fn delete(&self, segments: &[&str]) {
+        let _ = self
+            .http
+            .delete(self.api(segments))
+            .basic_auth(&self.user, Some(&self.pass))
+            .send()
+            .await;
+    }
+
+    /// Creates `vhost` and a user `name` with `password`, no tags, and the permissions
+    /// `configure`, `write` and `read` (regular expressions) on that vhost only.
+    pub async fn user_on_vhost(
+        &self,
+        vhost: &str,
+        name: &str,
+        password: &str,
+        [configure, write, read]: [&str; 3],
+    ) {
+        self.put(&["vhosts", vhost], serde_json::json!({})).await;
+        self.put(
+            &["users", name],
+            serde_json::json!({"password": password, "tags": ""}),
+        )
+        .await;
+        self.put(
+            &["permissions", vhost, name],
+            serde_json::json!({"configure": configure, "write": write, "read": read}),
+        )
+        .await;
+    }
+
+    /// Deletes `vhost` (and everything in it) and the user `name`.
+    pub async fn remove_user_and_vhost(&self, vhost: &str, name: &str) {
+        self.delete(&["vhosts", vhost]).await;
+        self.delete(&["users", name]).await;
+    }
 }

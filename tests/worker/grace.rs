@@ -9,7 +9,7 @@ use model_pruner::settings::Settings;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::helpers::{TestApp, run_finished, settings, wait_drained};
+use crate::helpers::{TestApp, counted, run_finished, settings, wait_drained};
 use crate::support::mlflow_fixtures::{ExperimentFixture, RunSpec, now_ms};
 use crate::support::world::{Layout, METRIC, ModelRun, World};
 
@@ -45,25 +45,6 @@ async fn model_run(
         .metric(METRIC, acc)
         .end_time(Some(end));
     world.model_run(exp, Layout::Classic, spec, 2).await
-}
-
-/// The sum of the series of counter `name` of the app's worker that carry `label`, if given.
-fn counted(app: &TestApp, name: &str, label: Option<(&str, &str)>) -> f64 {
-    app.metrics()
-        .registry()
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric())
-        .filter(|m| {
-            label.is_none_or(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == k && l.value() == v)
-            })
-        })
-        .map(|m| m.get_counter().value())
-        .sum()
 }
 
 fn follow_ups_scheduled(app: &TestApp) -> f64 {

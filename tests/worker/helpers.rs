@@ -65,3 +65,22 @@ pub async fn wait_drained(app: &TestApp, timeout: Duration) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// The sum of the series of counter `name` of the app's worker that carry `label`, if given.
+pub fn counted(app: &TestApp, name: &str, label: Option<(&str, &str)>) -> f64 {
+    app.metrics()
+        .registry()
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric())
+        .filter(|m| {
+            label.is_none_or(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == k && l.value() == v)
+            })
+        })
+        .map(|m| m.get_counter().value())
+        .sum()
+}

@@ -12,6 +12,7 @@ mod faults;
 mod grace;
 mod helpers;
 mod outage;
+mod permissions;
 mod reconnect;
 mod restart;
 mod routing;
