@@ -43,6 +43,8 @@ pub struct BrokerSettings {
     pub exchange: String,
     pub work_queue: String,
     pub dead_letter_queue: String,
+    /// Most letters the dead-letter queue holds; over it RabbitMQ refuses new ones.
+    pub dead_letter_max_length: u32,
     pub delay_queue_prefix: String,
     pub delivery_limit: u32,
     pub prefetch: u16,
@@ -219,6 +221,10 @@ impl Settings {
         rule(
             !self.retry.delays.is_empty(),
             "retry.delays must have at least one step",
+        )?;
+        rule(
+            self.broker.dead_letter_max_length >= 1,
+            "broker.dead_letter_max_length must be at least 1",
         )?;
         rule(
             self.broker.prefetch >= 1,

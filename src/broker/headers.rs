@@ -30,6 +30,9 @@ pub const WORKER_VERSION: &str = "model-pruner-worker-version";
 /// Host name of the worker that last handled the message.
 pub const WORKER_HOST: &str = "model-pruner-worker-host";
 
+/// Prefix of every header the worker writes.
+pub const WORKER_PREFIX: &str = "model-pruner-";
+
 /// Longest error message written into a header; AMQP headers must fit in one frame.
 pub const MAX_ERROR_MESSAGE: usize = 2048;
 
@@ -220,6 +223,18 @@ pub fn republished(original: Option<&FieldTable>) -> FieldTable {
         }
     }
     headers
+}
+
+/// `headers` without any the worker writes (`model-pruner-*`): a fresh attempt count, and no
+/// claim a publisher could have written in the worker's name.
+pub fn without_worker_headers(headers: FieldTable) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if !k.as_str().starts_with(WORKER_PREFIX) {
+            kept.insert(k.clone(), v.clone());
+        }
+    }
+    kept
 }
 
 /// The headers of a copy that goes through a delay queue and must come back as the same

@@ -118,6 +118,33 @@ pub fn copy_properties(original: &BasicProperties, headers: FieldTable) -> Basic
     p
 }
 
+/// The properties of a copy that stands for the original message itself (a replayed or moved
+/// dead letter): [`copy_properties`] plus the type, priority, reply-to and content encoding,
+/// and the expiration if `keep_expiration`.
+pub fn faithful_properties(
+    original: &BasicProperties,
+    headers: FieldTable,
+    keep_expiration: bool,
+) -> BasicProperties {
+    let mut p = copy_properties(original, headers);
+    if let Some(v) = original.kind() {
+        p = p.with_type(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        p = p.with_priority(*v);
+    }
+    if let Some(v) = original.reply_to() {
+        p = p.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        p = p.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.expiration().as_ref().filter(|_| keep_expiration) {
+        p = p.with_expiration(v.clone());
+    }
+    p
+}
+
 fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
     move |source| BrokerError::Amqp { op, source }
 }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! publishers ─▶ exchange (topic) ─run.finished, experiment.prune─▶ work queue (quorum)
-//! work queue ─over delivery limit─▶ dead-letter queue (classic)
+//! work queue ─over delivery limit─▶ dead-letter queue (classic, bounded)
 //! worker ─transient failure─▶ delay queue <prefix>.<step> (quorum) ─TTL expired─▶ work queue
 //! worker ─permanent failure or out of attempts─▶ dead-letter queue
 //! ```
@@ -13,7 +13,10 @@
 //! at-least-once`, which keeps a message until the target queue has confirmed its copy
 //! (RabbitMQ's default strategy drops it if the target cannot take it). That strategy needs
 //! `x-overflow: reject-publish`. The dead-letter queue stays classic: `dlq` commands walk it
-//! with get-then-requeue, which keeps order there and counts no deliveries.
+//! with get-then-requeue, which keeps order there and counts no deliveries. It holds at most
+//! `broker.dead_letter_max_length` letters and refuses more (reject-publish), never dropping
+//! one: the worker's copy is nacked and the message stays in the work queue, and the broker's
+//! own at-least-once hop keeps it there too.
 
 use std::time::Duration;
 
@@ -36,6 +39,7 @@ pub struct Topology {
     pub exchange: String,
     pub work_queue: String,
     pub dead_letter_queue: String,
+    pub dead_letter_max_length: u32,
     pub delivery_limit: u32,
     /// One delay queue per step of `retry.delays`, in order.
     pub delay_queues: Vec<DelayQueue>,
@@ -71,6 +75,7 @@ impl Topology {
             exchange: b.exchange.clone(),
             work_queue: b.work_queue.clone(),
             dead_letter_queue: b.dead_letter_queue.clone(),
+            dead_letter_max_length: b.dead_letter_max_length,
             delivery_limit: b.delivery_limit,
             delay_queues: settings
                 .retry
@@ -156,7 +161,7 @@ impl Topology {
             return Some(self.work_queue_arguments());
         }
         if queue == self.dead_letter_queue {
-            return Some(FieldTable::default());
+            return Some(self.dead_letter_queue_arguments());
         }
         let delay = self.delay_queues.iter().find(|d| d.name == queue)?;
         Some(self.delay_queue_arguments(delay))
@@ -204,13 +209,11 @@ impl Topology {
                 )
                 .await?;
         }
-        // A classic queue: listing dead letters (get, then requeue) must not count against a
-        // quorum queue's delivery limit.
         channel
             .queue_declare(
                 self.dead_letter_queue.as_str().into(),
                 durable,
-                FieldTable::default(),
+                self.dead_letter_queue_arguments(),
             )
             .await?;
         Ok(())
@@ -224,6 +227,21 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(self.delivery_limit.into()),
         );
+        args
+    }
+
+    /// Classic whatever the vhost's default queue type: listing dead letters (get, then
+    /// requeue) must not count against a quorum queue's delivery limit, which would drop them
+    /// after a few listings. Bounded, refusing letters over the bound rather than dropping the
+    /// oldest (RabbitMQ's default overflow).
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("classic"));
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(self.dead_letter_max_length.into()),
+        );
+        args.insert("x-overflow".into(), string("reject-publish"));
         args
     }
 
@@ -277,6 +295,7 @@ mod tests {
             exchange: "x".into(),
             work_queue: "w".into(),
             dead_letter_queue: "dl".into(),
+            dead_letter_max_length: 1000,
             delivery_limit: 20,
             delay_queues: delays
                 .iter()
@@ -330,6 +349,18 @@ mod tests {
         assert_eq!(get("x-dead-letter-strategy"), Some(string("at-least-once")));
         assert_eq!(get("x-overflow"), Some(string("reject-publish")));
         assert_eq!(args.inner().len(), 6);
+    }
+
+    #[test]
+    fn dead_letter_queue_is_a_bounded_classic_queue_refusing_over_the_bound() {
+        let t = topology(&[10]);
+        let args = t.dead_letter_queue_arguments();
+        let get = |k: &str| args.inner().get(k).cloned();
+        assert_eq!(get("x-queue-type"), Some(string("classic")));
+        assert_eq!(get("x-max-length"), Some(AMQPValue::LongLongInt(1000)));
+        assert_eq!(get("x-overflow"), Some(string("reject-publish")));
+        assert_eq!(args.inner().len(), 3);
+        assert_eq!(t.arguments("dl"), Some(args));
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //! it is gone, and holding queues bound to the exchange catch what pipelines publish meanwhile.
 //! Every message of the work queue, and every one caught, goes back through the first delay
 //! queue as what the worker would have believed it to be: its routing key and attempt, from
-//! [`Topology::origin`]. Run it with the workers stopped; running it again finishes an
-//! interrupted migration.
+//! [`Topology::origin`]. The dead-letter queue is moved out and back letter by letter, each
+//! copy carrying only what the worker or the broker said about it ([`DeadLetter::moved_headers`]:
+//! the copy loses `x-death`, so a publisher's `model-pruner-*` headers must not become the
+//! worker's); a letter whose properties are unreadable cannot be copied faithfully and stops
+//! the migration before anything moves. Run it with the workers stopped; running it again
+//! finishes an interrupted migration.
 
 use std::process::ExitCode;
 
@@ -21,7 +25,12 @@ use lapin::options::{
 use lapin::protocol::AMQPSoftError;
 use lapin::types::FieldTable;
 
-use crate::broker::{BINDINGS, Broker, BrokerError, Topology, copy_properties, headers};
+use time::OffsetDateTime;
+
+use crate::broker::{
+    BINDINGS, Broker, BrokerError, Topology, copy_properties, faithful_properties, headers,
+};
+use crate::cli::dlq::{DeadLetter, DlqWalk};
 use crate::settings::Settings;
 
 /// A worker queue as the broker has it.
@@ -41,6 +50,9 @@ enum State {
 enum Copy<'a> {
     /// The same message in `queue`, without the headers the broker manages.
     Plain { queue: &'a str },
+    /// A dead letter in `queue` with `headers`, its properties kept but an expiration (a
+    /// letter must not expire in the dead-letter queue).
+    Letter { queue: &'a str, headers: FieldTable },
     /// Into the (delay) `queue` as this attempt of the event with this routing key.
     HandBack {
         queue: &'a str,
@@ -57,12 +69,6 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         .context("connecting to RabbitMQ")?;
     let work = topology.work_queue.as_str();
     let dead = topology.dead_letter_queue.as_str();
-    if let State::Differs { .. } = state(&broker, &topology, dead).await? {
-        bail!(
-            "{dead} exists with arguments this version does not declare; this command does not \
-             migrate the dead-letter queue: empty it (model-pruner dlq replay) and delete it first"
-        );
-    }
     let delays: Vec<&str> = topology
         .delay_queues
         .iter()
@@ -70,7 +76,7 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         .collect();
     let mut states = Vec::new();
     let mut pending = false;
-    for queue in delays.iter().copied().chain([work]) {
+    for queue in delays.iter().copied().chain([work, dead]) {
         let state = state(&broker, &topology, queue).await?;
         let mut held = Vec::new();
         for (name, _) in holding(&topology, queue) {
@@ -91,7 +97,28 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     }
     no_consumers(&broker, work).await?;
     let work_differs = matches!(states[delays.len()], State::Differs { .. });
-    let mut moved = vec![0; delays.len() + 1];
+    let dead_differs = matches!(states[delays.len() + 1], State::Differs { .. });
+    let mut moved = vec![0; delays.len() + 2];
+    if dead_differs {
+        no_consumers(&broker, dead).await?;
+        let now = OffsetDateTime::now_utc();
+        let mut unreadable = Vec::new();
+        let mut walk = DlqWalk::start(&broker, dead, settings).await?;
+        while let Some(delivery) = walk.next().await? {
+            if DeadLetter::read(walk.position(), &delivery, &topology, now).unreadable {
+                unreadable.push(walk.position().to_string());
+            }
+            walk.hold(delivery);
+        }
+        walk.release().await?;
+        if !unreadable.is_empty() {
+            bail!(
+                "{dead}: the dead letters at positions {} have unreadable properties and cannot \
+                 be copied faithfully: purge them (model-pruner dlq purge), then run this again",
+                unreadable.join(", ")
+            );
+        }
+    }
     for (i, queue) in delays.iter().enumerate() {
         let differs = matches!(states[i], State::Differs { .. });
         if states[i] == State::Missing || !(differs || work_differs) {
@@ -107,11 +134,25 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     if work_differs {
         moved[delays.len()] = migrate_work_queue(&broker, &topology).await?;
     }
+    if dead_differs {
+        let (hold, _) = holding(&topology, dead).remove(0);
+        declare_holding(&broker, &hold).await?;
+        let now = OffsetDateTime::now_utc();
+        moved[delays.len() + 1] = drain(&broker, dead, |delivery| {
+            let letter = DeadLetter::read(0, delivery, &topology, now);
+            Copy::Letter {
+                queue: &hold,
+                headers: letter.moved_headers(delivery.properties.headers().as_ref()),
+            }
+        })
+        .await?;
+        delete_drained(&broker, dead).await?;
+    }
     broker
         .declare(&topology)
         .await
         .context("declaring the topology after the migration")?;
-    for (i, queue) in delays.iter().copied().chain([work]).enumerate() {
+    for (i, queue) in delays.iter().copied().chain([work, dead]).enumerate() {
         let refilled = refill(&broker, &topology, queue).await?;
         if states[i] != State::UpToDate || moved[i] > 0 || refilled > 0 {
             println!(
@@ -287,6 +328,11 @@ async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Re
                 attempt: 1,
                 hand_backs: 0,
             },
+            // Moved out as the worker's letters already (see run): back as they are.
+            None if queue == topology.dead_letter_queue => Copy::Letter {
+                queue,
+                headers: headers::republished(delivery.properties.headers().as_ref()),
+            },
             None => Copy::Plain { queue },
         })
         .await?;
@@ -322,25 +368,31 @@ async fn drain<'a>(
     {
         let delivery = message.delivery;
         let original = &delivery.properties;
-        let (queue, h) = match copy(&delivery) {
-            Copy::Plain { queue } => (queue, headers::republished(original.headers().as_ref())),
+        let (queue, properties) = match copy(&delivery) {
+            Copy::Plain { queue } => (
+                queue,
+                copy_properties(original, headers::republished(original.headers().as_ref())),
+            ),
+            Copy::Letter { queue, headers } => {
+                (queue, faithful_properties(original, headers, false))
+            }
             Copy::HandBack {
                 queue,
                 routing_key,
                 attempt,
                 hand_backs,
-            } => (
-                queue,
-                headers::handed_back(
+            } => {
+                let h = headers::handed_back(
                     original.headers().as_ref(),
                     &routing_key,
                     attempt,
                     hand_backs,
-                ),
-            ),
+                );
+                (queue, copy_properties(original, h))
+            }
         };
         broker
-            .publish_to_queue(queue, &delivery.data, copy_properties(original, h))
+            .publish_to_queue(queue, &delivery.data, properties)
             .await
             .with_context(|| format!("moving a message of {from} to {queue}"))?;
         let acked = delivery

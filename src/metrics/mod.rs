@@ -82,6 +82,7 @@ struct Series {
     request_duration: HistogramVec,
     retries: IntCounterVec,
     dead_letters: IntCounterVec,
+    copies_refused: IntCounterVec,
     acks_lost: IntCounterVec,
     follow_ups: IntCounter,
 }
@@ -205,6 +206,12 @@ impl Metrics {
                 "Messages sent to the dead-letter queue, by error class and reason (error kind).",
                 &["class", "reason"],
             ),
+            copies_refused: r.counter_vec(
+                "model_pruner_copies_refused_total",
+                "Copies RabbitMQ refused (nacked) because the target queue was full, by queue \
+                 (dead_letter, delay): the message stays in the work queue and is tried again.",
+                &["queue"],
+            ),
             acks_lost: r.counter_vec(
                 "model_pruner_acks_lost_total",
                 "Acks and nacks that did not reach RabbitMQ (the channel had closed, e.g. after \
@@ -249,6 +256,9 @@ impl Metrics {
         }
         for operation in ["ack", "nack"] {
             m.acks_lost.with_label_values(&[operation]);
+        }
+        for queue in ["dead_letter", "delay"] {
+            m.copies_refused.with_label_values(&[queue]);
         }
         // A counter series that appears at 1 shows no increase() or rate() in its first
         // window: the dashboard would miss the first retry of a kind.
@@ -336,6 +346,11 @@ impl Metrics {
     /// Counts an ack or nack (`operation`) that did not reach the broker.
     pub fn ack_lost(&self, operation: &'static str) {
         self.0.acks_lost.with_label_values(&[operation]).inc();
+    }
+
+    /// Counts a copy RabbitMQ refused into `queue` (`dead_letter` or `delay`): full.
+    pub fn copy_refused(&self, queue: &'static str) {
+        self.0.copies_refused.with_label_values(&[queue]).inc();
     }
 
     /// Counts a pass that covered `events` deliveries; a successful one (`Some`) also counts what

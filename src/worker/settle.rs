@@ -293,6 +293,20 @@ impl Settler {
             Err(BrokerError::Unroutable { .. }) => {
                 self.topology_gone.store(true, Ordering::Relaxed)
             }
+            Err(BrokerError::Nacked { .. }) => {
+                let kind = if queue == self.topology.dead_letter_queue {
+                    "dead_letter"
+                } else {
+                    "delay"
+                };
+                error!(
+                    queue,
+                    "RabbitMQ refused the copy: the queue is full (the dead-letter queue holds \
+                     at most broker.dead_letter_max_length letters); the message stays in the \
+                     work queue and is tried again. Replay or purge dead letters to make room"
+                );
+                self.metrics.copy_refused(kind);
+            }
             Err(e) if e.is_access_refused() => {
                 error!(
                     queue, error = %e,
@@ -490,6 +504,7 @@ mod tests {
             exchange: "x".into(),
             work_queue: "work".into(),
             dead_letter_queue: "dead".into(),
+            dead_letter_max_length: 1000,
             delivery_limit: 5,
             delay_queues: vec![crate::broker::DelayQueue {
                 name: "p.30s".into(),

@@ -6,12 +6,13 @@
 use std::time::Duration;
 
 use lapin::BasicProperties;
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use model_pruner::broker::{BINDINGS, Topology, headers};
+use model_pruner::broker::{BINDINGS, Broker, Topology, headers};
 
 use crate::helpers::{TestApp, outcome, run_cli, settings};
 use crate::support::management::Management;
+use crate::support::pika::{self, RawMessage};
 
 fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
@@ -177,7 +178,7 @@ async fn old_queues_are_migrated_and_every_message_keeps_what_it_is() {
 
     let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues"]).await);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert_eq!(stdout.matches("up to date").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("up to date").count(), 3, "{stdout}");
     assert!(
         !stdout.contains("holding"),
         "no holding queue is left: {stdout}"
@@ -198,5 +199,126 @@ async fn old_queues_are_migrated_and_every_message_keeps_what_it_is() {
     let mut cleanup = TestApp::without_worker(&s).await;
     cleanup.topology = t;
     cleanup.cleanup().await;
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_unbounded_dead_letter_queue_is_migrated_and_each_letter_says_what_it_said() {
+    let s = settings();
+    let t = Topology::from_settings(&s);
+    let broker = Broker::connect(&s.broker, "model-pruner migrate test")
+        .await
+        .unwrap();
+    // The version before: a dead-letter queue without a type, a bound or an overflow.
+    let channel = broker.channel();
+    channel
+        .queue_declare(
+            t.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("old dead-letter queue");
+    channel
+        .exchange_declare(
+            t.exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_declare(
+            t.work_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            t.work_queue_arguments(),
+        )
+        .await
+        .unwrap();
+    for key in BINDINGS {
+        channel
+            .queue_bind(
+                t.work_queue.as_str().into(),
+                t.exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // A letter the worker wrote, with properties a replay keeps.
+    let mut h = FieldTable::default();
+    headers::set_str(&mut h, headers::ROUTING_KEY, "run.finished");
+    headers::set_str(&mut h, headers::ERROR_CLASS, "permanent");
+    headers::set_str(&mut h, headers::ERROR_KIND, "unknown_experiment");
+    let props = BasicProperties::default()
+        .with_headers(h)
+        .with_type("event".into())
+        .with_priority(3);
+    broker
+        .publish_to_queue(&t.dead_letter_queue, b"worker letter", props)
+        .await
+        .unwrap();
+    // A letter the broker dead-lettered (expired), whose publisher wrote the worker's headers.
+    pika::publish(
+        &s,
+        &RawMessage {
+            exchange: &t.exchange,
+            routing_key: "run.finished",
+            body: "expired letter",
+            message_id: None,
+            headers: vec![(headers::ROUTING_KEY.as_bytes(), "experiment.prune")],
+            expiration: Some("1"),
+        },
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while broker.ready_messages(&t.dead_letter_queue).await.unwrap() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "letter not expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues"]).await);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{}: migrated (2 messages moved out, 2 put back)",
+            t.dead_letter_queue
+        )),
+        "{stdout}"
+    );
+    let q = Management::from_env()
+        .queue(&t.dead_letter_queue)
+        .await
+        .expect("listed");
+    assert_eq!(q["type"], "classic");
+    assert_eq!(q["arguments"]["x-overflow"], "reject-publish");
+    assert_eq!(q["arguments"]["x-max-length"], 100_000);
+
+    let (code, stdout, err) = outcome(&run_cli(&s, &["dlq", "list", "--json"]).await);
+    assert_eq!(code, 0, "{err}");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed.len(), 2, "{stdout}");
+    assert_eq!(listed[0]["body"], "worker letter");
+    assert_eq!(listed[0]["error_kind"], "unknown_experiment");
+    assert_eq!(listed[1]["body"], "expired letter");
+    assert_eq!(
+        listed[1]["routing_key"], "run.finished",
+        "the key it entered with, not its publisher's header"
+    );
+    assert_eq!(listed[1]["error_class"], "broker");
+    assert_eq!(listed[1]["error_kind"], "expired");
+
+    let app = TestApp::without_worker(&s).await;
+    let letters = app.drain(&t.dead_letter_queue).await;
+    assert_eq!(
+        letters[0].properties.kind().as_ref().unwrap().as_str(),
+        "event"
+    );
+    assert_eq!(letters[0].properties.priority(), &Some(3));
     app.cleanup().await;
 }

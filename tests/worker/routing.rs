@@ -6,7 +6,7 @@ use std::time::Duration;
 use lapin::types::FieldTable;
 use model_pruner::broker::headers;
 
-use crate::helpers::{TestApp, attempts, header, settings};
+use crate::helpers::{TestApp, attempts, counted, header, settings};
 
 #[tokio::test]
 async fn invalid_messages_are_dead_lettered_with_headers_and_the_worker_keeps_going() {
@@ -186,5 +186,40 @@ async fn a_body_over_the_size_bound_is_dead_lettered_unread_and_the_next_one_run
     );
     let next = app.next_dead_letter(wait).await;
     assert_eq!(next.data, b"{not json");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_full_dead_letter_queue_holds_letters_back_in_the_work_queue_and_counts_them() {
+    let mut s = settings();
+    s.mlflow.tracking_uri = "http://127.0.0.1:1".parse().unwrap();
+    s.broker.dead_letter_max_length = 1;
+    let app = TestApp::spawn(s).await;
+    let (dlq, work) = (&app.topology.dead_letter_queue, &app.topology.work_queue);
+
+    app.publish("run.finished", b"{first").await;
+    app.wait_len(dlq, 1, Duration::from_secs(10)).await;
+    app.publish("run.finished", b"{second").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counted(
+        &app,
+        "model_pruner_copies_refused_total",
+        Some(("queue", "dead_letter")),
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the refused dead letter was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.queue_len(dlq).await, 1, "the bound holds");
+
+    // Room again: the held message arrives, nothing was dropped.
+    let first = app.next_dead_letter(Duration::from_secs(5)).await;
+    assert_eq!(first.data, b"{first");
+    let second = app.next_dead_letter(Duration::from_secs(30)).await;
+    assert_eq!(second.data, b"{second");
+    assert_eq!(app.queue_len(work).await, 0);
     app.cleanup().await;
 }

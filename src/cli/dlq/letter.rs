@@ -176,6 +176,32 @@ impl DeadLetter {
     }
 }
 
+impl DeadLetter {
+    /// The headers of a copy of this letter moved into another dead-letter queue (by
+    /// `migrate-queues`), where it arrives as the worker's own letter without `x-death`: a
+    /// worker letter keeps its headers; any other keeps only what the broker said about it,
+    /// written the way the worker writes it, and none a publisher wrote in the worker's name.
+    pub fn moved_headers(&self, original: Option<&FieldTable>) -> FieldTable {
+        let h = headers::republished(original);
+        if self.source == Source::Worker {
+            return h;
+        }
+        let mut h = headers::without_worker_headers(h);
+        for (name, value) in [
+            (headers::ROUTING_KEY, &self.routing_key),
+            (headers::ERROR_CLASS, &self.error_class),
+            (headers::ERROR_KIND, &self.error_kind),
+            (headers::ERROR_MESSAGE, &self.error_message),
+            (headers::LAST_FAILURE, &self.last_failure),
+        ] {
+            if let Some(value) = value {
+                headers::set_str(&mut h, name, headers::truncate_message(value));
+            }
+        }
+        h
+    }
+}
+
 /// The routing key a message RabbitMQ dead-lettered out of the work queue had entered it with:
 /// one of the work queue's bindings on the exchange, as the broker recorded it in `x-death`;
 /// or, for a message that came back into the work queue from one of the worker's delay queues
@@ -342,6 +368,7 @@ mod tests {
             exchange: "mp".into(),
             work_queue: "mp.work".into(),
             dead_letter_queue: "mp.dlq".into(),
+            dead_letter_max_length: 1000,
             delivery_limit: 20,
             delay_queues: vec![crate::broker::DelayQueue {
                 name: "mp.delay.30s".into(),
@@ -456,6 +483,38 @@ mod tests {
             DeadLetter::read(1, &d, &topology(), now()).source,
             Source::Unknown
         );
+    }
+
+    #[test]
+    fn a_moved_letter_keeps_only_what_the_worker_or_broker_said() {
+        let mut h = forged();
+        headers::set_str(&mut h, "trace-id", "t-1");
+        let d = delivered(h.clone(), &[("mp.work", "expired", "mp", "run.finished")]);
+        let moved = DeadLetter::read(1, &d, &topology(), now())
+            .moved_headers(d.properties.headers().as_ref());
+        let s = |name| headers::get_str(Some(&moved), name);
+        assert_eq!(s(headers::ROUTING_KEY).as_deref(), Some("run.finished"));
+        assert_eq!(s(headers::ERROR_CLASS).as_deref(), Some("broker"));
+        assert_eq!(s(headers::ERROR_KIND).as_deref(), Some("expired"));
+        assert_eq!(headers::get_u32(Some(&moved), headers::ATTEMPTS), None);
+        assert_eq!(s("trace-id").as_deref(), Some("t-1"));
+        assert!(!moved.contains_key("x-death"));
+        // Read again where it lands, it says the same.
+        let mut landed = delivered(moved, &[]);
+        landed.routing_key = "mp.dlq".into();
+        let again = DeadLetter::read(1, &landed, &topology(), now());
+        assert_eq!(again.routing_key.as_deref(), Some("run.finished"));
+        assert_eq!(again.error_kind.as_deref(), Some("expired"));
+        // An unknown letter keeps no routing key: it stays unreplayable.
+        let d = delivered(h, &[("elsewhere", "expired", "mp", "run.finished")]);
+        let moved = DeadLetter::read(1, &d, &topology(), now())
+            .moved_headers(d.properties.headers().as_ref());
+        assert_eq!(headers::get_str(Some(&moved), headers::ROUTING_KEY), None);
+        // A worker letter is moved as it is.
+        let d = delivered(forged(), &[]);
+        let moved = DeadLetter::read(1, &d, &topology(), now())
+            .moved_headers(d.properties.headers().as_ref());
+        assert_eq!(moved, forged());
     }
 
     #[test]

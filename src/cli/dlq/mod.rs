@@ -25,7 +25,8 @@ use crate::broker::{Broker, BrokerError, Topology};
 use crate::settings::Settings;
 use letter::table;
 pub use letter::{DeadLetter, Filter, Rate, Source};
-use walk::{DlqWalk, republish};
+pub use walk::DlqWalk;
+use walk::republish;
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]

@@ -7,13 +7,9 @@ use anyhow::Context;
 use lapin::Channel;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
-use lapin::types::FieldTable;
 
-use crate::broker::{Broker, BrokerError, copy_properties, headers};
+use crate::broker::{Broker, BrokerError, faithful_properties, headers};
 use crate::settings::Settings;
-
-/// Prefix of the headers the worker writes (attempts, routing key, failure): dropped on replay.
-const WORKER_HEADERS: &str = "model-pruner-";
 
 /// Publishes a copy of a dead letter to the exchange with its original routing key: the
 /// original properties (type, priority, reply-to, content encoding, and the expiration unless
@@ -28,28 +24,8 @@ pub async fn republish(
     keep_expiration: bool,
 ) -> Result<(), BrokerError> {
     let original = &delivery.properties;
-    let mut fresh = FieldTable::default();
-    for (k, v) in headers::republished(original.headers().as_ref()).inner() {
-        if !k.as_str().starts_with(WORKER_HEADERS) {
-            fresh.insert(k.clone(), v.clone());
-        }
-    }
-    let mut properties = copy_properties(original, fresh);
-    if let Some(v) = original.kind() {
-        properties = properties.with_type(v.clone());
-    }
-    if let Some(v) = original.priority() {
-        properties = properties.with_priority(*v);
-    }
-    if let Some(v) = original.reply_to() {
-        properties = properties.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.expiration().as_ref().filter(|_| keep_expiration) {
-        properties = properties.with_expiration(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        properties = properties.with_content_encoding(v.clone());
-    }
+    let fresh = headers::without_worker_headers(headers::republished(original.headers().as_ref()));
+    let properties = faithful_properties(original, fresh, keep_expiration);
     broker
         .publish_with(exchange, routing_key, &delivery.data, properties)
         .await
