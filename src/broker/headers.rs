@@ -15,6 +15,9 @@ pub const HAND_BACKS: &str = "model-pruner-hand-backs";
 /// Milliseconds since the epoch at which a follow-up pass the worker scheduled itself is due
 /// (the end of a grace window); before that, the follow-up only travels on.
 pub const FOLLOW_UP_AT: &str = "model-pruner-follow-up-at";
+/// The chain a follow-up belongs to (see the worker's follow-up claims): a leg whose chain
+/// another one took over stops.
+pub const FOLLOW_UP_CHAIN: &str = "model-pruner-follow-up-chain";
 /// `transient` or `permanent`.
 pub const ERROR_CLASS: &str = "model-pruner-error-class";
 /// Low-cardinality kind of the last error (`mlflow`, `unknown_experiment`, `invalid_message`...).
@@ -218,7 +221,10 @@ pub fn set_u32(headers: &mut FieldTable, name: &str, value: u32) {
 pub fn republished(original: Option<&FieldTable>) -> FieldTable {
     let mut headers = FieldTable::default();
     for (k, v) in original.map(FieldTable::inner).into_iter().flatten() {
-        if !BROKER_MANAGED.contains(&k.as_str()) && k.as_str() != FOLLOW_UP_AT {
+        if !BROKER_MANAGED.contains(&k.as_str())
+            && k.as_str() != FOLLOW_UP_AT
+            && k.as_str() != FOLLOW_UP_CHAIN
+        {
             headers.insert(k.clone(), v.clone());
         }
     }
@@ -254,12 +260,13 @@ pub fn handed_back(
 }
 
 /// The headers of a follow-up pass the worker schedules for itself: an `experiment.prune`,
-/// first attempt, due at `at` (milliseconds since the epoch).
-pub fn follow_up(routing_key: &str, at: i64) -> FieldTable {
+/// first attempt, due at `at` (milliseconds since the epoch), of chain `chain`.
+pub fn follow_up(routing_key: &str, at: i64, chain: &str) -> FieldTable {
     let mut h = FieldTable::default();
     set_u32(&mut h, ATTEMPTS, 0);
     set_str(&mut h, ROUTING_KEY, routing_key);
     h.insert(ShortString::from(FOLLOW_UP_AT), AMQPValue::LongLongInt(at));
+    set_str(&mut h, FOLLOW_UP_CHAIN, chain);
     h
 }
 
@@ -353,7 +360,9 @@ pub(crate) mod tests {
         set_str(&mut h, "trace-id", "abc");
         set_u32(&mut h, ATTEMPTS, 1);
         h.insert(FOLLOW_UP_AT.into(), AMQPValue::LongLongInt(1));
+        set_str(&mut h, FOLLOW_UP_CHAIN, "c");
         let r = republished(Some(&h));
+        assert!(!r.contains_key(FOLLOW_UP_CHAIN));
         assert!(!r.contains_key("x-death"));
         assert!(!r.contains_key("x-first-death-reason"));
         assert!(!r.contains_key(FOLLOW_UP_AT));

@@ -59,6 +59,8 @@ pub struct Origin {
     /// A follow-up the worker scheduled: when it is due, in milliseconds since the epoch
     /// (none unless trusted).
     pub follow_up_at: Option<i64>,
+    /// The chain of that follow-up (none unless trusted, or from a version without chains).
+    pub follow_up_chain: Option<String>,
 }
 
 /// A queue that holds messages for `delay`, then dead-letters them back to the work queue.
@@ -119,6 +121,7 @@ impl Topology {
                 from_delay_queue,
                 hand_backs: 0,
                 follow_up_at: None,
+                follow_up_chain: None,
             };
         }
         Origin {
@@ -130,6 +133,7 @@ impl Topology {
             from_delay_queue,
             hand_backs: headers::get_u32(h, headers::HAND_BACKS).unwrap_or(0),
             follow_up_at: headers::get_i64(h, headers::FOLLOW_UP_AT),
+            follow_up_chain: headers::get_str(h, headers::FOLLOW_UP_CHAIN),
         }
     }
 

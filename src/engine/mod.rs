@@ -348,6 +348,37 @@ impl Engine {
 }
 
 impl Engine {
+    /// The experiment's tag `key`, read with in-process retries.
+    pub async fn experiment_tag(
+        &self,
+        experiment_id: &str,
+        key: &str,
+    ) -> Result<Option<String>, MlflowError> {
+        let experiment = self
+            .retry
+            .run("mlflow", "experiments/get", || {
+                self.mlflow.get_experiment(experiment_id)
+            })
+            .await?;
+        Ok(experiment.tags.get(key).cloned())
+    }
+
+    /// Sets the experiment's tag `key` to `value`, with in-process retries.
+    pub async fn set_experiment_tag(
+        &self,
+        experiment_id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), MlflowError> {
+        self.retry
+            .run("mlflow", "experiments/set-experiment-tag", || {
+                self.mlflow.set_experiment_tag(experiment_id, key, value)
+            })
+            .await
+    }
+}
+
+impl Engine {
     /// Every registry version pointing into the experiment: by the run ids of all its runs, by
     /// sources under its artifact location, and by `models:/<id>` of its logged models. An
     /// artifact location that cannot be resolved blocks on its own (when unsure, keep).

@@ -247,6 +247,7 @@ impl Metrics {
                 "dead_lettered",
                 "handed_back",
                 "snoozed",
+                "superseded",
             ] {
                 m.finished.with_label_values(&[kind, outcome]);
             }
@@ -485,6 +486,8 @@ pub enum Finished<'a> {
     HandedBack,
     /// A follow-up pass that is not due yet: sent on through a delay queue.
     Snoozed,
+    /// A follow-up whose chain another chain took over: stopped.
+    Superseded,
     DeadLettered {
         class: &'a str,
         reason: &'a str,
@@ -506,6 +509,7 @@ impl Message {
             Finished::Delayed => "delayed",
             Finished::HandedBack => "handed_back",
             Finished::Snoozed => "snoozed",
+            Finished::Superseded => "superseded",
             Finished::DeadLettered { class, reason } => {
                 series
                     .dead_letters

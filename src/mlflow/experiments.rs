@@ -1,4 +1,5 @@
-//! Experiment endpoints: `experiments/get` and `experiments/delete`.
+//! Experiment endpoints: `experiments/get`, `experiments/set-experiment-tag` and
+//! `experiments/delete`.
 
 use reqwest::Method;
 use serde::de::IgnoredAny;
@@ -22,6 +23,24 @@ impl MlflowClient {
             .get(call, url, &[("experiment_id", experiment_id)])
             .await?;
         Ok(response.experiment.into())
+    }
+
+    /// Sets (or overwrites) one tag of the experiment.
+    #[tracing::instrument(skip_all, fields(%experiment_id, %key), err(level = "debug", Display))]
+    pub async fn set_experiment_tag(
+        &self,
+        experiment_id: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), MlflowError> {
+        let call = Call::new(
+            "experiments/set-experiment-tag",
+            format!("experiment {experiment_id}"),
+        );
+        let url = self.url(&["experiments", "set-experiment-tag"]);
+        let body = json!({ "experiment_id": experiment_id, "key": key, "value": value });
+        let _: IgnoredAny = self.send(call, Method::POST, url, &body).await?;
+        Ok(())
     }
 
     /// Moves the experiment to the `deleted` lifecycle stage (MLflow keeps it until garbage

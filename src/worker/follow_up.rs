@@ -5,6 +5,13 @@
 //! one per pass; the settler publishes. Follow-ups are told apart by experiment and by the
 //! policy overrides their pass ranks under (a follow-up under other overrides may keep other
 //! runs in grace, so it cannot stand in for this one).
+//!
+//! Across replicas and restarts, the chain of follow-ups of an experiment and policy is claimed
+//! in an experiment tag, `model_pruner.follow_up.<policy hash>` = `<due ms> <chain id>`: a pass
+//! schedules none while a claim comes no later than it would, and writes its own claim once the
+//! broker has its follow-up. A follow-up travelling on whose claim was taken over by another
+//! chain due no later stops there, so duplicate chains (two replicas racing, a restart, a lost
+//! ack) die at their next leg instead of each running every pass to the end.
 
 use std::collections::HashMap;
 
@@ -25,6 +32,65 @@ impl Key {
     pub fn new(experiment_id: &str, policy: &PolicyOverrides) -> Self {
         let policy = serde_json::to_string(policy).expect("policy overrides serialise");
         Key(format!("{experiment_id} {policy}"))
+    }
+
+    /// The experiment tag that claims this follow-up's chain: one per policy overrides, named
+    /// by a stable hash of them (FNV-1a) so the name stays short and valid for MLflow.
+    pub fn claim_tag(policy: &PolicyOverrides) -> String {
+        let policy = serde_json::to_string(policy).expect("policy overrides serialise");
+        let hash = policy.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{CLAIM_TAG_PREFIX}{hash:016x}")
+    }
+}
+
+/// Prefix of the experiment tags that claim follow-up chains.
+pub const CLAIM_TAG_PREFIX: &str = "model_pruner.follow_up.";
+
+/// A chain's claim on its experiment's follow-ups: when its next follow-up is due and which
+/// chain it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub due: i64,
+    pub chain: String,
+}
+
+impl Claim {
+    /// A new chain's claim.
+    pub fn new(due: i64) -> Self {
+        Claim {
+            due,
+            chain: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// Reads a claim tag's value; anything else reads as no claim.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (due, chain) = value.split_once(' ')?;
+        let chain = chain.trim();
+        let due = due.parse().ok()?;
+        (!chain.is_empty()).then(|| Claim {
+            due,
+            chain: chain.to_owned(),
+        })
+    }
+
+    /// The claim tag's value.
+    pub fn value(&self) -> String {
+        format!("{} {}", self.due, self.chain)
+    }
+
+    /// A follow-up due at `at` is not needed at `now`: this claim's is still to run and comes
+    /// no later (its pass schedules the next).
+    pub fn covers(&self, at: i64, now: i64) -> bool {
+        is_pending(self.due, now) && self.due <= at
+    }
+
+    /// The follow-up of chain `chain`, due at `due`, can stop: this claim is another chain's
+    /// and comes no later, so its pass stands in for this one's.
+    pub fn supersedes(&self, chain: &str, due: i64) -> bool {
+        self.chain != chain && self.due <= due
     }
 }
 
@@ -142,6 +208,57 @@ mod tests {
         f.scheduled(key("1"), 5_000, 0);
         f.scheduled(key("2"), 9_000, 6_000);
         assert_eq!(f.due.len(), 1);
+    }
+
+    #[test]
+    fn claims_read_back_and_garbage_reads_as_none() {
+        let c = Claim::new(5_000);
+        assert_eq!(Claim::parse(&c.value()), Some(c.clone()));
+        assert_eq!(c.chain.len(), 16);
+        assert_ne!(Claim::new(5_000).chain, c.chain);
+        for bad in ["", "5000", "5000 ", "soon abc", " abc"] {
+            assert_eq!(Claim::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_claim_no_later_covers_a_follow_up() {
+        let c = Claim {
+            due: 5_000,
+            chain: "a".into(),
+        };
+        assert!(c.covers(5_000, 0));
+        assert!(c.covers(9_000, 0));
+        assert!(!c.covers(4_000, 0), "an earlier window needs its own");
+        assert!(!c.covers(9_000, 4_500), "due already: it may have run");
+    }
+
+    #[test]
+    fn another_chain_due_no_later_supersedes_a_follow_up() {
+        let c = Claim {
+            due: 5_000,
+            chain: "a".into(),
+        };
+        assert!(c.supersedes("b", 5_000));
+        assert!(c.supersedes("b", 9_000));
+        assert!(
+            !c.supersedes("b", 4_000),
+            "a later chain cannot stand in for it"
+        );
+        assert!(!c.supersedes("a", 9_000), "its own claim");
+    }
+
+    #[test]
+    fn each_policy_has_its_own_claim_tag() {
+        let default = Key::claim_tag(&PolicyOverrides::default());
+        assert_eq!(default, Key::claim_tag(&PolicyOverrides::default()));
+        assert!(default.starts_with(CLAIM_TAG_PREFIX));
+        assert_eq!(default.len(), CLAIM_TAG_PREFIX.len() + 16);
+        let other = PolicyOverrides {
+            keep_top: Some(1),
+            ..Default::default()
+        };
+        assert_ne!(default, Key::claim_tag(&other));
     }
 
     #[test]

@@ -204,8 +204,8 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                         received.routing_key == EXPERIMENT_PRUNE
                             && follow_up::travels_on(*at, now_ms())
                     }) {
-                        let settler = settler.clone();
-                        let task = tasks.spawn(async move { settler.snooze(received, at).await });
+                        let (settler, engine) = (settler.clone(), ctx.engine.clone());
+                        let task = tasks.spawn(async move { settler.snooze(&engine, received, at).await });
                         holding.insert(task.id(), None);
                         continue;
                     }
@@ -418,6 +418,7 @@ async fn run_batch(
         let follow_up = match next_look {
             Some(at) => settler
                 .follow_up(
+                    &engine,
                     &request.experiment_id,
                     &request.policy,
                     follow_up::due(at, now_ms()),

@@ -16,13 +16,14 @@ use tracing::{error, info, warn};
 
 use crate::domain::ranking::rfc3339;
 
-use super::follow_up::{self, FollowUps};
+use super::follow_up::{self, Claim, FollowUps};
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
 use crate::domain::policy::PolicyOverrides;
-use crate::engine::now_ms;
+use crate::engine::{Engine, now_ms};
 use crate::metrics::{self, Finished, Health, Metrics, Refused};
+use crate::mlflow::MlflowError;
 
 /// A delivery with what the worker read from its headers.
 #[derive(Debug)]
@@ -36,6 +37,8 @@ pub struct Received {
     pub hand_backs: u32,
     /// A follow-up the worker scheduled itself: when it is due (milliseconds since the epoch).
     pub follow_up_at: Option<i64>,
+    /// And the chain it belongs to.
+    pub follow_up_chain: Option<String>,
     /// When the consumer received it: RabbitMQ's consumer_timeout runs from about then.
     pub received_at: Instant,
     /// Counts the delivery as received and in flight until dropped.
@@ -54,6 +57,7 @@ impl Received {
             attempt: origin.attempt,
             hand_backs: origin.hand_backs,
             follow_up_at: origin.follow_up_at,
+            follow_up_chain: origin.follow_up_chain,
             received_at: Instant::now(),
         }
     }
@@ -83,6 +87,15 @@ pub struct Settler {
     pub metrics: Metrics,
     /// Told when RabbitMQ refuses the user a copy, and when a copy goes through again.
     pub health: Arc<Health>,
+}
+
+/// Why a follow-up could not be scheduled.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowUpError {
+    #[error("MLflow, reading or writing the experiment's follow-up claim tag: {0}")]
+    Claim(MlflowError),
+    #[error(transparent)]
+    Broker(BrokerError),
 }
 
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
@@ -222,18 +235,35 @@ impl Settler {
 
     /// Schedules a follow-up pass over the experiment at `at` (milliseconds since the epoch,
     /// the end of a grace window), with the policy overrides of the pass that needs it, unless
-    /// one that comes no later is pending. Returns whether one was published (confirmed).
+    /// one that comes no later is pending: in this worker, or claimed by any worker in the
+    /// experiment's claim tag (see [`follow_up`]). The claim is written once the broker has the
+    /// follow-up, so a claim never names a chain that does not exist. Returns whether one was
+    /// published (confirmed).
     pub async fn follow_up(
         &self,
+        engine: &Engine,
         experiment_id: &str,
         policy: &PolicyOverrides,
         at: i64,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<bool, FollowUpError> {
         let now = now_ms();
         let key = follow_up::Key::new(experiment_id, policy);
         if !self.follow_ups().needed(&key, at, now) {
             return Ok(false);
         }
+        let tag = follow_up::Key::claim_tag(policy);
+        let claimed = engine
+            .experiment_tag(experiment_id, &tag)
+            .await
+            .map_err(FollowUpError::Claim)?
+            .as_deref()
+            .and_then(Claim::parse);
+        if let Some(claim) = claimed.filter(|c| c.covers(at, now)) {
+            tracing::debug!(experiment_id, due = %rfc3339(claim.due), "a follow-up that comes no later is claimed");
+            self.follow_ups().scheduled(key, claim.due, now);
+            return Ok(false);
+        }
+        let claim = Claim::new(at);
         let body = Event::ExperimentPrune(ExperimentPrune {
             experiment_id: experiment_id.to_owned(),
             policy: policy.clone(),
@@ -242,19 +272,54 @@ impl Settler {
             force: false,
         })
         .to_body();
-        let (queue, properties) = self.follow_up_leg(BasicProperties::default(), at, now);
-        self.publish_to_own_queue(queue, &body, properties).await?;
+        let (queue, properties) =
+            self.follow_up_leg(BasicProperties::default(), at, &claim.chain, now);
+        self.publish_to_own_queue(queue, &body, properties)
+            .await
+            .map_err(FollowUpError::Broker)?;
         self.follow_ups().scheduled(key, at, now);
         self.metrics.follow_up_scheduled();
-        info!(experiment_id, due = %rfc3339(at), queue, "follow-up pass scheduled at the end of the grace window");
+        info!(experiment_id, due = %rfc3339(at), queue, chain = claim.chain.as_str(), "follow-up pass scheduled at the end of the grace window");
+        engine
+            .set_experiment_tag(experiment_id, &tag, &claim.value())
+            .await
+            .map_err(FollowUpError::Claim)?;
         Ok(true)
     }
 
-    /// Sends a follow-up that is not due yet on its way through a delay queue, then acks it.
-    pub async fn snooze(&self, received: Received, at: i64) {
-        let (queue, properties) =
-            self.follow_up_leg(received.delivery.properties.clone(), at, now_ms());
+    /// Sends a follow-up that is not due yet on its way through a delay queue, then acks it;
+    /// or, when another chain due no later has claimed the experiment's follow-ups, acks it
+    /// without sending it on: that chain's pass stands in for this one. When the claim cannot
+    /// be read, it travels on.
+    pub async fn snooze(&self, engine: &Engine, received: Received, at: i64) {
         let subject = Subject::default();
+        let chain = received.follow_up_chain.clone();
+        let target = Event::parse(EXPERIMENT_PRUNE, &received.delivery.data).ok();
+        if let (Some(chain), Some(Event::ExperimentPrune(prune))) = (&chain, &target) {
+            let tag = follow_up::Key::claim_tag(&prune.policy);
+            match engine.experiment_tag(&prune.experiment_id, &tag).await {
+                Ok(Some(value)) => {
+                    if let Some(claim) = Claim::parse(&value).filter(|c| c.supersedes(chain, at)) {
+                        info!(
+                            experiment_id = prune.experiment_id.as_str(),
+                            chain = chain.as_str(),
+                            by = claim.chain.as_str(),
+                            "follow-up stopped: another chain due no later took over"
+                        );
+                        received.metrics.finished(Finished::Superseded);
+                        return ack(&received, subject).await;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(
+                    experiment_id = prune.experiment_id.as_str(), error = %e,
+                    "could not read the follow-up claim: sent on"
+                ),
+            }
+        }
+        let chain = chain.unwrap_or_default();
+        let (queue, properties) =
+            self.follow_up_leg(received.delivery.properties.clone(), at, &chain, now_ms());
         if !self.republish(&received, queue, properties, subject).await {
             return;
         }
@@ -268,11 +333,13 @@ impl Settler {
         &self,
         original: BasicProperties,
         at: i64,
+        chain: &str,
         now: i64,
     ) -> (&str, BasicProperties) {
         let remaining = Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0));
         let (queue, expiration) = self.topology.follow_up_leg(remaining);
-        let mut properties = copy_properties(&original, headers::follow_up(EXPERIMENT_PRUNE, at));
+        let mut properties =
+            copy_properties(&original, headers::follow_up(EXPERIMENT_PRUNE, at, chain));
         if let Some(expiration) = expiration {
             properties = properties.with_expiration(expiration.as_millis().to_string().into());
         }

@@ -235,3 +235,126 @@ async fn a_run_too_recent_for_older_than_is_pruned_by_a_follow_up_once_it_comes_
     assert_eq!(follow_ups_scheduled(&app), 1.0);
     app.cleanup().await;
 }
+
+/// Follow-up legs waiting in the app's delay queues.
+async fn legs(app: &TestApp) -> u32 {
+    let mut n = 0;
+    for q in &app.topology.delay_queues {
+        n += app.queue_len(&q.name).await;
+    }
+    n
+}
+
+/// Waits until the delay queues hold exactly one leg in several samples in a row.
+async fn one_chain_left(app: &TestApp, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut in_a_row = 0;
+    while in_a_row < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} follow-up legs in flight, not one",
+            legs(app).await
+        );
+        in_a_row = if legs(app).await == 1 {
+            in_a_row + 1
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn follow_ups_collapse_to_one_chain_across_replicas_and_restarts() {
+    let world = World::new("worker");
+    let exp = experiment(&world, "1h").await;
+    model_run(&world, &exp, 0, 0.9, 1_700_000_000_000).await;
+    let fresh = model_run(&world, &exp, 1, 0.1, now_ms()).await;
+    // Legs of two seconds: a chain shows itself (or stops) every two seconds.
+    let mut s = settings();
+    s.retry.delays = vec![Duration::from_secs(1).into(), Duration::from_secs(2).into()];
+
+    // One replica's pass schedules the chain and claims it.
+    let mut first = TestApp::new(s.clone()).await;
+    first.start(s.clone());
+    first
+        .publish("run.finished", &run_finished(&exp, &fresh, 1))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while follow_ups_scheduled(&first) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no follow-up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.stop(Duration::from_secs(30)).await.unwrap();
+    let tags = world.mlflow.get_experiment(&exp.id).await.unwrap();
+    let claim = tags["experiment"]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| {
+            t["key"]
+                .as_str()
+                .is_some_and(|k| k.starts_with("model_pruner.follow_up."))
+        })
+        .expect("the chain is claimed on the experiment")
+        .clone();
+
+    // Another replica (or the same one restarted, its memory gone) runs a pass over the same
+    // experiment: the claim covers it, no second chain.
+    let mut second = TestApp::new(s.clone()).await;
+    second.start(s);
+    second
+        .publish("run.finished", &run_finished(&exp, &fresh, 1))
+        .await;
+    let passes = ("outcome", "ok");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counted(&second, "model_pruner_passes_total", Some(passes)) < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no pass");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(follow_ups_scheduled(&second), 0.0);
+    one_chain_left(&second, Duration::from_secs(20)).await;
+
+    // A duplicate chain (two replicas that raced past the claim) stops at its next leg.
+    let due = now_ms() + 3_600_000;
+    let body = model_pruner::domain::event::Event::ExperimentPrune(crate::support::world::sweep(
+        &exp,
+        crate::support::world::keep(1),
+    ))
+    .to_body();
+    let duplicate = model_pruner::broker::headers::follow_up("experiment.prune", due, "dup");
+    second
+        .broker
+        .publish_to_queue(
+            &second.topology.delay_queues[0].name,
+            &body,
+            lapin::BasicProperties::default().with_headers(duplicate),
+        )
+        .await
+        .unwrap();
+    let superseded = ("outcome", "superseded");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while counted(
+        &second,
+        "model_pruner_messages_finished_total",
+        Some(superseded),
+    ) < 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the duplicate chain was not stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    one_chain_left(&second, Duration::from_secs(20)).await;
+    let tags = world.mlflow.get_experiment(&exp.id).await.unwrap();
+    assert!(
+        tags["experiment"]["tags"]
+            .as_array()
+            .unwrap()
+            .contains(&claim),
+        "the surviving chain is the claimed one"
+    );
+    second.cleanup().await;
+    first.cleanup().await;
+}
