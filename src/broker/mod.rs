@@ -381,11 +381,15 @@ impl Broker {
         &self.publisher
     }
 
-    /// Closes the connection; unacked deliveries return to their queues.
+    /// Closes the connection, waiting at most `broker.connect_timeout` for the broker's answer;
+    /// unacked deliveries return to their queues.
     pub async fn close(&self) -> Result<(), BrokerError> {
-        self.connection
-            .close(200, "OK".into())
-            .await
-            .map_err(amqp("close"))
+        within("close", self.connect_timeout, async {
+            self.connection
+                .close(200, "OK".into())
+                .await
+                .map_err(amqp("close"))
+        })
+        .await
     }
 }

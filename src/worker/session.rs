@@ -264,11 +264,13 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                 waiting = scheduler.waiting(),
                 "shutting down: no new deliveries; waiting ones go back to the queue"
             );
-            if let Err(e) = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await
-            {
-                warn!(error = %e, "basic.cancel failed");
+            // Bounded: a broker that stops answering must not hold the shutdown past the
+            // grace Kubernetes gives it.
+            let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+            match tokio::time::timeout(ctx.broker.connect_timeout, cancel).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "basic.cancel failed"),
+                Err(_) => warn!(after = ?ctx.broker.connect_timeout, "basic.cancel not answered"),
             }
         }
         Err(e) => warn!(
