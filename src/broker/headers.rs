@@ -107,16 +107,20 @@ pub struct Death {
 }
 
 /// The broker's `x-death` entries, newest first: RabbitMQ moves the entry of the latest
-/// dead-lettering to the front. On RabbitMQ 3.x a publisher can write `x-death` itself, so only
-/// the first entry of a message the broker dead-lettered is the broker's own.
-pub fn deaths(headers: Option<&FieldTable>) -> Vec<Death> {
-    let Some(AMQPValue::FieldArray(deaths)) = headers.and_then(|h| h.inner().get("x-death")) else {
-        return Vec::new();
+/// dead-lettering to the front. Empty when the message was never dead-lettered; `None` when an
+/// `x-death` is there but any entry is not what RabbitMQ writes (a publisher's, on RabbitMQ 3.x,
+/// which keeps a client-written `x-death`): nothing about such a message can be believed.
+pub fn deaths(headers: Option<&FieldTable>) -> Option<Vec<Death>> {
+    let Some(header) = headers.and_then(|h| h.inner().get("x-death")) else {
+        return Some(Vec::new());
+    };
+    let AMQPValue::FieldArray(deaths) = header else {
+        return None;
     };
     deaths
         .as_slice()
         .iter()
-        .map_while(|d| {
+        .map(|d| {
             let AMQPValue::FieldTable(d) = d else {
                 return None;
             };
@@ -149,7 +153,7 @@ pub fn deaths(headers: Option<&FieldTable>) -> Vec<Death> {
 /// The queue and reason of the message's latest dead-lettering, from the broker's `x-death`
 /// (newest first), if it was ever dead-lettered.
 pub fn last_death(headers: Option<&FieldTable>) -> Option<(String, String)> {
-    deaths(headers)
+    deaths(headers)?
         .into_iter()
         .next()
         .map(|d| (d.queue, d.reason))
@@ -388,7 +392,7 @@ pub(crate) mod tests {
         let mut all = vec![AMQPValue::FieldTable(death)];
         all.extend(older.as_slice().iter().cloned());
         h.insert("x-death".into(), AMQPValue::FieldArray(all.into()));
-        let d = deaths(Some(&h));
+        let d = deaths(Some(&h)).unwrap();
         assert_eq!(d.len(), 2);
         assert_eq!(
             d[0],
@@ -404,7 +408,20 @@ pub(crate) mod tests {
             (d[1].queue.as_str(), d[1].exchange.clone()),
             ("p.30s", None)
         );
-        assert!(deaths(None).is_empty());
+        assert_eq!(deaths(None), Some(vec![]));
+        // Any entry RabbitMQ would not write makes the whole header unbelievable.
+        let mut bad = FieldTable::default();
+        bad.insert("queue".into(), AMQPValue::ByteArray(vec![b'w'].into()));
+        set_str(&mut bad, "reason", "expired");
+        let AMQPValue::FieldArray(all) = h.inner()["x-death"].clone() else {
+            unreachable!()
+        };
+        let mut all = all.as_slice().to_vec();
+        all.push(AMQPValue::FieldTable(bad));
+        h.insert("x-death".into(), AMQPValue::FieldArray(all.into()));
+        assert_eq!(deaths(Some(&h)), None);
+        h.insert("x-death".into(), AMQPValue::LongString("x".into()));
+        assert_eq!(deaths(Some(&h)), None);
     }
 
     #[test]

@@ -207,6 +207,11 @@ impl Broker {
         .await
     }
 
+    /// `broker.confirm_timeout`: the longest a publication waits for its confirm.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout
+    }
+
     /// Whether the connection and its publishing channel are still open.
     pub fn is_connected(&self) -> bool {
         self.connection.status().connected() && self.publisher.status().connected()

@@ -99,6 +99,15 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     let work_differs = matches!(states[delays.len()], State::Differs { .. });
     let dead_differs = matches!(states[delays.len() + 1], State::Differs { .. });
     let mut moved = vec![0; delays.len() + 2];
+    if let State::Differs { messages, .. } = states[delays.len() + 1]
+        && messages > topology.dead_letter_max_length
+    {
+        bail!(
+            "{dead} holds {messages} letters, more than broker.dead_letter_max_length ({}): \
+             replay or purge some, or raise the bound, then run this again",
+            topology.dead_letter_max_length
+        );
+    }
     if dead_differs {
         no_consumers(&broker, dead).await?;
         let now = OffsetDateTime::now_utc();
@@ -126,7 +135,7 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         }
         let (hold, _) = holding(&topology, queue).remove(0);
         declare_holding(&broker, &hold).await?;
-        moved[i] = drain(&broker, queue, |_| Copy::Plain { queue: &hold }).await?;
+        moved[i] = drain(&broker, queue, |_| Ok(Copy::Plain { queue: &hold })).await?;
         if differs {
             delete_drained(&broker, queue).await?;
         }
@@ -135,18 +144,7 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
         moved[delays.len()] = migrate_work_queue(&broker, &topology).await?;
     }
     if dead_differs {
-        let (hold, _) = holding(&topology, dead).remove(0);
-        declare_holding(&broker, &hold).await?;
-        let now = OffsetDateTime::now_utc();
-        moved[delays.len() + 1] = drain(&broker, dead, |delivery| {
-            let letter = DeadLetter::read(0, delivery, &topology, now);
-            Copy::Letter {
-                queue: &hold,
-                headers: letter.moved_headers(delivery.properties.headers().as_ref()),
-            }
-        })
-        .await?;
-        delete_drained(&broker, dead).await?;
+        moved[delays.len() + 1] = migrate_dead_letter_queue(&broker, &topology).await?;
     }
     broker
         .declare(&topology)
@@ -286,17 +284,68 @@ async fn migrate_work_queue(broker: &Broker, topology: &Topology) -> anyhow::Res
     }
     let moved = drain(broker, queue, |delivery| {
         let origin = topology.origin(delivery);
-        Copy::HandBack {
+        Ok(Copy::HandBack {
             queue: &first_delay,
             routing_key: origin.routing_key,
             attempt: origin.attempt,
             hand_backs: origin.hand_backs,
-        }
+        })
     })
     .await?;
     no_consumers(broker, queue).await?;
     delete_drained(broker, queue).await?;
     Ok(moved)
+}
+
+/// Moves the dead letters out into their holding queue, each carrying only what the worker or
+/// the broker said about it (see the module), and deletes the queue once empty. The work queue
+/// may still dead-letter into it meanwhile (a message expiring there): the delete is
+/// only-if-empty, and what arrived is moved too before trying again.
+async fn migrate_dead_letter_queue(broker: &Broker, topology: &Topology) -> anyhow::Result<u64> {
+    let dead = topology.dead_letter_queue.as_str();
+    let (hold, _) = holding(topology, dead).remove(0);
+    declare_holding(broker, &hold).await?;
+    let mut moved = 0;
+    for _ in 0..10 {
+        let now = OffsetDateTime::now_utc();
+        moved += drain(broker, dead, |delivery| {
+            let letter = DeadLetter::read(0, delivery, topology, now);
+            if letter.unreadable {
+                bail!(
+                    "a dead letter with unreadable properties reached {dead} during the \
+                     migration: purge it (model-pruner dlq purge), then run this again"
+                );
+            }
+            Ok(Copy::Letter {
+                queue: &hold,
+                headers: letter.moved_headers(delivery.properties.headers().as_ref()),
+            })
+        })
+        .await?;
+        let channel = broker.open_channel().await?;
+        let deleted = channel
+            .queue_delete(
+                dead.into(),
+                QueueDeleteOptions {
+                    if_empty: true,
+                    ..QueueDeleteOptions::default()
+                },
+            )
+            .await;
+        match deleted {
+            Ok(_) => return Ok(moved),
+            Err(lapin_error) => {
+                let e = BrokerError::Amqp {
+                    op: "queue.delete",
+                    source: lapin_error,
+                };
+                if e.soft() != Some(AMQPSoftError::PRECONDITIONFAILED) {
+                    return Err(e).with_context(|| format!("deleting {dead}"));
+                }
+            }
+        }
+    }
+    bail!("{dead} kept receiving letters while it was being emptied; run this again")
 }
 
 /// Empties and deletes `queue`'s holding queues: a delay queue's messages go back into it; what
@@ -321,19 +370,21 @@ async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Re
                 .await
                 .with_context(|| format!("unbinding {name}"))?;
         }
-        total += drain(broker, &name, |delivery| match key {
-            Some(_) => Copy::HandBack {
-                queue: first_delay,
-                routing_key: delivery.routing_key.to_string(),
-                attempt: 1,
-                hand_backs: 0,
-            },
-            // Moved out as the worker's letters already (see run): back as they are.
-            None if queue == topology.dead_letter_queue => Copy::Letter {
-                queue,
-                headers: headers::republished(delivery.properties.headers().as_ref()),
-            },
-            None => Copy::Plain { queue },
+        total += drain(broker, &name, |delivery| {
+            Ok(match key {
+                Some(_) => Copy::HandBack {
+                    queue: first_delay,
+                    routing_key: delivery.routing_key.to_string(),
+                    attempt: 1,
+                    hand_backs: 0,
+                },
+                // Moved out as the worker's letters already (see run): back as they are.
+                None if queue == topology.dead_letter_queue => Copy::Letter {
+                    queue,
+                    headers: headers::republished(delivery.properties.headers().as_ref()),
+                },
+                None => Copy::Plain { queue },
+            })
         })
         .await?;
         // Holding queues are classic: deleted only if nothing arrived since.
@@ -357,7 +408,7 @@ async fn refill(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Re
 async fn drain<'a>(
     broker: &Broker,
     from: &str,
-    copy: impl Fn(&Delivery) -> Copy<'a>,
+    copy: impl Fn(&Delivery) -> anyhow::Result<Copy<'a>>,
 ) -> anyhow::Result<u64> {
     let channel = broker.open_channel().await?;
     let mut moved = 0;
@@ -368,7 +419,7 @@ async fn drain<'a>(
     {
         let delivery = message.delivery;
         let original = &delivery.properties;
-        let (queue, properties) = match copy(&delivery) {
+        let (queue, properties) = match copy(&delivery)? {
             Copy::Plain { queue } => (
                 queue,
                 copy_properties(original, headers::republished(original.headers().as_ref())),

@@ -87,10 +87,12 @@ impl Claim {
         is_pending(self.due, now) && self.due <= at
     }
 
-    /// The follow-up of chain `chain`, due at `due`, can stop: this claim is another chain's
-    /// and comes no later, so its pass stands in for this one's.
-    pub fn supersedes(&self, chain: &str, due: i64) -> bool {
-        self.chain != chain && self.due <= due
+    /// The follow-up of chain `chain`, due at `due`, can stop at `now`: this claim is another
+    /// chain's, still to run and no later, so its pass stands in for this one's. A claim whose
+    /// follow-up is due already stands in for nothing (its pass may have run before this chain
+    /// was scheduled, or its claim came late).
+    pub fn supersedes(&self, chain: &str, due: i64, now: i64) -> bool {
+        self.chain != chain && is_pending(self.due, now) && self.due <= due
     }
 }
 
@@ -239,13 +241,17 @@ mod tests {
             due: 5_000,
             chain: "a".into(),
         };
-        assert!(c.supersedes("b", 5_000));
-        assert!(c.supersedes("b", 9_000));
+        assert!(c.supersedes("b", 5_000, 0));
+        assert!(c.supersedes("b", 9_000, 0));
         assert!(
-            !c.supersedes("b", 4_000),
+            !c.supersedes("b", 4_000, 0),
             "a later chain cannot stand in for it"
         );
-        assert!(!c.supersedes("a", 9_000), "its own claim");
+        assert!(!c.supersedes("a", 9_000, 0), "its own claim");
+        assert!(
+            !c.supersedes("b", 9_000, 4_500),
+            "a claim due already stands in for nothing"
+        );
     }
 
     #[test]

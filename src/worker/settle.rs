@@ -96,6 +96,8 @@ pub enum FollowUpError {
     Claim(MlflowError),
     #[error(transparent)]
     Broker(BrokerError),
+    #[error("not scheduled within {0:?} (MLflow or RabbitMQ slow to answer)")]
+    TimedOut(Duration),
 }
 
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
@@ -238,8 +240,22 @@ impl Settler {
     /// one that comes no later is pending: in this worker, or claimed by any worker in the
     /// experiment's claim tag (see [`follow_up`]). The claim is written once the broker has the
     /// follow-up, so a claim never names a chain that does not exist. Returns whether one was
-    /// published (confirmed).
+    /// published (confirmed). Takes at most twice `broker.confirm_timeout`, so that a pass
+    /// ending at its deadline still settles its deliveries in time.
     pub async fn follow_up(
+        &self,
+        engine: &Engine,
+        experiment_id: &str,
+        policy: &PolicyOverrides,
+        at: i64,
+    ) -> Result<bool, FollowUpError> {
+        let limit = self.broker.confirm_timeout() * 2;
+        tokio::time::timeout(limit, self.schedule(engine, experiment_id, policy, at))
+            .await
+            .unwrap_or(Err(FollowUpError::TimedOut(limit)))
+    }
+
+    async fn schedule(
         &self,
         engine: &Engine,
         experiment_id: &str,
@@ -277,13 +293,15 @@ impl Settler {
         self.publish_to_own_queue(queue, &body, properties)
             .await
             .map_err(FollowUpError::Broker)?;
-        self.follow_ups().scheduled(key, at, now);
         self.metrics.follow_up_scheduled();
         info!(experiment_id, due = %rfc3339(at), queue, chain = claim.chain.as_str(), "follow-up pass scheduled at the end of the grace window");
+        // Remembered only once claimed: if the claim cannot be written, the events are retried
+        // and their pass schedules (and claims) another chain, which this one then gives way to.
         engine
             .set_experiment_tag(experiment_id, &tag, &claim.value())
             .await
             .map_err(FollowUpError::Claim)?;
+        self.follow_ups().scheduled(key, at, now);
         Ok(true)
     }
 
@@ -299,7 +317,9 @@ impl Settler {
             let tag = follow_up::Key::claim_tag(&prune.policy);
             match engine.experiment_tag(&prune.experiment_id, &tag).await {
                 Ok(Some(value)) => {
-                    if let Some(claim) = Claim::parse(&value).filter(|c| c.supersedes(chain, at)) {
+                    let superseding =
+                        Claim::parse(&value).filter(|c| c.supersedes(chain, at, now_ms()));
+                    if let Some(claim) = superseding {
                         info!(
                             experiment_id = prune.experiment_id.as_str(),
                             chain = chain.as_str(),

@@ -133,11 +133,11 @@ impl DeadLetter {
         };
         let published_to_the_queue = delivery.exchange.as_str().is_empty()
             && delivery.routing_key.as_str() == topology.dead_letter_queue;
-        match deaths.first() {
-            None if published_to_the_queue => letter.read_worker_headers(h, now),
-            Some(death) if death.queue == topology.work_queue => {
+        match deaths.as_deref().map(|d| (d, d.first())) {
+            Some((_, None)) if published_to_the_queue => letter.read_worker_headers(h, now),
+            Some((deaths, Some(death))) if death.queue == topology.work_queue => {
                 letter.source = Source::Broker;
-                letter.routing_key = entered_with(&deaths, h, topology);
+                letter.routing_key = entered_with(deaths, h, topology);
                 letter.error_class = Some("broker".into());
                 letter.error_kind = Some(death.reason.clone());
                 letter.error_message = Some(broker_reason(&death.reason, &death.queue));
@@ -203,7 +203,8 @@ impl DeadLetter {
 }
 
 /// The routing key a message RabbitMQ dead-lettered out of the work queue had entered it with:
-/// one of the work queue's bindings on the exchange, as the broker recorded it in `x-death`;
+/// its first routing key (the one the worker parses by; later ones are CC keys) if it is one of
+/// the work queue's bindings on the exchange, as the broker recorded it in `x-death`;
 /// or, for a message that came back into the work queue from one of the worker's delay queues
 /// (through the default exchange, after expiring there), the routing key the worker recorded.
 /// Any other way in names no key that can be believed.
@@ -216,7 +217,7 @@ fn entered_with(
     let bound = |k: &str| BINDINGS.contains(&k);
     match entered.exchange.as_deref() {
         Some(e) if e == topology.exchange => {
-            entered.routing_keys.iter().find(|k| bound(k)).cloned()
+            entered.routing_keys.first().filter(|k| bound(k)).cloned()
         }
         Some("")
             if entered.routing_keys == [topology.work_queue.as_str()]
@@ -233,7 +234,8 @@ fn entered_with(
 fn broker_reason(reason: &str, queue: &str) -> String {
     let why = match reason {
         "delivery_limit" => {
-            "it was delivered more times than the delivery limit (a worker crashed or lost its connection on it each time)"
+            "it was delivered more times than the delivery limit (a worker crashed or lost its \
+             connection on it each time, or could not dead-letter it while this queue was full)"
         }
         "expired" => "it expired (the publisher set an expiration)",
         "maxlen" => "the queue was over its length limit",
@@ -378,7 +380,8 @@ mod tests {
     }
 
     /// A dead letter as `basic.get` returns it from the dead-letter queue, with `h`, and
-    /// `deaths` (newest first) as the broker's `x-death`: queue, reason, exchange, routing key.
+    /// `deaths` (newest first) as the broker's `x-death`: queue, reason, exchange, routing keys
+    /// (comma-separated).
     fn delivered(mut h: FieldTable, deaths: &[(&str, &str, &str, &str)]) -> Delivery {
         if !deaths.is_empty() {
             let deaths = deaths
@@ -388,10 +391,11 @@ mod tests {
                     headers::set_str(&mut d, "queue", queue);
                     headers::set_str(&mut d, "reason", reason);
                     headers::set_str(&mut d, "exchange", exchange);
-                    d.insert(
-                        "routing-keys".into(),
-                        AMQPValue::FieldArray(vec![AMQPValue::LongString((*key).into())].into()),
-                    );
+                    let keys: Vec<_> = key
+                        .split(',')
+                        .map(|k| AMQPValue::LongString(k.into()))
+                        .collect();
+                    d.insert("routing-keys".into(), AMQPValue::FieldArray(keys.into()));
                     d.insert("time".into(), AMQPValue::Timestamp(1_735_725_600));
                     AMQPValue::FieldTable(d)
                 })
@@ -434,8 +438,13 @@ mod tests {
             assert_eq!(l.attempts, None);
             assert_eq!(l.age_seconds, Some(60));
         }
-        // Entered with a key the work queue is not bound to, or through another exchange.
-        for (exchange, key) in [("mp", "x.y"), ("other", "run.finished")] {
+        // Entered with a key the work queue is not bound to (a bound one only as a CC key), or
+        // through another exchange.
+        for (exchange, key) in [
+            ("mp", "x.y"),
+            ("mp", "x.y,experiment.prune"),
+            ("other", "run.finished"),
+        ] {
             let d = delivered(forged(), &[("mp.work", "expired", exchange, key)]);
             assert_eq!(
                 DeadLetter::read(1, &d, &topology(), now()).routing_key,
@@ -515,6 +524,15 @@ mod tests {
         let moved = DeadLetter::read(1, &d, &topology(), now())
             .moved_headers(d.properties.headers().as_ref());
         assert_eq!(moved, forged());
+    }
+
+    #[test]
+    fn an_x_death_rabbitmq_would_not_write_makes_a_letter_unknown() {
+        let mut h = forged();
+        h.insert("x-death".into(), AMQPValue::LongString("forged".into()));
+        let l = DeadLetter::read(1, &delivered(h, &[]), &topology(), now());
+        assert_eq!(l.source, Source::Unknown);
+        assert_eq!(l.routing_key, None);
     }
 
     #[test]
