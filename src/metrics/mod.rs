@@ -405,6 +405,21 @@ impl Metrics {
     /// Counts one request to `target` answered with `status` (`None`: no answer) after `elapsed`,
     /// and tells readiness whether the system answered (any status below 500).
     pub fn request(&self, target: Target, operation: &str, status: Option<u16>, elapsed: Duration) {
+        let answered = status.is_some_and(|s| s < 500);
+        self.request_answered(target, operation, status, answered, elapsed);
+    }
+
+    /// [`Metrics::request`], with the caller saying whether the system itself answered (a
+    /// client error that is not the system's own, from whatever sits at a wrong URL, is not
+    /// an answer).
+    pub fn request_answered(
+        &self,
+        target: Target,
+        operation: &str,
+        status: Option<u16>,
+        answered: bool,
+        elapsed: Duration,
+    ) {
         let class = match status {
             Some(200..=299) => "2xx",
             Some(300..=399) => "3xx",
@@ -420,9 +435,7 @@ impl Metrics {
             .request_duration
             .with_label_values(&[target.as_str(), operation])
             .observe(elapsed.as_secs_f64());
-        self.0
-            .upstream
-            .record(target, status.is_some_and(|s| s < 500), unix_now());
+        self.0.upstream.record(target, answered, unix_now());
     }
 
     /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.

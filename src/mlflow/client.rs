@@ -178,11 +178,21 @@ impl MlflowClient {
                 return Err(MlflowError::from_transport(operation, target, e));
             }
         };
-        observe(Some(status.as_u16()));
         tracing::trace!(operation, %target, status = status.as_u16(), "MLflow answered");
         if !status.is_success() {
-            return Err(status_error(operation, target, status, &body));
+            let error = status_error(operation, target, status, &body);
+            // Something at the tracking URI that is not MLflow's API: for `/readyz`, MLflow
+            // did not answer.
+            self.metrics.request_answered(
+                Target::Mlflow,
+                operation,
+                Some(status.as_u16()),
+                status.as_u16() < 500 && !error.is_not_the_api(),
+                started.elapsed(),
+            );
+            return Err(error);
         }
+        observe(Some(status.as_u16()));
         serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
             operation,
             target,

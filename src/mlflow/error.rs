@@ -6,6 +6,9 @@ use crate::domain::classify::{Classified, ErrorClass, status_reason};
 const RESOURCE_DOES_NOT_EXIST: &str = "RESOURCE_DOES_NOT_EXIST";
 /// MLflow's code for a rejected argument, also used for a malformed (non-numeric) experiment id.
 const INVALID_PARAMETER_VALUE: &str = "INVALID_PARAMETER_VALUE";
+/// MLflow's code for a path its API does not have (a tracking URI with a wrong base path that
+/// still reaches an MLflow server).
+const ENDPOINT_NOT_FOUND: &str = "ENDPOINT_NOT_FOUND";
 /// Start of MLflow's message for a non-numeric experiment id: such an experiment cannot exist.
 const INVALID_EXPERIMENT_ID: &str = "Invalid experiment ID";
 
@@ -87,9 +90,14 @@ fn is_write_conflict(message: &str) -> bool {
 
 impl MlflowError {
     /// Whether retrying can help: by HTTP status for answers, transient for timeouts and broken
-    /// connections, permanent for bodies we cannot read and for construction failures.
+    /// connections, permanent for bodies we cannot read and for construction failures. A client
+    /// error that is not MLflow's own (no `error_code`: an HTML page from a proxy, another
+    /// service, a wrong base path; or MLflow's "no such endpoint") says the tracking URI is
+    /// wrong, not the event: transient, so the event waits in the delay queues for the fix
+    /// instead of being dead-lettered for good.
     pub fn class(&self) -> ErrorClass {
         match self {
+            MlflowError::Status { .. } if self.is_not_the_api() => ErrorClass::Transient,
             // Two writers inserting the same tag or param at once: the loser's retry becomes
             // an update (tags) or an identical re-log (params), both of which succeed.
             MlflowError::Status { message, .. } if is_write_conflict(message) => {
@@ -104,25 +112,34 @@ impl MlflowError {
         }
     }
 
-    /// The experiment, run or model does not exist: 404, `RESOURCE_DOES_NOT_EXIST`, or the
-    /// 400 `INVALID_PARAMETER_VALUE` MLflow answers for a non-numeric experiment id.
+    /// The experiment, run or model does not exist, as MLflow's API says it:
+    /// `RESOURCE_DOES_NOT_EXIST`, or the 400 `INVALID_PARAMETER_VALUE` it answers for a
+    /// non-numeric experiment id. A bare 404 (no MLflow error body) is not: it comes from
+    /// something that is not MLflow's API ([`MlflowError::is_not_the_api`]).
     pub fn is_not_found(&self) -> bool {
         match self {
             MlflowError::Status {
-                status,
                 error_code,
                 message,
                 ..
-            } => {
-                *status == 404
-                    || match error_code.as_deref() {
-                        Some(RESOURCE_DOES_NOT_EXIST) => true,
-                        Some(INVALID_PARAMETER_VALUE) => message.starts_with(INVALID_EXPERIMENT_ID),
-                        _ => false,
-                    }
-            }
+            } => match error_code.as_deref() {
+                Some(RESOURCE_DOES_NOT_EXIST) => true,
+                Some(INVALID_PARAMETER_VALUE) => message.starts_with(INVALID_EXPERIMENT_ID),
+                _ => false,
+            },
             _ => false,
         }
+    }
+
+    /// A client error that MLflow's API did not send: no `error_code` in the body (an HTML or
+    /// plain-text page), or MLflow's own `ENDPOINT_NOT_FOUND`. The tracking URI (or a proxy
+    /// in front of it) is wrong.
+    pub fn is_not_the_api(&self) -> bool {
+        matches!(
+            self,
+            MlflowError::Status { status: 400..=499, error_code, .. }
+                if error_code.as_deref().is_none_or(|c| c == ENDPOINT_NOT_FOUND)
+        )
     }
 
     /// MLflow refused a write for a reason of the run's own: a value it will not take
@@ -241,6 +258,36 @@ mod tests {
             "MLflow experiments/get for experiment 12 failed: HTTP 404 RESOURCE_DOES_NOT_EXIST: \
              No Experiment with id=12 exists"
         );
+    }
+
+    #[test]
+    fn a_client_error_that_is_not_mlflow_s_api_is_transient_and_never_not_found() {
+        for (status, body) in [
+            (404, "<!doctype html><title>404 Not Found</title>"),
+            (404, ""),
+            (405, "<html>Method Not Allowed</html>"),
+            (401, "Unauthorized"),
+            (
+                404,
+                r#"{"error_code": "ENDPOINT_NOT_FOUND", "message": "No such endpoint"}"#,
+            ),
+        ] {
+            let err = answer(status, body);
+            assert!(err.is_not_the_api(), "{status} {body}");
+            assert!(!err.is_not_found(), "{status} {body}");
+            assert_eq!(err.class(), ErrorClass::Transient, "{status} {body}");
+        }
+        // MLflow's own client errors stay what they are.
+        let missing = answer(
+            404,
+            r#"{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "No Experiment"}"#,
+        );
+        assert!(!missing.is_not_the_api());
+        let denied = answer(
+            403,
+            r#"{"error_code": "PERMISSION_DENIED", "message": "no"}"#,
+        );
+        assert_eq!(denied.class(), ErrorClass::Permanent);
     }
 
     #[test]

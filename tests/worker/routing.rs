@@ -223,3 +223,42 @@ async fn a_full_dead_letter_queue_holds_letters_back_in_the_work_queue_and_count
     assert_eq!(app.queue_len(work).await, 0);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_tracking_uri_that_is_not_mlflow_s_api_delays_events_instead_of_losing_them() {
+    // A wrong base path on the real tracking server: its HTML 404 says nothing about the
+    // experiment, so the event is retried as a transient failure, not dead-lettered at once as
+    // an unknown experiment.
+    let mut s = settings();
+    let base = s
+        .mlflow
+        .tracking_uri
+        .expose()
+        .as_str()
+        .trim_end_matches('/')
+        .to_owned();
+    s.mlflow.tracking_uri = format!("{base}/mlflow").parse().unwrap();
+    let app = TestApp::spawn(s).await;
+    let body = br#"{"experiment_id":"0","run_id":"0123456789abcdef"}"#;
+    app.publish("run.finished", body).await;
+
+    let dead = app.next_dead_letter(Duration::from_secs(30)).await;
+    assert_eq!(dead.data, body);
+    assert_eq!(
+        header(&dead, headers::ERROR_CLASS).as_deref(),
+        Some("transient"),
+        "{:?}",
+        header(&dead, headers::ERROR_MESSAGE)
+    );
+    assert_eq!(
+        attempts(&dead),
+        Some(3),
+        "retried through the delay queue first"
+    );
+    assert!(
+        header(&dead, headers::ERROR_MESSAGE).is_some_and(|m| m.contains("HTTP 404")),
+        "{:?}",
+        header(&dead, headers::ERROR_MESSAGE)
+    );
+    app.cleanup().await;
+}
