@@ -60,6 +60,9 @@ struct Report {
 
 /// Runs `audit`; errors are reported here and exit 2.
 pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
+    if let Err(code) = args.target.policy.check(&settings.policy) {
+        return code;
+    }
     match audit(settings, &args).await {
         Ok(code) => code,
         Err(e) => {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::domain::policy::PolicyOverrides;
+use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
 use crate::engine::{Engine, PassKind, PassRequest};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -140,6 +140,20 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
+    /// Exit 2 naming the option when the overrides break the worker's rules on their own (a
+    /// worker would dead-letter such an event as `invalid_policy`).
+    fn check(&self, defaults: &PolicyDefaults) -> Result<(), ExitCode> {
+        policy::check_overrides(&self.overrides(), defaults).map_err(|e| {
+            eprintln!(
+                "model-pruner: --{} {:?}: {}",
+                e.field.replace('_', "-"),
+                e.value,
+                e.reason
+            );
+            ExitCode::from(2)
+        })
+    }
+
     fn overrides(&self) -> PolicyOverrides {
         PolicyOverrides {
             metric: self.metric.clone(),
@@ -231,6 +245,9 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         Command::Plan { target, json } => {
+            if let Err(code) = target.policy.check(&settings.policy) {
+                return Ok(code);
+            }
             let engine =
                 Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
             let report = engine
@@ -252,6 +269,9 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             flags,
             json,
         } => {
+            if let Err(code) = target.policy.check(&settings.policy) {
+                return Ok(code);
+            }
             let engine =
                 Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
             let report = engine

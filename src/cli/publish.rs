@@ -52,6 +52,13 @@ pub enum PublishCommand {
 }
 
 impl PublishCommand {
+    fn policy(&self) -> &PolicyArgs {
+        match self {
+            PublishCommand::RunFinished { policy, .. } => policy,
+            PublishCommand::PruneExperiment { target, .. } => &target.policy,
+        }
+    }
+
     fn event(self) -> Event {
         match self {
             PublishCommand::RunFinished {
@@ -78,6 +85,9 @@ impl PublishCommand {
 
 /// Runs `publish`: 0 published, 1 not published, 2 an event that breaks the contract.
 pub async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result<ExitCode> {
+    if let Err(code) = command.policy().check(&settings.policy) {
+        return Ok(code);
+    }
     let event = command.event();
     let body = event.to_body();
     // The worker would dead-letter what the contract refuses (an empty id): refuse it here.

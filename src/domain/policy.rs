@@ -286,6 +286,22 @@ pub struct PolicyError {
     pub reason: String,
 }
 
+/// Checks overrides on their own, with the rules a pass applies: each field must read, and a
+/// floor pair given together must hold. What they combine with (an experiment's tags, the
+/// settings' floors) is checked when a pass resolves the policy, so nothing is refused here that
+/// an experiment's tags could make valid.
+pub fn check_overrides(
+    overrides: &PolicyOverrides,
+    defaults: &PolicyDefaults,
+) -> Result<(), PolicyError> {
+    let without_floors = PolicyDefaults {
+        min_metric: None,
+        max_metric: None,
+        ..defaults.clone()
+    };
+    resolve(overrides, &BTreeMap::new(), &without_floors).map(drop)
+}
+
 /// Resolves each field independently, first match wins: event, experiment tags, settings.
 pub fn resolve(
     event: &PolicyOverrides,
@@ -699,5 +715,42 @@ mod tests {
         assert_eq!(parse(" tag.x.y "), Ok(GroupKey::Tag("x.y".into())));
         assert!(parse("attributes.status").is_err());
         assert!(parse("lr").is_err());
+    }
+
+    #[test]
+    fn overrides_are_checked_on_their_own() {
+        let defaults = defaults();
+        let with = |o: PolicyOverrides| check_overrides(&o, &defaults);
+        assert!(with(PolicyOverrides::default()).is_ok());
+        let grace = with(PolicyOverrides {
+            grace: Some("2".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!((grace.field, grace.origin), ("grace", PolicySource::Event));
+        let group = with(PolicyOverrides {
+            group_by: Some("base_model".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(group.field, "group_by");
+        assert!(
+            with(PolicyOverrides {
+                min_metric: Some(0.9),
+                max_metric: Some(0.1),
+                ..Default::default()
+            })
+            .is_err()
+        );
+        // A floor the settings set does not count against the event's: tags may replace it.
+        let strict = PolicyDefaults {
+            max_metric: Some(0.1),
+            ..defaults.clone()
+        };
+        let o = PolicyOverrides {
+            min_metric: Some(0.5),
+            ..Default::default()
+        };
+        assert!(check_overrides(&o, &strict).is_ok());
     }
 }

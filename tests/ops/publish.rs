@@ -117,3 +117,29 @@ async fn an_event_breaking_the_contract_is_a_usage_error() {
     let out = run_cli(&s, &["publish", "run-finished", "--experiment-id", "1"]).await;
     assert_eq!(outcome(&out).0, 2, "missing --run-id");
 }
+
+#[tokio::test]
+async fn a_policy_the_worker_would_refuse_is_refused_before_anything_is_sent() {
+    let app = TestApp::new(settings()).await;
+    let s = app.settings();
+    for (option, value) in [("--grace", "2"), ("--group-by", "base_model")] {
+        let publish = [
+            "publish",
+            "prune-experiment",
+            "--experiment-id",
+            "12",
+            option,
+            value,
+        ];
+        let (code, _, err) = outcome(&run_cli(s, &publish).await);
+        assert_eq!(code, 2, "publish {option} {value}: {err}");
+        assert!(err.contains(option), "{err}");
+        // Same rule, same exit, for the commands that act themselves.
+        let plan = ["plan", "--experiment-id", "12", option, value];
+        let (code, _, err) = outcome(&run_cli(s, &plan).await);
+        assert_eq!(code, 2, "plan {option} {value}: {err}");
+        assert!(err.contains(option), "{err}");
+    }
+    assert_eq!(app.queue_len(&app.topology.work_queue).await, 0);
+    app.cleanup().await;
+}
