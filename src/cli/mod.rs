@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::broker::{Broker, Topology};
 use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
-use crate::engine::{Engine, PassKind, PassRequest};
+use crate::engine::{Check, Engine, PassKind, PassRequest};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Usage;
@@ -103,8 +104,17 @@ enum Command {
 enum ConfigCommand {
     /// Print the effective settings (secrets redacted); exit 2 naming the bad key if invalid.
     ///
-    /// Example: MODEL_PRUNER__POLICY__KEEP_TOP=5 model-pruner config check
-    Check,
+    /// With --connect, also try each system as the worker will use it (nothing is changed):
+    /// the tracking URI answers MLflow's REST API, each allowed bucket can be listed, the
+    /// broker accepts the user and has the topology. One `# system: ok|FAILED` line each,
+    /// naming the settings to look at; exit 1 if any failed.
+    ///
+    /// Example: MODEL_PRUNER__POLICY__KEEP_TOP=5 model-pruner config check --connect
+    Check {
+        /// Try MLflow, the store and RabbitMQ with these settings.
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
 /// Policy overrides given on the command line; each wins over experiment tags and settings.
@@ -240,9 +250,30 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Dlq(command) => dlq::run(&settings, command).await,
         Command::Audit(args) => Ok(audit::run(&settings, args).await),
         Command::MigrateQueues { dry_run } => migrate::run(&settings, dry_run).await,
-        Command::Config(ConfigCommand::Check) => {
+        Command::Config(ConfigCommand::Check { connect }) => {
             print!("{}", settings.to_redacted_toml());
-            Ok(ExitCode::SUCCESS)
+            if !connect {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let engine =
+                Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
+            let mut checks = engine.check_connections().await;
+            checks.push(check_broker(&settings).await);
+            println!();
+            for c in &checks {
+                match &c.problem {
+                    None => println!("# {}: ok: {}", c.system, c.detail),
+                    Some(p) => println!(
+                        "# {}: FAILED: {}: {p} (check {})",
+                        c.system, c.detail, c.settings
+                    ),
+                }
+            }
+            Ok(if checks.iter().all(|c| c.problem.is_none()) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Plan { target, json } => {
             if let Err(code) = target.policy.check(&settings.policy) {
@@ -296,4 +327,41 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Whether the broker accepts the user and already has the worker's exchange and work queue
+/// (a worker declares them at start: missing ones are reported, not failed).
+async fn check_broker(settings: &Settings) -> Check {
+    let topology = Topology::from_settings(settings);
+    let mut check = Check {
+        system: "broker",
+        settings: "broker.url, broker.exchange, broker.work_queue (and the user's permissions)",
+        detail: "RabbitMQ accepts the user".to_owned(),
+        problem: None,
+    };
+    let broker = match Broker::connect(&settings.broker, "model-pruner config check").await {
+        Ok(broker) => broker,
+        Err(e) => {
+            check.problem = Some(e.to_string());
+            return check;
+        }
+    };
+    match broker.lookup(&topology.work_queue).await {
+        Ok(Some((ready, consumers))) => {
+            check.detail = format!(
+                "RabbitMQ accepts the user; work queue {:?}: {ready} ready, {consumers} consumers",
+                topology.work_queue
+            )
+        }
+        Ok(None) => {
+            check.detail = format!(
+                "RabbitMQ accepts the user; work queue {:?} not declared yet (a worker declares \
+                 it at start)",
+                topology.work_queue
+            )
+        }
+        Err(e) => check.problem = Some(e.to_string()),
+    }
+    let _ = broker.close().await;
+    check
 }

@@ -18,8 +18,10 @@
 //!   runs are packed into batches and when a run's files are all gone.
 //! - `inventory.rs`: MLflow's answers turned into ranking facts and stored models.
 //! - `retry.rs`, `report.rs`, `error.rs`: in-process retries, the pass report, [`PruneError`].
+//! - `check.rs`: whether MLflow and the store answer as the engine will use them.
 
 mod batch;
+mod check;
 mod confirm;
 mod error;
 mod guard;
@@ -34,6 +36,7 @@ use std::collections::HashMap;
 
 use tracing::{info, instrument};
 
+pub use check::Check;
 pub use error::PruneError;
 pub use report::{PassReport, PlannedDeletion, PrunedRun, RankedOn, UnmarkedRun};
 pub use retry::RetryPolicy;

@@ -272,8 +272,9 @@ pub(super) fn status_error(
 ) -> MlflowError {
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let message = parsed.message.unwrap_or_else(|| {
+        // An HTML page or other text, on one line: it ends up in log lines and headers.
         let text = String::from_utf8_lossy(body);
-        let text = text.trim();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if text.is_empty() {
             status.canonical_reason().unwrap_or("no body").to_owned()
         } else {

@@ -5,6 +5,7 @@
 mod support;
 
 mod audit;
+mod connect;
 mod demo;
 mod dlq;
 mod helpers;

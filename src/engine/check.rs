@@ -1,0 +1,67 @@
+//! Whether MLflow and the store answer as the engine will use them: the tracking URI answers
+//! MLflow's REST API (its own JSON, not a page from whatever else sits at a wrong URL), and the
+//! store's credentials may list each allowed bucket. The worker runs these at start, and
+//! `model-pruner config check --connect` for a person; neither changes anything.
+
+use super::Engine;
+
+/// A folder no run uses: listing it needs the same permission as any listing, and finds nothing.
+const PROBE_PREFIX: &str = ".model-pruner-check/";
+
+/// One system tried: `problem` is `None` when it answered as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// `mlflow` or `store`.
+    pub system: &'static str,
+    /// The settings that decide it.
+    pub settings: &'static str,
+    /// What was tried, or what answered.
+    pub detail: String,
+    pub problem: Option<String>,
+}
+
+impl Engine {
+    /// Tries MLflow once, then lists each allowed bucket once (no retries: a person or a log
+    /// line reads the first answer).
+    pub async fn check_connections(&self) -> Vec<Check> {
+        let mut checks = vec![self.check_mlflow().await];
+        for bucket in &self.rules.allowed_buckets {
+            checks.push(self.check_bucket(bucket).await);
+        }
+        checks
+    }
+
+    async fn check_mlflow(&self) -> Check {
+        // Experiment 0 may be gone: MLflow's own "does not exist" answers as well as the
+        // experiment itself.
+        let problem = match self.mlflow.get_experiment("0").await {
+            Ok(_) => None,
+            Err(e) if e.is_not_found() => None,
+            Err(e) if e.is_not_the_api() => Some(format!(
+                "something answers, but not MLflow's REST API ({e}); is the base path right?"
+            )),
+            Err(e) => Some(e.to_string()),
+        };
+        Check {
+            system: "mlflow",
+            settings: "mlflow.tracking_uri, mlflow.token / username / password",
+            detail: "the tracking URI answers as MLflow's REST API".to_owned(),
+            problem,
+        }
+    }
+
+    async fn check_bucket(&self, bucket: &str) -> Check {
+        let problem = self
+            .store
+            .list_page(bucket, PROBE_PREFIX, None)
+            .await
+            .err()
+            .map(|e| e.to_string());
+        Check {
+            system: "store",
+            settings: "store.endpoint, store.access_key_id / secret_access_key, store.allowed_buckets",
+            detail: format!("bucket {bucket:?} can be listed"),
+            problem,
+        }
+    }
+}
