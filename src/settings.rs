@@ -1,5 +1,6 @@
-//! Typed settings: `config/default.toml`, then an optional file, then `MODEL_PRUNER__*`
-//! environment variables. Unknown keys are errors; secrets never print.
+//! Typed settings: `config/default.toml`, then the standard variables of MLflow's and AWS's own
+//! clients as fallbacks (`MLFLOW_TRACKING_URI`, `AWS_ACCESS_KEY_ID`...), then an optional file,
+//! then `MODEL_PRUNER__*` environment variables. Unknown keys are errors; secrets never print.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +22,106 @@ pub const ENV_PREFIX: &str = "MODEL_PRUNER";
 
 /// The defaults shipped with the binary, so it runs without the `config/` folder too.
 const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// Variables MLflow's and AWS's own clients read, and the setting each stands for when neither
+/// the settings file nor a `MODEL_PRUNER__*` variable sets it. Later entries win (the AWS SDKs
+/// prefer `AWS_REGION` to `AWS_DEFAULT_REGION`).
+pub const STANDARD_ENV: [(&str, &str); 9] = [
+    ("MLFLOW_TRACKING_URI", "mlflow.tracking_uri"),
+    ("MLFLOW_TRACKING_TOKEN", "mlflow.token"),
+    ("MLFLOW_TRACKING_USERNAME", "mlflow.username"),
+    ("MLFLOW_TRACKING_PASSWORD", "mlflow.password"),
+    ("MLFLOW_S3_ENDPOINT_URL", "store.endpoint"),
+    ("AWS_ACCESS_KEY_ID", "store.access_key_id"),
+    ("AWS_SECRET_ACCESS_KEY", "store.secret_access_key"),
+    ("AWS_DEFAULT_REGION", "store.region"),
+    ("AWS_REGION", "store.region"),
+];
+
+/// Optional settings the defaults file leaves out.
+const OPTIONAL_KEYS: [&str; 9] = [
+    "mlflow.token",
+    "mlflow.username",
+    "mlflow.password",
+    "store.endpoint",
+    "policy.grace",
+    "policy.group_by",
+    "policy.min_metric",
+    "policy.max_metric",
+    "policy.older_than",
+];
+
+/// The standard variables that are set, as a TOML source of the settings they stand for.
+fn standard_env(var: impl Fn(&str) -> Option<String>) -> String {
+    let mut table = toml::Table::new();
+    for (name, key) in STANDARD_ENV {
+        let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        let (section, field) = key.split_once('.').expect("section.field");
+        let section = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(section) = section {
+            section.insert(field.to_owned(), toml::Value::String(value));
+        }
+    }
+    table.to_string()
+}
+
+/// Every setting as `section.key`.
+fn known_keys() -> Vec<String> {
+    let defaults: toml::Table = DEFAULTS.parse().expect("the defaults file is TOML");
+    let mut keys: Vec<String> = defaults
+        .iter()
+        .filter_map(|(section, v)| Some((section, v.as_table()?)))
+        .flat_map(|(section, t)| t.keys().map(move |k| format!("{section}.{k}")))
+        .collect();
+    keys.extend(OPTIONAL_KEYS.iter().map(|k| (*k).to_owned()));
+    keys
+}
+
+/// Warnings about environment variables that look like settings but are not read: one
+/// underscore after `MODEL_PRUNER` or between the parts (`MODEL_PRUNER_MLFLOW_TRACKING_URI`
+/// for `MODEL_PRUNER__MLFLOW__TRACKING_URI`).
+pub fn env_warnings(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let keys = known_keys();
+    let mut warnings = Vec::new();
+    for (name, _) in vars {
+        let Some(rest) = name.strip_prefix("MODEL_PRUNER") else {
+            continue;
+        };
+        let flat = rest.trim_start_matches('_').to_ascii_lowercase();
+        let meant = keys
+            .iter()
+            .find(|k| k.replace('.', "_") == flat.replace("__", "_"));
+        let proper = meant.map(|k| {
+            format!(
+                "MODEL_PRUNER__{}",
+                k.replace('.', "__").to_ascii_uppercase()
+            )
+        });
+        if let Some(proper) = proper.filter(|p| *p != name) {
+            warnings.push(format!(
+                "{name} is not read: settings variables take two underscores between their \
+                 parts, e.g. {proper}"
+            ));
+        }
+    }
+    warnings
+}
+
+/// The `MODEL_PRUNER__*` variables that name no setting, to point at when loading fails.
+fn unknown_env_keys(vars: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    let keys = known_keys();
+    vars.into_iter()
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix("MODEL_PRUNER__")?;
+            let key = rest.to_ascii_lowercase().replacen("__", ".", 1);
+            (!keys.contains(&key)).then_some(name)
+        })
+        .collect()
+}
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +255,12 @@ pub enum LogFormat {
 pub enum SettingsError {
     #[error("invalid settings: {0}")]
     Invalid(#[from] config::ConfigError),
+    /// As `Invalid`, naming the sources beyond the built-in defaults that could hold the error.
+    #[error("invalid settings: {error} (look at: {sources})")]
+    InvalidFrom {
+        error: config::ConfigError,
+        sources: String,
+    },
     #[error("invalid settings: {0}")]
     Rule(String),
 }
@@ -165,12 +272,14 @@ impl Settings {
         let file: Option<PathBuf> = file
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        let standard = standard_env(|name| std::env::var(name).ok());
         let mut builder = config::Config::builder()
-            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(&standard, config::FileFormat::Toml));
+        if let Some(path) = &file {
+            builder = builder.add_source(config::File::from(path.clone()).required(true));
         }
-        let settings: Settings = builder
+        let loaded: Result<Settings, config::ConfigError> = builder
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
@@ -180,8 +289,28 @@ impl Settings {
                     .with_list_parse_key("retry.delays")
                     .try_parsing(true),
             )
-            .build()?
-            .try_deserialize()?;
+            .build()
+            .and_then(config::Config::try_deserialize);
+        let settings = loaded.map_err(|e| {
+            let unknown = unknown_env_keys(std::env::vars());
+            let mut sources = Vec::new();
+            if !unknown.is_empty() {
+                sources.push(format!(
+                    "variables naming no setting: {}",
+                    unknown.join(", ")
+                ));
+            }
+            if let Some(path) = &file {
+                sources.push(format!("settings file {}", path.display()));
+            }
+            match sources.is_empty() {
+                true => SettingsError::Invalid(e),
+                false => SettingsError::InvalidFrom {
+                    error: e,
+                    sources: sources.join("; "),
+                },
+            }
+        })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -387,5 +516,65 @@ mod tests {
             let err = settings_with(bad).validate().unwrap_err().to_string();
             assert!(err.contains("broker."), "{bad}: {err}");
         }
+    }
+
+    fn vars(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| ((*n).to_owned(), "x".to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn standard_variables_stand_for_their_settings_and_aws_region_wins() {
+        let env: BTreeMap<&str, &str> = [
+            ("MLFLOW_TRACKING_URI", "https://mlflow.example"),
+            ("MLFLOW_TRACKING_TOKEN", "t0k3n"),
+            ("MLFLOW_S3_ENDPOINT_URL", "https://s3.example"),
+            ("AWS_ACCESS_KEY_ID", "AKIA1"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("AWS_DEFAULT_REGION", "eu-west-1"),
+            ("AWS_REGION", "eu-central-1"),
+            ("MLFLOW_TRACKING_USERNAME", " "),
+        ]
+        .into();
+        let toml = standard_env(|name| env.get(name).map(|v| (*v).to_owned()));
+        let s = settings_with(&toml);
+        assert_eq!(s.mlflow.tracking_uri.to_string(), "https://mlflow.example/");
+        assert!(s.mlflow.token.is_some());
+        assert_eq!(s.mlflow.username, None, "blank is unset");
+        assert_eq!(s.store.access_key_id, "AKIA1");
+        assert_eq!(s.store.region, "eu-central-1");
+        assert_eq!(
+            s.store.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("https://s3.example/")
+        );
+        assert_eq!(standard_env(|_| None), "");
+    }
+
+    #[test]
+    fn a_settings_variable_with_single_underscores_is_warned_about() {
+        let warnings = env_warnings(vars(&[
+            "MODEL_PRUNER_MLFLOW_TRACKING_URI",
+            "MODEL_PRUNER_STORE__ACCESS_KEY_ID",
+            "MODEL_PRUNER__POLICY__KEEP_TOP",
+            "MODEL_PRUNER_CONFIG",
+            "MODEL_PRUNER_PYTHON",
+            "MODEL_PRUNER_MLFLOW_SPEC",
+        ]));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("e.g. MODEL_PRUNER__MLFLOW__TRACKING_URI"));
+        assert!(warnings[1].contains("e.g. MODEL_PRUNER__STORE__ACCESS_KEY_ID"));
+    }
+
+    #[test]
+    fn variables_naming_no_setting_are_pointed_at() {
+        let unknown = unknown_env_keys(vars(&[
+            "MODEL_PRUNER__POLICY__KEEPTOP",
+            "MODEL_PRUNER__POLICY__KEEP_TOP",
+            "MODEL_PRUNER__MLFLOW__TOKEN",
+            "MODEL_PRUNER__STORE__ALLOWED_BUCKETS",
+        ]));
+        assert_eq!(unknown, ["MODEL_PRUNER__POLICY__KEEPTOP"]);
     }
 }

@@ -226,6 +226,9 @@ pub fn main() -> ExitCode {
         }
     };
     telemetry::init(settings.log.format);
+    for warning in crate::settings::env_warnings(std::env::vars()) {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(try_main(cli.command, settings)) {
         Ok(code) => code,
