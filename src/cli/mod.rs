@@ -296,6 +296,15 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 .with_context(|| format!("planning experiment {}", target.experiment_id))?;
             let freed = plan::measure(&engine, &report).await?;
             plan::print(&report, &freed, json)?;
+            let max = settings.policy.max_deletions_per_pass;
+            if report.planned.len() > max as usize {
+                eprintln!(
+                    "note: {} models to delete is more than policy.max_deletions_per_pass = {max}: \
+                     a run.finished pass, or a prune without --force (force: true), would stop \
+                     and delete nothing",
+                    report.planned.len()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Prune {

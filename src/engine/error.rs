@@ -29,8 +29,8 @@ pub enum PruneError {
     },
     #[error(
         "experiment {experiment_id}: the pass would delete {count} models, more than \
-         policy.max_deletions_per_pass = {max}; nothing deleted (publish experiment.prune with \
-         force: true to go past it)"
+         policy.max_deletions_per_pass = {max}; nothing deleted (to go past it: --force on the \
+         command line, force: true in an experiment.prune event)"
     )]
     SafetyValve {
         experiment_id: String,

@@ -143,3 +143,47 @@ async fn a_policy_the_worker_would_refuse_is_refused_before_anything_is_sent() {
     assert_eq!(app.queue_len(&app.topology.work_queue).await, 0);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn plan_warns_of_the_safety_valve_and_prune_names_force() {
+    let world = crate::support::world::World::new("ops");
+    let exp = world.mlflow.experiment("ops-valve").await.unwrap();
+    let runs = world
+        .ranked_runs_with_files(
+            &exp,
+            crate::support::world::Layout::Classic,
+            &[0.9, 0.8, 0.7, 0.6],
+            |_| 1,
+        )
+        .await;
+    let app = TestApp::new(settings()).await;
+    let s = app.settings();
+    let args = |command: &'static str| {
+        [
+            command,
+            "--experiment-id",
+            exp.id.as_str(),
+            "--keep-top",
+            "1",
+        ]
+    };
+    let with_valve = |command| {
+        let mut cmd = crate::helpers::cli(s, &args(command));
+        cmd.env("MODEL_PRUNER__POLICY__MAX_DELETIONS_PER_PASS", "2");
+        cmd
+    };
+
+    let (code, _, err) = outcome(&with_valve("plan").output().await.unwrap());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("3 models to delete is more than policy.max_deletions_per_pass = 2"),
+        "{err}"
+    );
+    let (code, _, err) = outcome(&with_valve("prune").output().await.unwrap());
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--force"), "{err}");
+    for run in &runs {
+        assert_eq!(world.objects(run).await, 1, "nothing deleted");
+    }
+    app.cleanup().await;
+}
