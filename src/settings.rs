@@ -139,8 +139,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
-    #[serde(serialize_with = "redact")]
-    pub url: SecretString,
+    /// Printed with its credentials redacted, host and vhost shown.
+    pub url: CredentialedUrl,
     pub exchange: String,
     pub work_queue: String,
     pub dead_letter_queue: String,
@@ -482,19 +482,34 @@ mod tests {
     fn credentials_inside_urls_are_never_printed() {
         let s = settings_with(
             r#"
+            [broker]
+            url = "amqps://mq-user:mq-secret@rabbit.example:5671/prod"
             [mlflow]
             tracking_uri = "https://ml-user:ml-secret@mlflow.example/prefix"
             [store]
             endpoint = "https://s3-user:s3-secret@s3.example"
             "#,
         );
+        assert!(
+            s.to_redacted_toml()
+                .contains("amqps://redacted:redacted@rabbit.example:5671/prod"),
+            "the host and vhost show"
+        );
         let printed = [
             format!("{s:?}"),
             s.to_redacted_toml(),
             s.mlflow.tracking_uri.to_string(),
+            s.broker.url.to_string(),
         ];
         for text in printed {
-            for secret in ["ml-user", "ml-secret", "s3-user", "s3-secret"] {
+            for secret in [
+                "ml-user",
+                "ml-secret",
+                "s3-user",
+                "s3-secret",
+                "mq-user",
+                "mq-secret",
+            ] {
                 assert!(!text.contains(secret), "{secret} printed in {text}");
             }
         }

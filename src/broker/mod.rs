@@ -15,7 +15,6 @@ use lapin::types::FieldTable;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
 };
-use secrecy::ExposeSecret;
 
 pub use topology::{BINDINGS, DelayQueue, Origin, Topology, delay_queue_name};
 
@@ -29,11 +28,15 @@ pub const JSON: &str = "application/json";
 /// A broker operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("RabbitMQ: {op}: {source}")]
+    /// The cause is part of the message (not a separate `source`), so a chain printed with
+    /// `{:#}` says it once.
+    #[error("RabbitMQ: {op}: {cause}")]
     Amqp {
         op: &'static str,
-        source: lapin::Error,
+        cause: lapin::Error,
     },
+    #[error("RabbitMQ at {url}: cannot connect: {cause}")]
+    Connect { url: String, cause: lapin::Error },
     #[error("RabbitMQ: {op}: no answer within {after:?}")]
     Timeout { op: &'static str, after: Duration },
     #[error("RabbitMQ has blocked the publishing connection (a memory or disk alarm)")]
@@ -66,10 +69,10 @@ pub enum BrokerError {
 impl BrokerError {
     /// The soft error (a channel closed by the broker) this is, if any.
     pub fn soft(&self) -> Option<AMQPSoftError> {
-        let BrokerError::Amqp { source, .. } = self else {
+        let BrokerError::Amqp { cause, .. } = self else {
             return None;
         };
-        match source.kind() {
+        match cause.kind() {
             lapin::ErrorKind::ProtocolError(e) => match e.kind() {
                 AMQPErrorKind::Soft(soft) => Some(soft.clone()),
                 AMQPErrorKind::Hard(_) => None,
@@ -146,7 +149,7 @@ pub fn faithful_properties(
 }
 
 fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> BrokerError {
-    move |source| BrokerError::Amqp { op, source }
+    move |cause| BrokerError::Amqp { op, cause }
 }
 
 /// Runs `call` (the broker operation `op`) for at most `limit`.
@@ -175,9 +178,12 @@ impl Broker {
     pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         within("connect", settings.connect_timeout, async {
-            let connection = Connection::connect(settings.url.expose_secret(), properties)
+            let connection = Connection::connect(settings.url.expose().as_str(), properties)
                 .await
-                .map_err(amqp("connect"))?;
+                .map_err(|cause| BrokerError::Connect {
+                    url: settings.url.to_string(),
+                    cause,
+                })?;
             let publisher = connection
                 .create_channel()
                 .await

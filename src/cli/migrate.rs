@@ -197,9 +197,9 @@ async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Res
     let declared = channel
         .queue_declare(queue.into(), QueueDeclareOptions::durable(), args)
         .await
-        .map_err(|source| BrokerError::Amqp {
+        .map_err(|cause| BrokerError::Amqp {
             op: "queue.declare",
-            source,
+            cause,
         });
     match declared {
         Ok(_) => {
@@ -337,7 +337,7 @@ async fn migrate_dead_letter_queue(broker: &Broker, topology: &Topology) -> anyh
             Err(lapin_error) => {
                 let e = BrokerError::Amqp {
                     op: "queue.delete",
-                    source: lapin_error,
+                    cause: lapin_error,
                 };
                 if e.soft() != Some(AMQPSoftError::PRECONDITIONFAILED) {
                     return Err(e).with_context(|| format!("deleting {dead}"));

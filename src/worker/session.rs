@@ -167,7 +167,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
             }
             Some(event) = publisher_events.next() => match event {
                 lapin::Event::Error(source) => {
-                    break Err(BrokerError::Amqp { op: "publishing connection", source });
+                    break Err(BrokerError::Amqp { op: "publishing connection", cause: source });
                 }
                 lapin::Event::ConnectionBlocked(reason) => warn!(
                     reason,
@@ -222,7 +222,7 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
                         }
                     }
                 }
-                Some(Err(source)) => break Err(BrokerError::Amqp { op: "consume", source }),
+                Some(Err(cause)) => break Err(BrokerError::Amqp { op: "consume", cause }),
                 None => break Err(BrokerError::ConsumerCancelled { queue: queue.to_owned() }),
             },
         }

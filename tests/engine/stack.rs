@@ -9,10 +9,9 @@ use crate::world::{BUCKET, settings};
 
 #[tokio::test]
 async fn rabbitmq_accepts_a_connection() {
-    use secrecy::ExposeSecret;
     let s = settings();
     let conn = Connection::connect(
-        s.broker.url.expose_secret(),
+        s.broker.url.expose().as_str(),
         ConnectionProperties::default(),
     )
     .await

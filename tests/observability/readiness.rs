@@ -16,7 +16,7 @@ use crate::support::management::Management;
 #[tokio::test]
 async fn the_listener_is_up_and_unready_while_the_broker_is_unreachable() {
     let mut s = settings();
-    s.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned().into();
+    s.broker.url = "amqp://guest:guest@127.0.0.1:1/%2f".parse().unwrap();
     let shutdown = CancellationToken::new();
     let worker = start_worker(s, shutdown.clone());
     let endpoint = Endpoint::at(worker.address);
@@ -61,7 +61,7 @@ async fn a_broker_address_that_never_speaks_amqp_is_given_up_and_tried_again() {
         }
     });
     let mut s = settings();
-    s.broker.url = format!("amqp://guest:guest@{address}/%2f").into();
+    s.broker.url = format!("amqp://guest:guest@{address}/%2f").parse().unwrap();
     s.broker.connect_timeout = Duration::from_secs(1);
     let shutdown = CancellationToken::new();
     let worker = start_worker(s, shutdown.clone());

@@ -5,7 +5,6 @@
 use std::process::Command;
 
 use model_pruner::settings::Settings;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
 const SCRIPT: &str = r#"
@@ -58,7 +57,7 @@ pub struct RawMessage<'a> {
 pub fn publish(settings: &Settings, message: &RawMessage<'_>) {
     let spec = json!({
         "op": "publish",
-        "url": settings.broker.url.expose_secret(),
+        "url": settings.broker.url.expose().as_str(),
         "exchange": message.exchange,
         "routing_key": message.routing_key,
         "body": message.body,
@@ -74,7 +73,7 @@ pub fn publish(settings: &Settings, message: &RawMessage<'_>) {
 pub fn peek(settings: &Settings, queue: &str) -> Value {
     let spec = json!({
         "op": "get",
-        "url": settings.broker.url.expose_secret(),
+        "url": settings.broker.url.expose().as_str(),
         "queue": queue,
     });
     run(&spec)

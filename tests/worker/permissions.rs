@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use model_pruner::settings::Settings;
-use secrecy::SecretString;
 
 use crate::helpers::{TestApp, attempts, counted, header, settings};
 use crate::support::management::Management;
@@ -36,13 +35,11 @@ fn documented_permissions() -> [String; 3] {
 /// The suite's settings with the default exchange and queue names, as `user` on `vhost`.
 fn as_user(vhost: &str, user: &str, password: &str) -> Settings {
     let mut s = settings();
-    let mut url: url::Url = secrecy::ExposeSecret::expose_secret(&s.broker.url)
-        .parse()
-        .unwrap();
+    let mut url = s.broker.url.expose().clone();
     url.set_username(user).unwrap();
     url.set_password(Some(password)).unwrap();
     url.set_path(&format!("/{vhost}"));
-    s.broker.url = SecretString::from(url.to_string());
+    s.broker.url = url.into();
     s.broker.exchange = "model-pruner".into();
     s.broker.work_queue = "model-pruner.work".into();
     s.broker.dead_letter_queue = "model-pruner.dead-letter".into();

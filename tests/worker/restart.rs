@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use model_pruner::broker::Broker;
 use model_pruner::settings::Settings;
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, run_finished, same_queues, settings};
@@ -94,7 +93,7 @@ async fn events_published_around_a_broker_restart_are_all_processed() {
 
 /// `s` pointed at `node` instead of the shared broker.
 fn on(node: &PrivateNode, mut s: Settings) -> Settings {
-    s.broker.url = SecretString::from(node.url());
+    s.broker.url = node.url().parse().unwrap();
     s
 }
 
