@@ -23,21 +23,6 @@ pub const ENV_PREFIX: &str = "MODEL_PRUNER";
 /// The defaults shipped with the binary, so it runs without the `config/` folder too.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// Variables MLflow's and AWS's own clients read, and the setting each stands for when neither
-/// the settings file nor a `MODEL_PRUNER__*` variable sets it. Later entries win (the AWS SDKs
-/// prefer `AWS_REGION` to `AWS_DEFAULT_REGION`).
-pub const STANDARD_ENV: [(&str, &str); 9] = [
-    ("MLFLOW_TRACKING_URI", "mlflow.tracking_uri"),
-    ("MLFLOW_TRACKING_TOKEN", "mlflow.token"),
-    ("MLFLOW_TRACKING_USERNAME", "mlflow.username"),
-    ("MLFLOW_TRACKING_PASSWORD", "mlflow.password"),
-    ("MLFLOW_S3_ENDPOINT_URL", "store.endpoint"),
-    ("AWS_ACCESS_KEY_ID", "store.access_key_id"),
-    ("AWS_SECRET_ACCESS_KEY", "store.secret_access_key"),
-    ("AWS_DEFAULT_REGION", "store.region"),
-    ("AWS_REGION", "store.region"),
-];
-
 /// Optional settings the defaults file leaves out.
 const OPTIONAL_KEYS: [&str; 9] = [
     "mlflow.token",
@@ -51,13 +36,43 @@ const OPTIONAL_KEYS: [&str; 9] = [
     "policy.older_than",
 ];
 
-/// The standard variables that are set, as a TOML source of the settings they stand for.
-fn standard_env(var: impl Fn(&str) -> Option<String>) -> String {
+/// The standard variables of MLflow's and AWS's own clients that stand in for settings nobody
+/// set (`explicit`: the settings file or a `MODEL_PRUNER__*` variable sets that key), as a
+/// TOML source. They go by groups, never mixed with what the file says: MLflow's credentials
+/// only with MLflow's address from the same place, AWS's key id only with its secret.
+fn standard_env(var: impl Fn(&str) -> Option<String>, explicit: impl Fn(&str) -> bool) -> String {
+    let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+    let mut set: Vec<(&str, String)> = Vec::new();
+    if !explicit("mlflow.tracking_uri") {
+        set.extend(get("MLFLOW_TRACKING_URI").map(|v| ("mlflow.tracking_uri", v)));
+        let auth = ["mlflow.token", "mlflow.username", "mlflow.password"];
+        if !auth.iter().any(|k| explicit(k)) {
+            for (name, key) in [
+                ("MLFLOW_TRACKING_TOKEN", "mlflow.token"),
+                ("MLFLOW_TRACKING_USERNAME", "mlflow.username"),
+                ("MLFLOW_TRACKING_PASSWORD", "mlflow.password"),
+            ] {
+                set.extend(get(name).map(|v| (key, v)));
+            }
+        }
+    }
+    if !explicit("store.endpoint") {
+        set.extend(get("MLFLOW_S3_ENDPOINT_URL").map(|v| ("store.endpoint", v)));
+    }
+    if !explicit("store.access_key_id")
+        && !explicit("store.secret_access_key")
+        && let (Some(id), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
+    {
+        set.push(("store.access_key_id", id));
+        set.push(("store.secret_access_key", secret));
+    }
+    if !explicit("store.region") {
+        // The AWS SDKs prefer AWS_REGION.
+        let region = get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+        set.extend(region.map(|v| ("store.region", v)));
+    }
     let mut table = toml::Table::new();
-    for (name, key) in STANDARD_ENV {
-        let Some(value) = var(name).filter(|v| !v.trim().is_empty()) else {
-            continue;
-        };
+    for (key, value) in set {
         let (section, field) = key.split_once('.').expect("section.field");
         let section = table
             .entry(section)
@@ -67,6 +82,17 @@ fn standard_env(var: impl Fn(&str) -> Option<String>) -> String {
         }
     }
     table.to_string()
+}
+
+/// The `MODEL_PRUNER__SECTION__KEY` variables.
+fn env_source() -> config::Environment {
+    config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .list_separator(",")
+        .with_list_parse_key("store.allowed_buckets")
+        .with_list_parse_key("retry.delays")
+        .try_parsing(true)
 }
 
 /// Every setting as `section.key`.
@@ -272,7 +298,17 @@ impl Settings {
         let file: Option<PathBuf> = file
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
-        let standard = standard_env(|name| std::env::var(name).ok());
+        // What the file and MODEL_PRUNER__* set themselves, which no standard variable replaces.
+        let mut own = config::Config::builder();
+        if let Some(path) = &file {
+            own = own.add_source(config::File::from(path.clone()).required(false));
+        }
+        let own = own.add_source(env_source()).build().ok();
+        let explicit = |key: &str| {
+            own.as_ref()
+                .is_some_and(|c| c.get::<config::Value>(key).is_ok())
+        };
+        let standard = standard_env(|name| std::env::var(name).ok(), explicit);
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::from_str(&standard, config::FileFormat::Toml));
@@ -280,15 +316,7 @@ impl Settings {
             builder = builder.add_source(config::File::from(path.clone()).required(true));
         }
         let loaded: Result<Settings, config::ConfigError> = builder
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("store.allowed_buckets")
-                    .with_list_parse_key("retry.delays")
-                    .try_parsing(true),
-            )
+            .add_source(env_source())
             .build()
             .and_then(config::Config::try_deserialize);
         let settings = loaded.map_err(|e| {
@@ -401,9 +429,22 @@ impl Settings {
 /// A URL that may carry credentials (`https://user:secret@host`): printed (`Debug`, `Display`,
 /// `config check`) with them replaced by `redacted`; [`CredentialedUrl::expose`] gives the real
 /// one to the client that connects.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CredentialedUrl(Url);
+
+/// Parsed by hand: `Url`'s own deserializer quotes the whole input in its error, which would
+/// print a password (a generated one with an unencoded `/` or `#` breaks the URL).
+impl<'de> Deserialize<'de> for CredentialedUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Url::parse(&text).map(CredentialedUrl).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "not a valid URL ({e}); characters such as / # ? @ in a user name or password \
+                 must be percent-encoded"
+            ))
+        })
+    }
+}
 
 impl CredentialedUrl {
     /// The URL with its credentials, for connecting only.
@@ -553,8 +594,8 @@ mod tests {
             ("MLFLOW_TRACKING_USERNAME", " "),
         ]
         .into();
-        let toml = standard_env(|name| env.get(name).map(|v| (*v).to_owned()));
-        let s = settings_with(&toml);
+        let var = |name: &str| env.get(name).map(|v| (*v).to_owned());
+        let s = settings_with(&standard_env(var, |_| false));
         assert_eq!(s.mlflow.tracking_uri.to_string(), "https://mlflow.example/");
         assert!(s.mlflow.token.is_some());
         assert_eq!(s.mlflow.username, None, "blank is unset");
@@ -564,7 +605,31 @@ mod tests {
             s.store.endpoint.map(|e| e.to_string()).as_deref(),
             Some("https://s3.example/")
         );
-        assert_eq!(standard_env(|_| None), "");
+        assert_eq!(standard_env(|_| None, |_| false), "");
+
+        // Never mixed with what the file or MODEL_PRUNER__* say.
+        let file_sets = |keys: &'static [&'static str]| move |k: &str| keys.contains(&k);
+        let toml = standard_env(var, file_sets(&["mlflow.tracking_uri"]));
+        assert!(
+            !toml.contains("mlflow"),
+            "no token for another server: {toml}"
+        );
+        let toml = standard_env(var, file_sets(&["mlflow.username"]));
+        assert!(
+            toml.contains("tracking_uri") && !toml.contains("token"),
+            "{toml}"
+        );
+        let toml = standard_env(var, file_sets(&["store.access_key_id"]));
+        assert!(
+            !toml.contains("AKIA1") && !toml.contains("s3cr3t"),
+            "{toml}"
+        );
+        let only_id = |name: &str| (name == "AWS_ACCESS_KEY_ID").then(|| "AKIA1".to_owned());
+        assert_eq!(
+            standard_env(only_id, |_| false),
+            "",
+            "a key id without its secret"
+        );
     }
 
     #[test]
@@ -591,5 +656,26 @@ mod tests {
             "MODEL_PRUNER__STORE__ALLOWED_BUCKETS",
         ]));
         assert_eq!(unknown, ["MODEL_PRUNER__POLICY__KEEPTOP"]);
+    }
+
+    #[test]
+    fn a_url_that_does_not_parse_is_reported_without_its_password() {
+        let err = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(
+                r#"
+                [broker]
+                url = "amqp://user:pa/ss#word@rabbit.example:5672/%2f"
+                "#,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap()
+            .try_deserialize::<Settings>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a valid URL"), "{err}");
+        assert!(!err.contains("pa/ss"), "{err}");
+        assert!(!err.contains("word@"), "{err}");
     }
 }

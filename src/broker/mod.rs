@@ -69,7 +69,7 @@ pub enum BrokerError {
 impl BrokerError {
     /// The soft error (a channel closed by the broker) this is, if any.
     pub fn soft(&self) -> Option<AMQPSoftError> {
-        let BrokerError::Amqp { cause, .. } = self else {
+        let (BrokerError::Amqp { cause, .. } | BrokerError::Connect { cause, .. }) = self else {
             return None;
         };
         match cause.kind() {

@@ -1,7 +1,7 @@
 //! Whether MLflow and the store answer as the engine will use them: the tracking URI answers
 //! MLflow's REST API (its own JSON, not a page from whatever else sits at a wrong URL), and the
-//! store's credentials may list each allowed bucket. The worker runs these at start, and
-//! `model-pruner config check --connect` for a person; neither changes anything.
+//! store's credentials may list each allowed bucket. `model-pruner config check --connect` runs
+//! them for a person; they change nothing.
 
 use super::Engine;
 

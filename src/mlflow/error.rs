@@ -131,15 +131,20 @@ impl MlflowError {
         }
     }
 
-    /// A client error that MLflow's API did not send: no `error_code` in the body (an HTML or
-    /// plain-text page), or MLflow's own `ENDPOINT_NOT_FOUND`. The tracking URI (or a proxy
-    /// in front of it) is wrong.
+    /// A path MLflow's API does not have: a 404 or 405 without MLflow's `error_code` (an HTML
+    /// or plain-text page from whatever answers at a wrong URL), or MLflow's own
+    /// `ENDPOINT_NOT_FOUND`. The tracking URI (or a proxy in front of it) is wrong. A 401 or 403
+    /// without a code stays a refusal: MLflow's basic-auth app answers those in plain text.
     pub fn is_not_the_api(&self) -> bool {
-        matches!(
-            self,
-            MlflowError::Status { status: 400..=499, error_code, .. }
-                if error_code.as_deref().is_none_or(|c| c == ENDPOINT_NOT_FOUND)
-        )
+        match self {
+            MlflowError::Status {
+                status, error_code, ..
+            } => match error_code.as_deref() {
+                None => matches!(status, 404 | 405),
+                Some(code) => code == ENDPOINT_NOT_FOUND,
+            },
+            _ => false,
+        }
     }
 
     /// MLflow refused a write for a reason of the run's own: a value it will not take
@@ -266,7 +271,6 @@ mod tests {
             (404, "<!doctype html><title>404 Not Found</title>"),
             (404, ""),
             (405, "<html>Method Not Allowed</html>"),
-            (401, "Unauthorized"),
             (
                 404,
                 r#"{"error_code": "ENDPOINT_NOT_FOUND", "message": "No such endpoint"}"#,
@@ -288,6 +292,10 @@ mod tests {
             r#"{"error_code": "PERMISSION_DENIED", "message": "no"}"#,
         );
         assert_eq!(denied.class(), ErrorClass::Permanent);
+        // MLflow's basic-auth app refuses in plain text: still a refusal, not a wrong URL.
+        let refused = answer(403, "Permission denied");
+        assert!(!refused.is_not_the_api());
+        assert_eq!(refused.class(), ErrorClass::Permanent);
     }
 
     #[test]

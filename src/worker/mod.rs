@@ -53,25 +53,6 @@ pub async fn run(
     let _server = server.spawn(metrics.clone(), health.clone());
     let engine =
         Arc::new(Engine::new(&settings, &metrics).context("cannot build the pruning engine")?);
-    // Misconfiguration shows at start, named by its setting, rather than in dead letters. Not
-    // fatal (MLflow or the store may only be down for a while): a wrong tracking URI also
-    // makes /readyz fail once it has not answered as MLflow for five minutes.
-    tokio::spawn({
-        let engine = engine.clone();
-        async move {
-            for check in engine.check_connections().await {
-                match &check.problem {
-                    None => {
-                        info!(system = check.system, what = %check.detail, "start-up check passed")
-                    }
-                    Some(problem) => error!(
-                        system = check.system, what = %check.detail, settings = check.settings,
-                        %problem, "start-up check failed: check these settings"
-                    ),
-                }
-            }
-        }
-    });
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
