@@ -1,11 +1,11 @@
-//! The dashboard and the alert rules name only metrics the worker exports.
+//! The dashboard, the alert rules and both READMEs name only metrics the worker exports.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::scrape::{Endpoint, settings};
 
-/// Every `model_pruner_*` name in `text`.
+/// Every `model_pruner_*` name in `text` (the bare prefix, as prose names it, is not one).
 fn names_in(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let mut rest = text;
@@ -14,7 +14,9 @@ fn names_in(text: &str) -> BTreeSet<String> {
         let end = tail
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
-        names.insert(tail[..end].to_owned());
+        if end > "model_pruner_".len() {
+            names.insert(tail[..end].to_owned());
+        }
         rest = &tail[end..];
     }
     names
@@ -22,11 +24,13 @@ fn names_in(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn deploy_files_name_only_metrics_the_worker_exports() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let files = [
-        "grafana/dashboards/model-pruner.json",
-        "prometheus/alerts.yml",
-        "prometheus/alerts.test.yml",
+        "deploy/grafana/dashboards/model-pruner.json",
+        "deploy/prometheus/alerts.yml",
+        "deploy/prometheus/alerts.test.yml",
+        "deploy/README.md",
+        "README.md",
     ];
     let metrics = model_pruner::metrics::Metrics::new();
     let exported = metrics.exported_names();
@@ -49,6 +53,70 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
         named.len() >= 10,
         "the files name too few metrics: {named:?}"
     );
+}
+
+/// Every `model_pruner_x{label="v", ...}` in `text`: the name and each label name.
+fn selectors_in(text: &str) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("model_pruner_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = &tail[..end];
+        if let Some(inside) = tail[end..]
+            .strip_prefix('{')
+            .and_then(|s| s.split('}').next())
+        {
+            for pair in inside.split(',') {
+                if let Some((label, _)) = pair.split_once('=') {
+                    found.push((
+                        name.to_owned(),
+                        label.trim().trim_end_matches('!').to_owned(),
+                    ));
+                }
+            }
+        }
+        rest = &tail[end..];
+    }
+    found
+}
+
+#[test]
+fn the_readmes_name_only_labels_the_worker_exports() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let metrics = model_pruner::metrics::Metrics::new();
+    let families = metrics.registry().gather();
+    let labels_of = |name: &str| -> Option<BTreeSet<String>> {
+        let family = families.iter().find(|f| f.name() == name)?;
+        Some(
+            family
+                .get_metric()
+                .iter()
+                .flat_map(|m| m.get_label().iter().map(|l| l.name().to_owned()))
+                .collect(),
+        )
+    };
+    let mut wrong = Vec::new();
+    let mut checked = 0;
+    for file in ["README.md", "deploy/README.md"] {
+        let text = std::fs::read_to_string(root.join(file)).expect(file);
+        for (name, label) in selectors_in(&text) {
+            // Families whose series appear only with their first event have no labels yet.
+            let Some(labels) = labels_of(&name).filter(|l| !l.is_empty()) else {
+                continue;
+            };
+            checked += 1;
+            if !labels.contains(&label) {
+                wrong.push(format!(
+                    "{file}: {name}{{{label}=...}}, labels are {labels:?}"
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(checked >= 3, "too few selectors checked: {checked}");
 }
 
 #[tokio::test]
