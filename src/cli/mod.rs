@@ -41,6 +41,13 @@ enum Command {
     ///
     /// Example: MODEL_PRUNER__MLFLOW__TRACKING_URI=http://mlflow:5000 model-pruner worker
     Worker,
+    /// Print a shell completion script; needs no settings.
+    ///
+    /// Example: model-pruner completions bash > /etc/bash_completion.d/model-pruner
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Inspect the settings.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -218,6 +225,12 @@ struct SweepFlags {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before the settings load: a completion script needs none.
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "model-pruner", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -241,6 +254,7 @@ pub fn main() -> ExitCode {
 
 async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Completions { .. } => unreachable!("printed by main before the settings load"),
         Command::Worker => {
             let listen = settings.metrics.listen;
             let server = crate::metrics::Server::bind(listen)

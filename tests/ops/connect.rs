@@ -60,3 +60,18 @@ async fn the_local_stack_passes_and_a_wrong_tracking_uri_or_store_key_is_named()
     assert!(stdout.contains("# broker: ok"), "{stdout}");
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn completions_are_printed_without_settings() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_model-pruner"))
+        .args(["completions", "bash"])
+        .env("MODEL_PRUNER__BROKER__URL", "not a url")
+        .output()
+        .await
+        .unwrap();
+    let (code, stdout, err) = outcome(&out);
+    assert_eq!(code, 0, "{err}");
+    for word in ["model-pruner", "dlq", "migrate-queues", "--experiment-id"] {
+        assert!(stdout.contains(word), "{word} in the bash completions");
+    }
+}
