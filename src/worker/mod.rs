@@ -51,13 +51,12 @@ pub async fn run(
     let health = Arc::new(metrics::Health::new(stall_limit(&settings), &metrics));
     metrics.expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
     let _server = server.spawn(metrics.clone(), health.clone());
-    let engine =
-        Arc::new(Engine::new(&settings, &metrics).context("cannot build the pruning engine")?);
+    let engine = Engine::new(&settings, &metrics).context("cannot build the pruning engine")?;
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
     let ctx = session::Context {
-        engine,
+        engine: Arc::new(engine),
         topology: Topology::from_settings(&settings),
         rules: RetryRules {
             max_attempts: settings.retry.max_attempts,

@@ -5,9 +5,10 @@ use std::path::Path;
 
 use crate::scrape::{Endpoint, settings};
 
-/// Every `model_pruner_*` name in `text` (the bare prefix, as prose names it, is not one).
-fn names_in(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
+/// Every `model_pruner_*` name in `text` (the bare prefix, as prose names it, is not one), each
+/// with the label names of the selector that follows it (`{label="v", ...}`), if any.
+fn mentions_in(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut found = Vec::new();
     let mut rest = text;
     while let Some(at) = rest.find("model_pruner_") {
         let tail = &rest[at..];
@@ -15,11 +16,19 @@ fn names_in(text: &str) -> BTreeSet<String> {
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
         if end > "model_pruner_".len() {
-            names.insert(tail[..end].to_owned());
+            let labels = tail[end..]
+                .strip_prefix('{')
+                .and_then(|s| s.split('}').next())
+                .into_iter()
+                .flat_map(|inside| inside.split(','))
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(label, _)| label.trim().trim_end_matches('!').to_owned())
+                .collect();
+            found.push((tail[..end].to_owned(), labels));
         }
         rest = &tail[end..];
     }
-    names
+    found
 }
 
 #[test]
@@ -38,7 +47,7 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
     let mut named = BTreeSet::new();
     for file in files {
         let text = std::fs::read_to_string(root.join(file)).expect(file);
-        for name in names_in(&text) {
+        for (name, _) in mentions_in(&text) {
             if !exported.contains(&name) {
                 unknown.push(format!("{file}: {name}"));
             }
@@ -53,34 +62,6 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
         named.len() >= 10,
         "the files name too few metrics: {named:?}"
     );
-}
-
-/// Every `model_pruner_x{label="v", ...}` in `text`: the name and each label name.
-fn selectors_in(text: &str) -> Vec<(String, String)> {
-    let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("model_pruner_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        let name = &tail[..end];
-        if let Some(inside) = tail[end..]
-            .strip_prefix('{')
-            .and_then(|s| s.split('}').next())
-        {
-            for pair in inside.split(',') {
-                if let Some((label, _)) = pair.split_once('=') {
-                    found.push((
-                        name.to_owned(),
-                        label.trim().trim_end_matches('!').to_owned(),
-                    ));
-                }
-            }
-        }
-        rest = &tail[end..];
-    }
-    found
 }
 
 #[test]
@@ -102,7 +83,10 @@ fn the_readmes_name_only_labels_the_worker_exports() {
     let mut checked = 0;
     for file in ["README.md", "deploy/README.md"] {
         let text = std::fs::read_to_string(root.join(file)).expect(file);
-        for (name, label) in selectors_in(&text) {
+        let selectors = mentions_in(&text)
+            .into_iter()
+            .flat_map(|(name, labels)| labels.into_iter().map(move |l| (name.clone(), l)));
+        for (name, label) in selectors {
             // Families whose series appear only with their first event have no labels yet.
             let Some(labels) = labels_of(&name).filter(|l| !l.is_empty()) else {
                 continue;

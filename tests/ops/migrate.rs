@@ -18,6 +18,22 @@ fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s))
 }
 
+/// Binds the work queue of `t` to its exchange with every routing key it takes.
+async fn bind_work_queue(channel: &lapin::Channel, t: &Topology) {
+    for key in BINDINGS {
+        channel
+            .queue_bind(
+                t.work_queue.as_str().into(),
+                t.exchange.as_str().into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+}
+
 /// Declares the queues of `t` as the version before at-least-once dead-lettering did.
 async fn declare_old_topology(app: &TestApp, t: &Topology) {
     let channel = app.broker.channel();
@@ -40,18 +56,7 @@ async fn declare_old_topology(app: &TestApp, t: &Topology) {
         )
         .await
         .expect("old work queue");
-    for key in BINDINGS {
-        channel
-            .queue_bind(
-                t.work_queue.as_str().into(),
-                t.exchange.as_str().into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-    }
+    bind_work_queue(channel, t).await;
     let delay = &t.delay_queues[0];
     let mut args = FieldTable::default();
     args.insert(
@@ -239,18 +244,7 @@ async fn an_unbounded_dead_letter_queue_is_migrated_and_each_letter_says_what_it
         )
         .await
         .unwrap();
-    for key in BINDINGS {
-        channel
-            .queue_bind(
-                t.work_queue.as_str().into(),
-                t.exchange.as_str().into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
+    bind_work_queue(channel, &t).await;
     // A letter the worker wrote, with properties a replay keeps.
     let mut h = FieldTable::default();
     headers::set_str(&mut h, headers::ROUTING_KEY, "run.finished");
