@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
@@ -24,11 +24,13 @@ pub const ENV_PREFIX: &str = "MODEL_PRUNER";
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
 /// Optional settings the defaults file leaves out.
-const OPTIONAL_KEYS: [&str; 9] = [
+const OPTIONAL_KEYS: [&str; 11] = [
     "mlflow.token",
     "mlflow.username",
     "mlflow.password",
     "store.endpoint",
+    "store.access_key_id",
+    "store.secret_access_key",
     "policy.grace",
     "policy.group_by",
     "policy.min_metric",
@@ -214,8 +216,10 @@ pub struct StoreSettings {
     #[serde(default)]
     pub endpoint: Option<CredentialedUrl>,
     pub region: String,
+    /// Empty when unset: refused by [`Settings::load`].
+    #[serde(default)]
     pub access_key_id: String,
-    #[serde(serialize_with = "redact")]
+    #[serde(serialize_with = "redact", default = "no_secret")]
     pub secret_access_key: SecretString,
     pub force_path_style: bool,
     pub allowed_buckets: Vec<String>,
@@ -364,6 +368,14 @@ impl Settings {
             "mlflow.page_size must be between 1 and 1000",
         )?;
         rule(
+            !self.store.access_key_id.is_empty()
+                && !self.store.secret_access_key.expose_secret().is_empty(),
+            "store.access_key_id and store.secret_access_key must both be set (there is no \
+             built-in key): in the settings file, as MODEL_PRUNER__STORE__ACCESS_KEY_ID and \
+             MODEL_PRUNER__STORE__SECRET_ACCESS_KEY, or as AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY",
+        )?;
+        rule(
             !self.store.allowed_buckets.is_empty(),
             "store.allowed_buckets must name at least one bucket",
         )?;
@@ -493,6 +505,10 @@ impl Serialize for CredentialedUrl {
     }
 }
 
+fn no_secret() -> SecretString {
+    SecretString::from("")
+}
+
 fn redact<S: Serializer>(_: &SecretString, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("[redacted]")
 }
@@ -565,12 +581,26 @@ mod tests {
         );
     }
 
+    const KEYS: &str = "[store]\naccess_key_id = \"AKIA1\"\nsecret_access_key = \"s\"\n";
+
     #[test]
     fn an_unbounded_prefetch_or_a_tiny_size_bound_is_refused() {
-        assert!(settings_with("").validate().is_ok());
+        assert!(settings_with(KEYS).validate().is_ok());
         for bad in ["[broker]\nprefetch = 0", "[broker]\nmax_message_bytes = 10"] {
-            let err = settings_with(bad).validate().unwrap_err().to_string();
+            let err = settings_with(&format!("{KEYS}{bad}"))
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("broker."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn there_is_no_built_in_store_key() {
+        for partial in ["", "[store]\naccess_key_id = \"AKIA1\""] {
+            let err = settings_with(partial).validate().unwrap_err().to_string();
+            assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+            assert!(err.contains("MODEL_PRUNER__STORE__ACCESS_KEY_ID"), "{err}");
         }
     }
 
