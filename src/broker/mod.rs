@@ -81,6 +81,18 @@ impl BrokerError {
         }
     }
 
+    /// The broker's reply text when it closed the channel or connection (for PRECONDITION_FAILED
+    /// on a queue: the first argument that differs, with both values).
+    pub fn reply_text(&self) -> Option<String> {
+        let (BrokerError::Amqp { cause, .. } | BrokerError::Connect { cause, .. }) = self else {
+            return None;
+        };
+        match cause.kind() {
+            lapin::ErrorKind::ProtocolError(e) => Some(e.get_message().to_string()),
+            _ => None,
+        }
+    }
+
     /// RabbitMQ refused the user a permission (ACCESS_REFUSED): the broker's text names the
     /// resource and the kind of access.
     pub fn is_access_refused(&self) -> bool {

@@ -46,6 +46,13 @@ enum State {
     },
 }
 
+/// A queue's state, with the broker's word on what differs.
+struct Found {
+    state: State,
+    /// RabbitMQ's reply naming the first argument that differs, with both values.
+    difference: Option<String>,
+}
+
 /// What a moved message becomes.
 enum Copy<'a> {
     /// The same message in `queue`, without the headers the broker manages.
@@ -77,14 +84,14 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     let mut states = Vec::new();
     let mut pending = false;
     for queue in delays.iter().copied().chain([work, dead]) {
-        let state = state(&broker, &topology, queue).await?;
+        let Found { state, difference } = state(&broker, &topology, queue).await?;
         let mut held = Vec::new();
         for (name, _) in holding(&topology, queue) {
             if let Some((messages, _)) = passive(&broker, &name).await? {
                 held.push(format!("{name} ({messages} messages)"));
             }
         }
-        println!("{queue}: {}", describe(state, &held));
+        println!("{queue}: {}", describe(state, difference.as_deref(), &held));
         pending |= !held.is_empty() || matches!(state, State::Differs { .. });
         states.push(state);
     }
@@ -163,7 +170,7 @@ pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn describe(state: State, held: &[String]) -> String {
+fn describe(state: State, difference: Option<&str>, held: &[String]) -> String {
     let mut text = match state {
         State::Missing => "missing (the worker declares it)".to_owned(),
         State::UpToDate => "up to date".to_owned(),
@@ -172,7 +179,10 @@ fn describe(state: State, held: &[String]) -> String {
             consumers,
         } => format!(
             "declared with other arguments: needs migrating ({messages} ready messages, \
-             {consumers} consumers)"
+             {consumers} consumers){}",
+            difference
+                .map(|d| format!("; RabbitMQ says: {d}"))
+                .unwrap_or_default()
         ),
     };
     if !held.is_empty() {
@@ -186,9 +196,13 @@ fn describe(state: State, held: &[String]) -> String {
 
 /// Compares `queue` with the arguments this version declares, on throw-away channels (a
 /// refused declaration closes its channel).
-async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Result<State> {
+async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Result<Found> {
+    let found = |state| Found {
+        state,
+        difference: None,
+    };
     let Some((messages, consumers)) = passive(broker, queue).await? else {
-        return Ok(State::Missing);
+        return Ok(found(State::Missing));
     };
     let args = topology
         .arguments(queue)
@@ -204,11 +218,14 @@ async fn state(broker: &Broker, topology: &Topology, queue: &str) -> anyhow::Res
     match declared {
         Ok(_) => {
             let _ = channel.close(200, "OK".into()).await;
-            Ok(State::UpToDate)
+            Ok(found(State::UpToDate))
         }
-        Err(e) if e.soft() == Some(AMQPSoftError::PRECONDITIONFAILED) => Ok(State::Differs {
-            messages,
-            consumers,
+        Err(e) if e.soft() == Some(AMQPSoftError::PRECONDITIONFAILED) => Ok(Found {
+            state: State::Differs {
+                messages,
+                consumers,
+            },
+            difference: e.reply_text(),
         }),
         Err(e) => Err(e).with_context(|| format!("comparing the arguments of {queue}")),
     }

@@ -31,7 +31,7 @@ impl Deref for World {
 
 pub fn settings() -> Settings {
     if std::env::var_os("TEST_LOG").is_some() {
-        model_pruner::telemetry::init(model_pruner::settings::LogFormat::Pretty);
+        model_pruner::telemetry::init(model_pruner::settings::LogFormat::Pretty, false);
     }
     let mut s =
         Settings::load(None).expect("settings load (run: eval \"$(scripts/stack.sh env)\")");

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// parallel tests share nothing; `MODEL_PRUNER__*` from the environment apply.
 pub fn settings(prefix: &str, retry_delay: Duration) -> Settings {
     if std::env::var_os("TEST_LOG").is_some() {
-        model_pruner::telemetry::init(model_pruner::settings::LogFormat::Pretty);
+        model_pruner::telemetry::init(model_pruner::settings::LogFormat::Pretty, false);
     }
     let mut s = Settings::load(None).expect("settings load");
     let id = format!("{prefix}-{:08x}", rand::random::<u32>());
