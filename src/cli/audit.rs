@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use super::ExperimentArgs;
-use crate::domain::audit::{self, Finding};
+use super::{ExperimentArgs, Failure, format};
+use crate::domain::audit::{self, Finding, FolderOwner};
 use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation};
 use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED};
@@ -58,22 +58,30 @@ struct Report {
     fix: Option<String>,
 }
 
+impl AuditArgs {
+    /// `--json`: errors are written as JSON too.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 /// Runs `audit`; errors are reported here and exit 2.
 pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
-    if let Err(code) = args.target.policy.check(&settings.policy) {
-        return code;
+    if let Err(failure) = args.target.policy.check(&settings.policy) {
+        return failure.exit(args.json);
     }
     match audit(settings, &args).await {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("model-pruner: audit failed: {e:#}");
-            ExitCode::from(2)
+        Err(e) => Failure {
+            code: 2,
+            message: format!("audit failed: {e:#}"),
         }
+        .exit(args.json),
     }
 }
 
 async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
-    let experiment_id = args.target.experiment_id.as_str();
+    let experiment_id = &args.target.id(settings).await?;
     let metrics = Metrics::new();
     let mlflow =
         MlflowClient::new(&settings.mlflow, &metrics).context("building the MLflow client")?;
@@ -113,6 +121,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let engine = Engine::new(settings, &metrics).context("building the MLflow client")?;
     let plan = engine
         .run_pass(&args.target.request(
+            experiment_id,
             PassKind::Sweep {
                 delete_experiment: false,
                 force: true,
@@ -165,11 +174,28 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let run_ids: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
     let model_ids: HashSet<&str> = models.iter().map(|m| m.model_id.as_str()).collect();
     let keys = objects.iter().map(|o| (o.key.as_str(), o.size));
-    for orphan in audit::orphans(&root.prefix, keys, &run_ids, &model_ids) {
+    let stray = audit::orphans(&root.prefix, keys, &run_ids, &model_ids);
+    for orphan in stray.orphans {
+        // A folder named like a run may be one of another experiment on this server.
+        let elsewhere = match &orphan.named_for {
+            Some(FolderOwner::Run(id)) if stray.known_folders > 0 => mlflow
+                .run_experiment(id)
+                .await
+                .with_context(|| format!("looking up run {id} for {}", orphan.prefix))?,
+            _ => None,
+        };
+        let (removable, checked) = audit::tie(
+            &orphan,
+            stray.known_folders,
+            elsewhere.as_deref(),
+            experiment_id,
+        );
         findings.push(Finding::Orphan {
             location: format!("s3://{}/{}", root.bucket, orphan.prefix),
             objects: orphan.objects,
             bytes: orphan.bytes,
+            removable,
+            checked,
         });
     }
 
@@ -186,7 +212,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let manual = report.findings.iter().any(|f| !f.fixed_by_prune());
     let mut fixed = false;
     if args.fix {
-        let (message, published) = fix(settings, args, &report.findings).await?;
+        let (message, published) = fix(settings, args, experiment_id, &report.findings).await?;
         report.fix = Some(message);
         fixed = published;
     }
@@ -248,6 +274,7 @@ fn marked_locations(
 async fn fix(
     settings: &Settings,
     args: &AuditArgs,
+    experiment_id: &str,
     findings: &[Finding],
 ) -> anyhow::Result<(String, bool)> {
     let fixable = findings.iter().filter(|f| f.fixed_by_prune()).count();
@@ -264,10 +291,9 @@ async fn fix(
             false,
         ));
     }
-    let t = &args.target;
     let event = Event::ExperimentPrune(ExperimentPrune {
-        experiment_id: t.experiment_id.clone(),
-        policy: t.policy.overrides(),
+        experiment_id: experiment_id.to_owned(),
+        policy: args.target.policy.overrides(),
         delete_experiment: false,
         dry_run: false,
         force: args.force,
@@ -283,6 +309,15 @@ async fn fix(
         ),
         true,
     ))
+}
+
+/// `3 objects, 1.5 KiB`.
+fn size(objects: u64, bytes: u64) -> String {
+    format!(
+        "{}, {}",
+        format::count(objects, "object"),
+        format::bytes(bytes)
+    )
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
@@ -306,18 +341,23 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
                 location,
                 objects,
                 bytes,
-            } => format!("{owner}: {location} still holds {objects} objects, {bytes} bytes"),
+            } => format!("{owner}: {location} still holds {}", size(*objects, *bytes)),
             Finding::BeyondTopN {
                 run_id,
                 reason,
                 objects,
                 bytes,
-            } => format!("run {run_id} ({reason}): {objects} objects, {bytes} bytes"),
+            } => format!("run {run_id} ({reason}): {}", size(*objects, *bytes)),
             Finding::Orphan {
                 location,
                 objects,
                 bytes,
-            } => format!("{location}: {objects} objects, {bytes} bytes of no known run or model"),
+                checked,
+                ..
+            } => format!(
+                "{location}: {} of no known run or model; {checked}",
+                size(*objects, *bytes)
+            ),
             Finding::EmptyModelFolder { run_id, location } => format!(
                 "run {run_id}: {location} holds no file; is the model logged under another \
                  artifact path, or store.artifacts_destination wrong?"
@@ -328,16 +368,46 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{} findings; {} objects checked; {} marked runs and models verified empty",
-        report.findings.len(),
-        report.objects_checked,
+        "{}; {} checked; {} marked runs and models verified empty",
+        format::count(report.findings.len() as u64, "finding"),
+        format::count(report.objects_checked as u64, "object"),
         report.pruned_runs_verified
     )?;
-    if report.findings.iter().any(|f| !f.fixed_by_prune()) {
+    let unfinished = |f: &Finding| matches!(f, Finding::UnfinishedDeletion { .. });
+    let removable = |f: &Finding| {
+        matches!(
+            f,
+            Finding::Orphan {
+                removable: true,
+                ..
+            }
+        )
+    };
+    let unverified = |f: &Finding| {
+        matches!(
+            f,
+            Finding::Orphan {
+                removable: false,
+                ..
+            }
+        )
+    };
+    if report
+        .findings
+        .iter()
+        .any(|f| unfinished(f) || removable(f))
+    {
         writeln!(
             out,
-            "unfinished deletions and orphans are not repaired by a prune: check and remove them \
-             by hand (e.g. aws s3 rm --recursive <location>)"
+            "unfinished deletions and orphans tied to this experiment are not repaired by a \
+             prune: check and remove them by hand (e.g. aws s3 rm --recursive <location>)"
+        )?;
+    }
+    if report.findings.iter().any(unverified) {
+        writeln!(
+            out,
+            "orphans not tied to this experiment on this tracking server: remove nothing there \
+             before finding out whose files they are"
         )?;
     }
     if let Some(fix) = &report.fix {

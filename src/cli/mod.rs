@@ -3,10 +3,12 @@
 
 mod audit;
 mod dlq;
+mod format;
 mod migrate;
 mod plan;
 mod publish;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -17,6 +19,7 @@ use crate::broker::{Broker, Topology};
 use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
 use crate::engine::{Check, Engine, PassKind, PassRequest};
 use crate::metrics::Metrics;
+use crate::mlflow::MlflowClient;
 use crate::settings::Settings;
 use crate::store::Usage;
 use crate::telemetry;
@@ -95,16 +98,32 @@ enum Command {
     },
     /// Sweep an experiment now, in this process (what an experiment.prune event does).
     ///
-    /// Example: model-pruner prune --experiment-id 12 --keep-top 5 --dry-run
+    /// On a terminal it shows what it would delete and asks first (--yes skips the question).
+    ///
+    /// Example: model-pruner prune --experiment-name fine-tune-bert --keep-top 5 --dry-run
     Prune {
         #[command(flatten)]
         target: ExperimentArgs,
         #[command(flatten)]
         flags: SweepFlags,
+        #[command(flatten)]
+        confirm: Confirm,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
+}
+
+impl Command {
+    /// The command writes JSON for a script (`--json`), errors included.
+    fn json(&self) -> bool {
+        match self {
+            Command::Plan { json, .. } | Command::Prune { json, .. } => *json,
+            Command::Audit(args) => args.json(),
+            Command::Dlq(command) => command.json(),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,17 +176,17 @@ struct PolicyArgs {
 }
 
 impl PolicyArgs {
-    /// Exit 2 naming the option when the overrides break the worker's rules on their own (a
-    /// worker would dead-letter such an event as `invalid_policy`).
-    fn check(&self, defaults: &PolicyDefaults) -> Result<(), ExitCode> {
-        policy::check_overrides(&self.overrides(), defaults).map_err(|e| {
-            eprintln!(
-                "model-pruner: --{} {:?}: {}",
+    /// A usage error naming the option when the overrides break the worker's rules on their
+    /// own (a worker would dead-letter such an event as `invalid_policy`).
+    fn check(&self, defaults: &PolicyDefaults) -> Result<(), Failure> {
+        policy::check_overrides(&self.overrides(), defaults).map_err(|e| Failure {
+            code: 2,
+            message: format!(
+                "--{} {:?}: {}",
                 e.field.replace('_', "-"),
                 e.value,
                 e.reason
-            );
-            ExitCode::from(2)
+            ),
         })
     }
 
@@ -186,20 +205,40 @@ impl PolicyArgs {
     }
 }
 
-/// An experiment and optional policy overrides.
+/// An experiment (by id or by name) and optional policy overrides.
 #[derive(Debug, Args)]
 struct ExperimentArgs {
     /// MLflow experiment id.
-    #[arg(long)]
-    experiment_id: String,
+    #[arg(long, required_unless_present = "experiment_name")]
+    experiment_id: Option<String>,
+    /// MLflow experiment name, looked up with experiments/get-by-name.
+    #[arg(long, conflicts_with = "experiment_id")]
+    experiment_name: Option<String>,
     #[command(flatten)]
     policy: PolicyArgs,
 }
 
 impl ExperimentArgs {
-    fn request(&self, kind: PassKind, dry_run: bool) -> PassRequest {
+    /// The experiment id given, or the id of the experiment named (one MLflow request).
+    async fn id(&self, settings: &Settings) -> anyhow::Result<String> {
+        if let Some(id) = &self.experiment_id {
+            return Ok(id.clone());
+        }
+        let name = self.experiment_name.as_deref().unwrap_or_default();
+        let mlflow = MlflowClient::new(&settings.mlflow, &Metrics::new())
+            .context("building the MLflow client")?;
+        match mlflow.get_experiment_by_name(name).await {
+            Ok(experiment) => Ok(experiment.experiment_id),
+            Err(e) if e.is_not_found() => {
+                anyhow::bail!("no experiment is named {name:?} in MLflow (--experiment-name)")
+            }
+            Err(e) => Err(e).with_context(|| format!("looking up experiment {name:?}")),
+        }
+    }
+
+    fn request(&self, experiment_id: &str, kind: PassKind, dry_run: bool) -> PassRequest {
         PassRequest {
-            experiment_id: self.experiment_id.clone(),
+            experiment_id: experiment_id.to_owned(),
             policy: self.policy.overrides(),
             run_ids: vec![],
             kind,
@@ -222,6 +261,14 @@ struct SweepFlags {
     force: bool,
 }
 
+/// Confirmation of a destructive command run by a person.
+#[derive(Debug, Args)]
+struct Confirm {
+    /// Do not ask: on a terminal, a prune without --dry-run shows the plan and asks first.
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -231,24 +278,26 @@ pub fn main() -> ExitCode {
         clap_complete::generate(shell, &mut command, "model-pruner", &mut std::io::stdout());
         return ExitCode::SUCCESS;
     }
+    let json = cli.command.json();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("model-pruner: {e}");
-            return ExitCode::from(2);
+            let message = e.to_string();
+            return Failure { code: 2, message }.exit(json);
         }
     };
-    telemetry::init(settings.log.format);
+    telemetry::init(settings.log.format, !matches!(cli.command, Command::Worker));
     for warning in crate::settings::env_warnings(std::env::vars()) {
         tracing::warn!("{warning}");
     }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     match runtime.block_on(try_main(cli.command, settings)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("model-pruner: {e:#}");
-            ExitCode::FAILURE
+        Err(e) => Failure {
+            code: 1,
+            message: format!("{e:#}"),
         }
+        .exit(json),
     }
 }
 
@@ -293,23 +342,25 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             })
         }
         Command::Plan { target, json } => {
-            if let Err(code) = target.policy.check(&settings.policy) {
-                return Ok(code);
+            if let Err(failure) = target.policy.check(&settings.policy) {
+                return Ok(failure.exit(json));
             }
+            let id = target.id(&settings).await?;
             let engine =
                 Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
+            let kind = PassKind::Sweep {
+                delete_experiment: false,
+                force: true,
+            };
             let report = engine
-                .run_pass(&target.request(
-                    PassKind::Sweep {
-                        delete_experiment: false,
-                        force: true,
-                    },
-                    true,
-                ))
+                .run_pass(&target.request(&id, kind, true))
                 .await
-                .with_context(|| format!("planning experiment {}", target.experiment_id))?;
+                .with_context(|| format!("planning experiment {id}"))?;
             let freed = plan::measure(&engine, &report).await?;
             plan::print(&report, &freed, json)?;
+            if let Some(note) = plan::nothing_stored(&report, &freed, &settings) {
+                eprintln!("note: {note}");
+            }
             let max = settings.policy.max_deletions_per_pass;
             if report.planned.len() > max as usize {
                 eprintln!(
@@ -324,25 +375,46 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Prune {
             target,
             flags,
+            confirm,
             json,
         } => {
-            if let Err(code) = target.policy.check(&settings.policy) {
-                return Ok(code);
+            if let Err(failure) = target.policy.check(&settings.policy) {
+                return Ok(failure.exit(json));
             }
+            let id = target.id(&settings).await?;
             let engine =
                 Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
+            let kind = PassKind::Sweep {
+                delete_experiment: flags.delete_experiment,
+                force: flags.force,
+            };
+            if !flags.dry_run && !confirm.yes && std::io::stdin().is_terminal() {
+                let preview = engine
+                    .run_pass(&target.request(&id, kind, true))
+                    .await
+                    .with_context(|| format!("planning experiment {id}"))?;
+                let usage = plan::measure(&engine, &preview).await?;
+                if let Some(note) = plan::nothing_stored(&preview, &usage, &settings) {
+                    eprintln!("note: {note}");
+                }
+                if !plan::confirm(&preview, &usage, flags.delete_experiment).await? {
+                    return Ok(Failure {
+                        code: 1,
+                        message: "not confirmed: nothing deleted".into(),
+                    }
+                    .exit(json));
+                }
+            }
             let report = engine
-                .run_pass(&target.request(
-                    PassKind::Sweep {
-                        delete_experiment: flags.delete_experiment,
-                        force: flags.force,
-                    },
-                    flags.dry_run,
-                ))
+                .run_pass(&target.request(&id, kind, flags.dry_run))
                 .await
-                .with_context(|| format!("pruning experiment {}", target.experiment_id))?;
+                .with_context(|| format!("pruning experiment {id}"))?;
             let freed = if flags.dry_run {
-                plan::measure(&engine, &report).await?
+                let usage = plan::measure(&engine, &report).await?;
+                if let Some(note) = plan::nothing_stored(&report, &usage, &settings) {
+                    eprintln!("note: {note}");
+                }
+                usage
             } else {
                 Usage {
                     objects: report.objects_deleted(),
@@ -352,6 +424,27 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             plan::print(&report, &freed, json)?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// A command that did not do its work: its exit code and what to tell the user.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// Prints the failure on stderr, and under `--json` also as `{"error": {...}}` on stdout
+    /// (where a script reads the result); returns the exit code.
+    fn exit(self, json: bool) -> ExitCode {
+        eprintln!("model-pruner: {}", self.message);
+        if json {
+            let error = serde_json::json!({
+                "error": {"message": self.message, "exit_code": self.code}
+            });
+            println!("{error}");
+        }
+        ExitCode::from(self.code)
     }
 }
 

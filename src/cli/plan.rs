@@ -1,12 +1,16 @@
 //! Renders a pass report as a table or JSON, with the models and bytes it frees.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::Context;
 use serde_json::json;
 
-use crate::domain::ranking::rfc3339;
+use super::format;
+use crate::domain::policy::PolicySource;
+use crate::domain::ranking::{Decision, RankedRun, rfc3339};
 use crate::engine::{Engine, PassReport};
+use crate::settings::Settings;
 use crate::store::Usage;
 
 /// Objects and bytes under every planned location, for a dry run's summary.
@@ -24,19 +28,82 @@ pub async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Result<Usa
     Ok(total)
 }
 
+/// When every planned folder is empty, what that means: a pass would stop (kind
+/// `empty_folders`) and delete nothing, because the models are not where the settings say.
+pub fn nothing_stored(report: &PassReport, usage: &Usage, settings: &Settings) -> Option<String> {
+    let folders = report.planned.iter().flat_map(|p| &p.locations).count();
+    if folders == 0 || usage.objects > 0 || report.planned.iter().all(|p| p.resume) {
+        return None;
+    }
+    Some(format!(
+        "the {} planned for deletion hold no file: a pass would stop and delete nothing. The \
+         models live elsewhere: check store.endpoint ({}) and, for mlflow-artifacts:/ URIs, \
+         that store.artifacts_destination ({}) is the tracking server's \
+         --artifacts-destination",
+        format::count(folders as u64, "folder"),
+        settings
+            .store
+            .endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "AWS S3".into()),
+        settings.store.artifacts_destination,
+    ))
+}
+
 /// Prints the report on stdout.
 pub fn print(report: &PassReport, freed: &Usage, as_json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if as_json {
-        let value = json!({
-            "report": report,
-            "freed": {"models": report.planned.len(), "objects": freed.objects, "bytes": freed.bytes},
+        // The report's own fields, each run with its outcome, and what was (or would be) freed.
+        let mut value = serde_json::to_value(report)?;
+        if let Some(runs) = value["ranking"]["runs"].as_array_mut() {
+            for (json, run) in runs.iter_mut().zip(&report.ranking.runs) {
+                json["outcome"] = outcome(report, run).into();
+            }
+        }
+        value["freed"] = json!({
+            "models": report.planned.len(),
+            "objects": freed.objects,
+            "bytes": freed.bytes,
         });
         writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         write!(out, "{}", table(report, freed))?;
     }
     Ok(())
+}
+
+/// Shows a dry run's plan on stderr and asks on the terminal whether to go ahead; true for
+/// `y` or `yes`. Nothing to delete (and no experiment to retire) goes ahead without asking.
+pub async fn confirm(
+    preview: &PassReport,
+    usage: &Usage,
+    delete_experiment: bool,
+) -> anyhow::Result<bool> {
+    if preview.planned.is_empty() && !delete_experiment {
+        return Ok(true);
+    }
+    eprint!("{}", table(preview, usage));
+    let mut question = format!(
+        "delete {} ({}, {}) of experiment {} ({:?})",
+        format::count(preview.planned.len() as u64, "model"),
+        format::count(usage.objects, "object"),
+        format::bytes(usage.bytes),
+        preview.experiment_id,
+        preview.experiment_name,
+    );
+    if delete_experiment {
+        question.push_str(" and delete the experiment");
+    }
+    eprint!("{question}? [y/N] ");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await?
+    .context("reading the answer")?;
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
 }
 
 fn table(report: &PassReport, freed: &Usage) -> String {
@@ -46,10 +113,12 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         "RUN NAME".into(),
         report.policy.metric.to_uppercase(),
         "ENDED".into(),
-        "DECISION".into(),
+        "OUTCOME".into(),
         "RULE".into(),
-        "REASON".into(),
+        "WHY".into(),
     ]];
+    // The reasons name the policy for MLflow's tag; the header names it once here.
+    let by_policy = format!(" by {}", report.policy);
     for r in &report.ranking.runs {
         rows.push([
             r.rank.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
@@ -57,29 +126,31 @@ fn table(report: &PassReport, freed: &Usage) -> String {
             r.run.run_name.clone(),
             r.run
                 .metric
-                .map(|v| v.to_string())
+                .map(format::metric)
                 .unwrap_or_else(|| "-".into()),
             r.run.end_time.map(rfc3339).unwrap_or_else(|| "-".into()),
-            r.decision.label().into(),
+            outcome(report, r).into(),
             serde_json::to_value(r.rule)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            r.reason.clone(),
+            r.reason.replacen(&by_policy, "", 1),
         ]);
     }
     let widths: Vec<usize> = (0..8)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut s = format!(
-        "experiment {} — policy: {}{}\n",
+        "experiment {} ({:?}){}\npolicy: {} (from {})\n",
         report.experiment_id,
-        report.policy,
+        report.experiment_name,
         if report.dry_run {
-            " (dry run: nothing changed)"
+            " — dry run: nothing changed"
         } else {
             ""
-        }
+        },
+        report.policy,
+        sources(&report.policy_sources),
     );
     for row in rows {
         let line: Vec<String> = row
@@ -95,17 +166,24 @@ fn table(report: &PassReport, freed: &Usage) -> String {
     } else {
         "freed"
     };
+    // Each outcome with its count, in the order first seen (the ranking's order).
+    let mut outcomes: Vec<(&str, usize)> = Vec::new();
+    for run in &report.ranking.runs {
+        let outcome = outcome(report, run);
+        match outcomes.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => outcomes.push((outcome, 1)),
+        }
+    }
+    let outcomes: Vec<String> = outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
     s.push_str(&format!(
-        "{} ranked: {} keep, {} delete, {} protected, {} in grace, {} skipped; {verb} {} models, {} objects, {} bytes\n",
+        "{} ranked{}{}; {verb} {}, {}, {}\n",
         report.ranking.ranked,
-        report.ranking.count("keep"),
-        report.ranking.count("delete"),
-        report.ranking.count("protected"),
-        report.ranking.count("grace"),
-        report.ranking.count("skipped"),
-        report.planned.len(),
-        freed.objects,
-        freed.bytes,
+        if outcomes.is_empty() { "" } else { ": " },
+        outcomes.join(", "),
+        format::count(report.planned.len() as u64, "model"),
+        format::count(freed.objects, "object"),
+        format::bytes(freed.bytes),
     ));
     for run in &report.unmarked {
         s.push_str(&format!(
@@ -143,4 +221,42 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         s.push_str("experiment deleted\n");
     }
     s
+}
+
+/// What happened to a run, or would in a dry run.
+fn outcome(report: &PassReport, run: &RankedRun) -> &'static str {
+    let id = run.run.run_id.as_str();
+    match (&run.decision, report.dry_run) {
+        (Decision::Delete, true) => "would delete",
+        (Decision::Delete, false) if report.unmarked.iter().any(|u| u.run_id == id) => {
+            "deleted, not marked"
+        }
+        (Decision::Delete, false) if report.pruned.iter().any(|p| p.run_id == id) => "deleted",
+        (Decision::Delete, false) => "not deleted",
+        (Decision::Keep, true) => "keep",
+        (Decision::Keep, false) => "kept",
+        (Decision::Grace { .. }, _) => "in grace",
+        (Decision::Protected { .. }, _) => "protected",
+        (Decision::Skipped { .. }, _) => "skipped",
+    }
+}
+
+/// `keep_top: options; metric, direction: experiment tags; the rest: settings`.
+fn sources(sources: &BTreeMap<PolicySource, Vec<&str>>) -> String {
+    let name = |source: &PolicySource| match source {
+        PolicySource::Event => "options",
+        PolicySource::ExperimentTag => "experiment tags",
+        PolicySource::Settings => "settings",
+    };
+    if sources.len() == 1 {
+        return sources.keys().map(|s| format!("the {}", name(s))).collect();
+    }
+    sources
+        .iter()
+        .map(|(source, fields)| match source {
+            PolicySource::Settings => format!("the rest: {}", name(source)),
+            _ => format!("{}: {}", fields.join(", "), name(source)),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

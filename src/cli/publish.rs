@@ -40,7 +40,7 @@ pub enum PublishCommand {
     },
     /// Ask a worker to sweep a whole experiment, optionally retiring it afterwards.
     ///
-    /// Exit codes as for run-finished.
+    /// Exit codes as for run-finished. --experiment-name asks MLflow for the id first.
     ///
     /// Example: model-pruner publish prune-experiment --experiment-id 12 --keep-top 0 --delete-experiment
     PruneExperiment {
@@ -59,25 +59,26 @@ impl PublishCommand {
         }
     }
 
-    fn event(self) -> Event {
+    /// The event, with the experiment id looked up when the experiment is given by name.
+    async fn event(self, settings: &Settings) -> anyhow::Result<Event> {
         match self {
             PublishCommand::RunFinished {
                 experiment_id,
                 run_id,
                 policy,
-            } => Event::RunFinished(RunFinished {
+            } => Ok(Event::RunFinished(RunFinished {
                 experiment_id,
                 run_id,
                 policy: policy.overrides(),
-            }),
+            })),
             PublishCommand::PruneExperiment { target, flags } => {
-                Event::ExperimentPrune(ExperimentPrune {
+                Ok(Event::ExperimentPrune(ExperimentPrune {
+                    experiment_id: target.id(settings).await?,
                     policy: target.policy.overrides(),
-                    experiment_id: target.experiment_id,
                     delete_experiment: flags.delete_experiment,
                     dry_run: flags.dry_run,
                     force: flags.force,
-                })
+                }))
             }
         }
     }
@@ -85,10 +86,10 @@ impl PublishCommand {
 
 /// Runs `publish`: 0 published, 1 not published, 2 an event that breaks the contract.
 pub async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result<ExitCode> {
-    if let Err(code) = command.policy().check(&settings.policy) {
-        return Ok(code);
+    if let Err(failure) = command.policy().check(&settings.policy) {
+        return Ok(failure.exit(false));
     }
-    let event = command.event();
+    let event = command.event(settings).await?;
     let body = event.to_body();
     // The worker would dead-letter what the contract refuses (an empty id): refuse it here.
     if let Err(e) = Event::parse(event.routing_key(), &body) {

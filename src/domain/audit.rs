@@ -40,6 +40,10 @@ pub enum Finding {
         location: String,
         objects: u64,
         bytes: u64,
+        /// Tied to this experiment on this server ([`tie`]): removing it by hand is safe.
+        removable: bool,
+        /// What was checked, and why it is or is not removable.
+        checked: String,
     },
     /// The engine could not plan a pass (bad policy, no run has the metric...).
     PlanFailed { error: String },
@@ -52,7 +56,10 @@ impl Finding {
             Finding::UnfinishedDeletion { .. } => "unfinished deletion",
             Finding::BeyondTopN { .. } => "beyond top N",
             Finding::EmptyModelFolder { .. } => "empty model folder",
-            Finding::Orphan { .. } => "orphan",
+            Finding::Orphan {
+                removable: true, ..
+            } => "orphan",
+            Finding::Orphan { .. } => "unverified orphan",
             Finding::PlanFailed { .. } => "plan failed",
         }
     }
@@ -70,6 +77,70 @@ pub struct OrphanFolder {
     pub prefix: String,
     pub objects: u64,
     pub bytes: u64,
+    /// The run id (`<root><id>/`) or logged model id (`<root>models/<id>/`) the folder is
+    /// named for; none for a loose file.
+    pub named_for: Option<FolderOwner>,
+}
+
+/// What a folder under an experiment's root is named for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FolderOwner {
+    Run(String),
+    LoggedModel(String),
+}
+
+/// What lies under an experiment's root besides its known runs' and models' folders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stray {
+    pub orphans: Vec<OrphanFolder>,
+    /// Known runs' and logged models' folders found under the root: the proof that the root
+    /// is this experiment's on this server (and not another server's with the same ids).
+    pub known_folders: usize,
+}
+
+/// Whether an orphan folder may be removed by hand, and what was checked. It is tied to this
+/// experiment on this server only when the root holds folders of the experiment's own runs or
+/// models (`known_folders`) and the tracking server has no run by the folder's name
+/// (`run_elsewhere`: the experiment holding such a run, if any).
+pub fn tie(
+    orphan: &OrphanFolder,
+    known_folders: usize,
+    run_elsewhere: Option<&str>,
+    experiment_id: &str,
+) -> (bool, String) {
+    if known_folders == 0 {
+        return (
+            false,
+            format!(
+                "no folder of experiment {experiment_id}'s runs or logged models lies beside \
+                 it, so nothing ties this root to this tracking server: it may hold another \
+                 server's or experiment's files (check store.artifacts_destination and \
+                 store.endpoint); not safe to remove"
+            ),
+        );
+    }
+    if let Some(other) = run_elsewhere {
+        return (
+            false,
+            format!("the tracking server has this run in experiment {other}: not an orphan"),
+        );
+    }
+    let what = match &orphan.named_for {
+        Some(FolderOwner::Run(id)) => {
+            format!("the tracking server has no run {id}, and ")
+        }
+        Some(FolderOwner::LoggedModel(id)) => {
+            format!("experiment {experiment_id} has no logged model {id}, and ")
+        }
+        None => String::new(),
+    };
+    (
+        true,
+        format!(
+            "{what}{known_folders} folders of experiment {experiment_id}'s runs and models lie \
+             beside it under the same root"
+        ),
+    )
 }
 
 /// The folder holding every file of the experiment, from its `artifact_location`
@@ -89,40 +160,58 @@ pub fn experiment_root(
 }
 
 /// Groups the objects under `root` (keys and sizes) that are neither in a known run's folder
-/// (`<root><run_id>/`) nor in a known logged model's (`<root>models/<model_id>/`), by folder.
+/// (`<root><run_id>/`) nor in a known logged model's (`<root>models/<model_id>/`), by folder,
+/// and counts the known folders found.
 pub fn orphans<'a>(
     root: &str,
     objects: impl IntoIterator<Item = (&'a str, u64)>,
     run_ids: &HashSet<&str>,
     model_ids: &HashSet<&str>,
-) -> Vec<OrphanFolder> {
-    let mut folders: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+) -> Stray {
+    let mut folders: BTreeMap<String, (u64, u64, Option<FolderOwner>)> = BTreeMap::new();
+    let mut known = HashSet::new();
     for (key, size) in objects {
         let Some(rest) = key.strip_prefix(root) else {
             continue;
         };
         let parts: Vec<&str> = rest.split('/').collect();
-        let folder = match parts.as_slice() {
-            // A file directly under the root, or directly in its models folder.
-            [_] | [MODELS_FOLDER, _] => key.to_owned(),
-            [MODELS_FOLDER, id, ..] if model_ids.contains(id) => continue,
-            [MODELS_FOLDER, id, ..] => format!("{root}{MODELS_FOLDER}/{id}/"),
-            [run, ..] if run_ids.contains(run) => continue,
-            [first, ..] => format!("{root}{first}/"),
+        let (folder, named_for) = match parts.as_slice() {
+            // A file lying directly at the root or directly in models/.
+            [_] | [MODELS_FOLDER, _] => (key.to_owned(), None),
+            [MODELS_FOLDER, id, ..] if model_ids.contains(id) => {
+                known.insert(format!("{MODELS_FOLDER}/{id}"));
+                continue;
+            }
+            [MODELS_FOLDER, id, ..] => (
+                format!("{root}{MODELS_FOLDER}/{id}/"),
+                Some(FolderOwner::LoggedModel((*id).to_owned())),
+            ),
+            [run, ..] if run_ids.contains(run) => {
+                known.insert((*run).to_owned());
+                continue;
+            }
+            [first, ..] => (
+                format!("{root}{first}/"),
+                Some(FolderOwner::Run((*first).to_owned())),
+            ),
             [] => continue,
         };
-        let entry = folders.entry(folder).or_default();
+        let entry = folders.entry(folder).or_insert((0, 0, named_for));
         entry.0 += 1;
         entry.1 += size;
     }
-    folders
-        .into_iter()
-        .map(|(prefix, (objects, bytes))| OrphanFolder {
-            prefix,
-            objects,
-            bytes,
-        })
-        .collect()
+    Stray {
+        orphans: folders
+            .into_iter()
+            .map(|(prefix, (objects, bytes, named_for))| OrphanFolder {
+                prefix,
+                objects,
+                bytes,
+                named_for,
+            })
+            .collect(),
+        known_folders: known.len(),
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +249,9 @@ mod tests {
             ("12/r1/artifacts/model/a.bin", 3),
             ("12/models/m-1/artifacts/b.bin", 4),
         ];
-        assert!(orphans("12/", objects, &runs, &models).is_empty());
+        let stray = orphans("12/", objects, &runs, &models);
+        assert!(stray.orphans.is_empty());
+        assert_eq!(stray.known_folders, 2);
     }
 
     #[test]
@@ -177,7 +268,13 @@ mod tests {
             ("13/r9/elsewhere.bin", 9),
         ];
         let found = orphans("12/", objects, &runs, &models);
+        assert_eq!(found.known_folders, 1);
+        assert_eq!(
+            found.orphans[2].named_for,
+            Some(FolderOwner::Run("r2".into()))
+        );
         let summary: Vec<_> = found
+            .orphans
             .iter()
             .map(|o| (o.prefix.as_str(), o.objects, o.bytes))
             .collect();
@@ -201,7 +298,7 @@ mod tests {
             &HashSet::new(),
             &HashSet::from(["m-1"]),
         );
-        assert_eq!(found[0].prefix, "1/models/m-9/");
+        assert_eq!(found.orphans[0].prefix, "1/models/m-9/");
     }
 
     #[test]
@@ -216,8 +313,32 @@ mod tests {
             location: "s3://mlflow/1/x/".into(),
             objects: 1,
             bytes: 1,
+            removable: true,
+            checked: String::new(),
         };
         assert!(beyond.fixed_by_prune());
         assert!(!orphan.fixed_by_prune());
+    }
+
+    #[test]
+    fn an_orphan_is_removable_only_beside_known_folders_and_unknown_to_the_server() {
+        let orphan = OrphanFolder {
+            prefix: "1/abc/".into(),
+            objects: 1,
+            bytes: 1,
+            named_for: Some(FolderOwner::Run("abc".into())),
+        };
+        let (removable, checked) = tie(&orphan, 0, None, "1");
+        assert!(!removable);
+        assert!(checked.contains("store.artifacts_destination"), "{checked}");
+        let (removable, checked) = tie(&orphan, 3, Some("7"), "1");
+        assert!(!removable);
+        assert!(checked.contains("experiment 7"), "{checked}");
+        let (removable, checked) = tie(&orphan, 3, None, "1");
+        assert!(removable);
+        assert!(
+            checked.contains("no run abc") && checked.contains("3 folders"),
+            "{checked}"
+        );
     }
 }

@@ -259,7 +259,8 @@ pub struct PolicyOverrides {
 }
 
 /// Where a policy value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PolicySource {
     Event,
     ExperimentTag,
@@ -300,6 +301,40 @@ pub fn check_overrides(
         ..defaults.clone()
     };
     resolve(overrides, &BTreeMap::new(), &without_floors).map(drop)
+}
+
+/// Each policy field with the experiment tag that sets it, in the policy's order.
+const FIELDS: [(&str, &str); 9] = [
+    ("metric", TAG_METRIC),
+    ("direction", TAG_DIRECTION),
+    ("keep_top", TAG_KEEP_TOP),
+    ("keep_latest", TAG_KEEP_LATEST),
+    ("grace", TAG_GRACE),
+    ("group_by", TAG_GROUP_BY),
+    ("min_metric", TAG_MIN_METRIC),
+    ("max_metric", TAG_MAX_METRIC),
+    ("older_than", TAG_OLDER_THAN),
+];
+
+/// Where [`resolve`] takes each field from (same order: event, experiment tags, settings), as
+/// the fields of each source.
+pub fn origins(
+    event: &PolicyOverrides,
+    experiment_tags: &BTreeMap<String, String>,
+) -> BTreeMap<PolicySource, Vec<&'static str>> {
+    let given = serde_json::to_value(event).unwrap_or_default();
+    let mut out: BTreeMap<PolicySource, Vec<&'static str>> = BTreeMap::new();
+    for (field, tag) in FIELDS {
+        let source = if given.get(field).is_some() {
+            PolicySource::Event
+        } else if experiment_tags.contains_key(tag) {
+            PolicySource::ExperimentTag
+        } else {
+            PolicySource::Settings
+        };
+        out.entry(source).or_default().push(field);
+    }
+    out
 }
 
 /// Resolves each field independently, first match wins: event, experiment tags, settings.
@@ -491,6 +526,22 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn origins_name_the_source_of_each_field_in_resolve_order() {
+        let event = PolicyOverrides {
+            keep_top: Some(3),
+            metric: Some("loss".into()),
+            ..Default::default()
+        };
+        let tags = tags(&[(TAG_METRIC, "f1"), (TAG_DIRECTION, "min")]);
+        let found = origins(&event, &tags);
+        assert_eq!(found[&PolicySource::Event], ["metric", "keep_top"]);
+        assert_eq!(found[&PolicySource::ExperimentTag], ["direction"]);
+        assert_eq!(found[&PolicySource::Settings].len(), 6);
+        let none = origins(&PolicyOverrides::default(), &BTreeMap::new());
+        assert_eq!(none.keys().collect::<Vec<_>>(), [&PolicySource::Settings]);
     }
 
     #[test]

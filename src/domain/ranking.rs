@@ -175,6 +175,8 @@ pub enum Decision {
         protection: Protection,
     },
     Skipped {
+        /// `skip_reason` beside a run's own `reason` in JSON.
+        #[serde(rename = "skip_reason")]
         reason: SkipReason,
     },
     /// Out of the top N but finished less than `grace` ago: kept until `until` (milliseconds
@@ -245,6 +247,8 @@ pub enum Rule {
 pub struct RankedRun {
     pub run: RunFacts,
     pub rank: Option<usize>,
+    /// Written beside the other fields: `"decision": "protected", "protection": {...}`.
+    #[serde(flatten)]
     pub decision: Decision,
     /// The rule that made the decision.
     pub rule: Rule,
@@ -256,6 +260,8 @@ pub struct RankedRun {
 /// The outcome of ranking one experiment: ranked runs in rank order, then the skipped ones.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ranking {
+    /// Left out of JSON: the pass report beside it has it.
+    #[serde(skip)]
     pub policy: RetentionPolicy,
     pub runs: Vec<RankedRun>,
     /// Number of ranked candidates.

@@ -22,10 +22,12 @@ pub enum PruneError {
         experiment_id: String,
         source: PolicyError,
     },
-    #[error("experiment {experiment_id}: {source}")]
+    #[error("experiment {experiment_id}: {source}{hint}")]
     Ranking {
         experiment_id: String,
         source: RankingError,
+        /// What would help, e.g. the metrics the runs do log; empty or starting with `; `.
+        hint: String,
     },
     #[error(
         "experiment {experiment_id}: the pass would delete {count} models, more than \

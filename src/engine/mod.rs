@@ -43,7 +43,8 @@ pub use retry::RetryPolicy;
 
 use crate::domain::event::Event;
 use crate::domain::location::LocationRules;
-use crate::domain::policy::{PolicyDefaults, PolicyOverrides};
+use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
+use crate::domain::ranking::RankingError;
 use crate::domain::run::LifecycleStage;
 use crate::metrics::Metrics;
 use crate::mlflow::{
@@ -161,7 +162,21 @@ impl Engine {
 
         // Plan.
         let runs = (runs, foreign);
-        let mut plan = planner.plan(req, policy.clone(), runs, &logged_models, now_ms())?;
+        let mut plan = match planner.plan(req, policy.clone(), runs, &logged_models, now_ms()) {
+            Err(PruneError::Ranking {
+                experiment_id,
+                source: source @ RankingError::NoMetric { .. },
+                ..
+            }) => {
+                let hint = self.logged_metrics(&experiment_id).await;
+                return Err(PruneError::Ranking {
+                    experiment_id,
+                    source,
+                    hint,
+                });
+            }
+            plan => plan?,
+        };
         // A first look before the safety valve counts: registered runs are not deletions. A dry
         // run's look is as thorough as the one a real pass makes before each run's files go.
         let depth = if req.dry_run {
@@ -192,7 +207,9 @@ impl Engine {
 
         let mut report = PassReport {
             experiment_id: experiment_id.to_owned(),
+            experiment_name: experiment.name.clone(),
             policy: plan.policy,
+            policy_sources: policy::origins(&req.policy, &experiment.tags),
             ranking: plan.ranking,
             planned: plan.planned,
             pruned: Vec::new(),
@@ -244,6 +261,19 @@ impl Engine {
             "pass finished"
         );
         Ok(report)
+    }
+
+    /// `; the latest runs log: a, b` for an error about a metric no run has (best effort: empty
+    /// when MLflow does not answer).
+    async fn logged_metrics(&self, experiment_id: &str) -> String {
+        match self.mlflow.metric_names(experiment_id, 100).await {
+            Ok(names) if names.is_empty() => "; the latest runs log no metric at all".to_owned(),
+            Ok(names) => format!(
+                "; the latest runs log: {}",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            Err(_) => String::new(),
+        }
     }
 
     /// The experiment, or [`PruneError::UnknownExperiment`].

@@ -76,6 +76,7 @@ impl Planner<'_> {
             |source| PruneError::Ranking {
                 experiment_id: experiment_id.to_owned(),
                 source,
+                hint: String::new(),
             },
         )?;
         log_ranking(&ranking, &policy);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::domain::location::ModelLocation;
-use crate::domain::policy::RetentionPolicy;
+use crate::domain::policy::{PolicySource, RetentionPolicy};
 use crate::domain::ranking::{Ranking, RunFacts};
 
 /// A run whose models are to be deleted, with every folder resolved.
@@ -24,11 +24,30 @@ pub struct PlannedDeletion {
     #[serde(skip)]
     pub writes_deleted_param: bool,
     /// Folders to empty, each with the logged model id it belongs to (none for classic models).
+    #[serde(serialize_with = "locations")]
     pub locations: Vec<(ModelLocation, Option<String>)>,
     /// Logged models of `locations` also linked to other runs, with those runs (each pruned in
     /// this pass or before: a model another run keeps is not planned at all).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub shared_with: BTreeMap<String, Vec<String>>,
+}
+
+/// Writes `locations` as `[{"location": "s3://b/p/", "logged_model_id": "m-1"}]` (the id only
+/// for a logged model).
+fn locations<S: serde::Serializer>(
+    locations: &[(ModelLocation, Option<String>)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Folder<'a> {
+        location: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        logged_model_id: Option<&'a str>,
+    }
+    serializer.collect_seq(locations.iter().map(|(l, id)| Folder {
+        location: l.to_string(),
+        logged_model_id: id.as_deref(),
+    }))
 }
 
 /// The inputs of the ranking that can change while a pass runs, as the pass ranked them.
@@ -71,7 +90,10 @@ pub struct PrunedRun {
 #[derive(Debug, Clone, Serialize)]
 pub struct PassReport {
     pub experiment_id: String,
+    pub experiment_name: String,
     pub policy: RetentionPolicy,
+    /// The policy fields each source set (the event, the experiment's tags, the settings).
+    pub policy_sources: BTreeMap<PolicySource, Vec<&'static str>>,
     pub ranking: Ranking,
     pub planned: Vec<PlannedDeletion>,
     pub pruned: Vec<PrunedRun>,

@@ -1,4 +1,5 @@
-//! Experiment endpoints: `experiments/get`, `experiments/set-experiment-tag` and
+//! Experiment endpoints: `experiments/get`, `experiments/get-by-name`,
+//! `experiments/set-experiment-tag` and
 //! `experiments/delete`.
 
 use reqwest::Method;
@@ -22,6 +23,17 @@ impl MlflowClient {
         let response: GetExperimentResponse = self
             .get(call, url, &[("experiment_id", experiment_id)])
             .await?;
+        Ok(response.experiment.into())
+    }
+
+    /// The experiment named `name` (MLflow names are unique; deleted ones included). A name
+    /// no experiment has is [`is_not_found`](MlflowError::is_not_found).
+    #[tracing::instrument(level = "debug", skip_all, fields(%name), err(level = "debug", Display))]
+    pub async fn get_experiment_by_name(&self, name: &str) -> Result<Experiment, MlflowError> {
+        let call = Call::new("experiments/get-by-name", format!("experiment {name:?}"));
+        let url = self.url(&["experiments", "get-by-name"]);
+        let response: GetExperimentResponse =
+            self.get(call, url, &[("experiment_name", name)]).await?;
         Ok(response.experiment.into())
     }
 

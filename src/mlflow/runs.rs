@@ -1,4 +1,6 @@
-//! Run endpoints: search, and writing params and tags in one batch.
+//! Run endpoints: search, get, and writing params and tags in one batch.
+
+use std::collections::BTreeSet;
 
 use reqwest::Method;
 use serde::de::IgnoredAny;
@@ -7,7 +9,7 @@ use serde_json::json;
 use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
 use super::types::{Run, RunFields};
-use super::wire::SearchRunsResponse;
+use super::wire::{RunInfo, SearchRunsResponse};
 
 /// MLflow rejects `runs/search` with `max_results` above this.
 const RUNS_SEARCH_MAX_RESULTS: u32 = 50_000;
@@ -81,6 +83,51 @@ impl MlflowClient {
             Ok((runs, page.next_page_token))
         })
         .await
+    }
+
+    /// The metric names logged by the experiment's latest `runs` runs (one `runs/search` page),
+    /// to tell a person who mistyped the policy's metric which ones exist.
+    #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
+    pub async fn metric_names(
+        &self,
+        experiment_id: &str,
+        runs: u32,
+    ) -> Result<BTreeSet<String>, MlflowError> {
+        let call = Call::new("runs/search", format!("experiment {experiment_id}"));
+        let url = self.url(&["runs", "search"]);
+        let body = json!({
+            "experiment_ids": [experiment_id],
+            "max_results": runs.min(RUNS_SEARCH_MAX_RESULTS),
+            "order_by": [RUNS_ORDER],
+        });
+        let page: SearchRunsResponse = self.send(call, Method::POST, url, &body).await?;
+        Ok(page
+            .runs
+            .into_iter()
+            .flat_map(|r| r.data.metrics)
+            .map(|m| m.key)
+            .collect())
+    }
+
+    /// The experiment holding run `run_id` on this server (`runs/get`), or `None` when the
+    /// server has no such run.
+    #[tracing::instrument(level = "debug", skip_all, fields(%run_id), err(level = "debug", Display))]
+    pub async fn run_experiment(&self, run_id: &str) -> Result<Option<String>, MlflowError> {
+        #[derive(serde::Deserialize)]
+        struct GetRun {
+            run: RunOnly,
+        }
+        #[derive(serde::Deserialize)]
+        struct RunOnly {
+            info: RunInfo,
+        }
+        let call = Call::new("runs/get", format!("run {run_id}"));
+        let url = self.url(&["runs", "get"]);
+        match self.get::<GetRun>(call, url, &[("run_id", run_id)]).await {
+            Ok(found) => Ok(Some(found.run.info.experiment_id)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Removes a tag from a run (`POST runs/delete-tag`).

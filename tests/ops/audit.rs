@@ -74,6 +74,16 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     let text = report.to_string();
     assert!(text.contains(&marked.run.run_id), "{text}");
     assert!(text.contains("stray-folder/"), "{text}");
+    let stray = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "orphan")
+        .unwrap();
+    assert_eq!(
+        stray["removable"], true,
+        "beside this experiment's runs: {stray}"
+    );
     assert!(text.contains(&runs[1].run.run_id) && text.contains(&runs[2].run.run_id));
 
     // --fix publishes the prune; the unfinished deletion and the orphan still need a human.
@@ -105,6 +115,75 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["pruned_runs_verified"], 3, "{stdout}");
     app.cleanup().await;
+}
+
+/// A run id of the tracking server that is not in the experiment, as a folder name.
+#[tokio::test]
+async fn orphans_not_tied_to_this_server_are_never_offered_for_removal() {
+    let world = World::new("ops");
+    let exp = world.mlflow.experiment("ops-audit-foreign").await.unwrap();
+    let other = world.mlflow.experiment("ops-audit-other").await.unwrap();
+    let (bucket, root) = exp
+        .artifact_location
+        .strip_prefix("s3://")
+        .and_then(|r| r.split_once('/'))
+        .expect("an s3:// experiment location");
+    // What another server's experiment with the same path would hold: a run folder this
+    // server does not know, and no folder of this experiment's own runs beside it.
+    let foreign = format!("{root}/0123456789abcdef0123456789abcdef/artifacts/model/x.bin");
+    store_fixtures::put_object(&world.s3, bucket, &foreign, b"x".to_vec())
+        .await
+        .unwrap();
+    let s = settings();
+    let audit = ["audit", "--experiment-id", exp.id.as_str()];
+    let (code, stdout, err) = outcome(&run_cli(&s, &audit).await);
+    assert_eq!(code, 1, "{stdout}{err}");
+    assert!(stdout.contains("unverified orphan"), "{stdout}");
+    assert!(stdout.contains("store.artifacts_destination"), "{stdout}");
+    assert!(
+        !stdout.contains("aws s3 rm"),
+        "no removal advised: {stdout}"
+    );
+
+    // Beside a folder of the experiment's own run, a folder named for a run of another
+    // experiment on this server is that run's, not an orphan to remove.
+    world
+        .model_run(
+            &exp,
+            Layout::Classic,
+            RunSpec::new("own").metric("accuracy", 0.5),
+            1,
+        )
+        .await;
+    let elsewhere = other.run(RunSpec::new("elsewhere")).await.unwrap();
+    let misplaced = format!("{root}/{}/artifacts/x.bin", elsewhere.run_id);
+    store_fixtures::put_object(&world.s3, bucket, &misplaced, b"x".to_vec())
+        .await
+        .unwrap();
+    let json = ["audit", "--experiment-id", exp.id.as_str(), "--json"];
+    let (_, stdout, err) = outcome(&run_cli(&s, &json).await);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stdout}{err}"));
+    let findings = report["findings"].as_array().unwrap();
+    let about = |needle: &str| {
+        findings
+            .iter()
+            .find(|f| f["location"].as_str().is_some_and(|l| l.contains(needle)))
+            .unwrap_or_else(|| panic!("{needle}: {stdout}"))
+    };
+    let misplaced = about(&elsewhere.run_id);
+    assert_eq!(misplaced["removable"], false, "{misplaced}");
+    assert!(
+        misplaced["checked"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("experiment {}", other.id)),
+        "{misplaced}"
+    );
+    let foreign = about("0123456789abcdef0123456789abcdef");
+    assert_eq!(
+        foreign["removable"], true,
+        "now tied, and no such run: {foreign}"
+    );
 }
 
 #[tokio::test]

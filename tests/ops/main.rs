@@ -11,4 +11,5 @@ mod dlq;
 mod helpers;
 mod hostile;
 mod migrate;
+mod output;
 mod publish;

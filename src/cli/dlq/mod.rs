@@ -81,6 +81,13 @@ pub enum DlqCommand {
     },
 }
 
+impl DlqCommand {
+    /// `list --json`: errors are written as JSON too.
+    pub fn json(&self) -> bool {
+        matches!(self, DlqCommand::List { json: true, .. })
+    }
+}
+
 /// Runs a `dlq` subcommand.
 pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let broker = Broker::connect(&settings.broker, "model-pruner dlq")

@@ -1,0 +1,84 @@
+//! How the command line writes numbers for people: metric values rounded, byte counts in
+//! units, counted nouns in the right number. `--json` keeps the raw values.
+
+/// A metric value to six significant digits, without trailing zeros (`0.09` for
+/// `0.08999999999999997`); very large or small values in scientific notation.
+pub fn metric(value: f64) -> String {
+    if !value.is_finite() || value == 0.0 {
+        return value.to_string();
+    }
+    let magnitude = value.abs().log10().floor();
+    if !(-4.0..15.0).contains(&magnitude) {
+        return format!("{value:.5e}");
+    }
+    // Six significant digits: five after the first one.
+    let decimals = (5.0 - magnitude).max(0.0) as usize;
+    let fixed = format!("{value:.decimals$}");
+    if fixed.contains('.') {
+        fixed.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        fixed
+    }
+}
+
+/// A byte count in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `1 model`, `2 models`: `noun` with an `s` unless `n` is one.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_rounded_to_six_significant_digits() {
+        assert_eq!(metric(0.08999999999999997), "0.09");
+        assert_eq!(metric(0.912345678), "0.912346");
+        assert_eq!(metric(-1.5), "-1.5");
+        assert_eq!(metric(123456.789), "123457");
+        assert_eq!(metric(2.0), "2");
+        assert_eq!(metric(0.0), "0");
+        assert_eq!(metric(0.00012345678), "0.000123457");
+        assert_eq!(metric(1.5e-7), "1.50000e-7");
+        assert_eq!(metric(3e20), "3.00000e20");
+        assert_eq!(metric(f64::NAN), "NaN");
+        assert_eq!(metric(f64::NEG_INFINITY), "-inf");
+    }
+
+    #[test]
+    fn bytes_are_written_in_binary_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn counted_nouns_agree_with_their_number() {
+        assert_eq!(count(0u32, "model"), "0 models");
+        assert_eq!(count(1u32, "model"), "1 model");
+        assert_eq!(count(2u64, "object"), "2 objects");
+    }
+}
