@@ -457,6 +457,7 @@ async fn check_broker(settings: &Settings) -> Check {
         settings: "broker.url, broker.exchange, broker.work_queue (and the user's permissions)",
         detail: "RabbitMQ accepts the user".to_owned(),
         problem: None,
+        misconfigured: false,
     };
     let broker = match Broker::connect(&settings.broker, "model-pruner config check").await {
         Ok(broker) => broker,

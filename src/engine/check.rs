@@ -1,9 +1,10 @@
 //! Whether MLflow and the store answer as the engine will use them: the tracking URI answers
 //! MLflow's REST API (its own JSON, not a page from whatever else sits at a wrong URL), and the
 //! store's credentials may list each allowed bucket. `model-pruner config check --connect` runs
-//! them for a person; they change nothing.
+//! them for a person, a worker at start; they change nothing.
 
 use super::Engine;
+use crate::domain::classify::ErrorClass;
 
 /// A folder no run uses: listing it needs the same permission as any listing, and finds nothing.
 const PROBE_PREFIX: &str = ".model-pruner-check/";
@@ -18,6 +19,9 @@ pub struct Check {
     /// What was tried, or what answered.
     pub detail: String,
     pub problem: Option<String>,
+    /// The problem is in the settings (a page that is not MLflow's API, credentials or a
+    /// bucket refused): trying again cannot help. Otherwise the system did not answer (yet).
+    pub misconfigured: bool,
 }
 
 impl Engine {
@@ -34,34 +38,39 @@ impl Engine {
     async fn check_mlflow(&self) -> Check {
         // Experiment 0 may be gone: MLflow's own "does not exist" answers as well as the
         // experiment itself.
-        let problem = match self.mlflow.get_experiment("0").await {
-            Ok(_) => None,
-            Err(e) if e.is_not_found() => None,
-            Err(e) if e.is_not_the_api() => Some(format!(
-                "something answers, but not MLflow's REST API ({e}); is the base path right?"
-            )),
-            Err(e) => Some(e.to_string()),
+        let (problem, misconfigured) = match self.mlflow.get_experiment("0").await {
+            Ok(_) => (None, false),
+            Err(e) if e.is_not_found() => (None, false),
+            Err(e) if e.is_not_the_api() => (
+                Some(format!(
+                    "something answers, but not MLflow's REST API ({e}); is the base path right?"
+                )),
+                true,
+            ),
+            Err(e) => {
+                let misconfigured = e.class() == ErrorClass::Permanent;
+                (Some(e.to_string()), misconfigured)
+            }
         };
         Check {
             system: "mlflow",
             settings: "mlflow.tracking_uri, mlflow.token / username / password",
             detail: "the tracking URI answers as MLflow's REST API".to_owned(),
             problem,
+            misconfigured,
         }
     }
 
     async fn check_bucket(&self, bucket: &str) -> Check {
-        let problem = self
-            .store
-            .list_page(bucket, PROBE_PREFIX, None)
-            .await
-            .err()
-            .map(|e| e.to_string());
+        let error = self.store.list_page(bucket, PROBE_PREFIX, None).await.err();
         Check {
             system: "store",
             settings: "store.endpoint, store.access_key_id / secret_access_key, store.allowed_buckets",
             detail: format!("bucket {bucket:?} can be listed"),
-            problem,
+            misconfigured: error
+                .as_ref()
+                .is_some_and(|e| e.class() == ErrorClass::Permanent),
+            problem: error.map(|e| e.to_string()),
         }
     }
 }

@@ -52,6 +52,10 @@ pub async fn run(
     metrics.expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
     let _server = server.spawn(metrics.clone(), health.clone());
     let engine = Engine::new(&settings, &metrics).context("cannot build the pruning engine")?;
+    tokio::select! {
+        checked = check_settings(&engine) => checked?,
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let host = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "unknown".to_owned());
@@ -118,6 +122,45 @@ pub async fn run(
         }
     }
     info!("worker stopped");
+    Ok(())
+}
+
+/// How long the start-up check may wait for MLflow and the store before the worker starts
+/// anyway (their requests keep their own `request_timeout` within it).
+const CHECK_WITHIN: Duration = Duration::from_secs(10);
+
+/// Fails the start when MLflow or the store answers in a way only a settings change can fix (a
+/// tracking URI that is not MLflow's API, refused credentials, a missing bucket), naming the
+/// settings, so such a worker never consumes events to fail them one by one. A system that does
+/// not answer yet (starting, down) is only warned about: passes retry it, and `/readyz` says
+/// how it went.
+async fn check_settings(engine: &Engine) -> anyhow::Result<()> {
+    let Ok(checks) = tokio::time::timeout(CHECK_WITHIN, engine.check_connections()).await else {
+        warn!(
+            within_s = CHECK_WITHIN.as_secs(),
+            "MLflow or the store did not answer the start-up check in time; starting anyway"
+        );
+        return Ok(());
+    };
+    for check in checks {
+        match &check.problem {
+            None => info!(system = check.system, "start-up check: {}", check.detail),
+            Some(problem) if check.misconfigured => {
+                error!(system = check.system, %problem, settings = check.settings, "start-up check failed");
+                anyhow::bail!(
+                    "start-up check: {} ({}): {problem}; check {}",
+                    check.system,
+                    check.detail,
+                    check.settings
+                );
+            }
+            Some(problem) => warn!(
+                system = check.system,
+                %problem,
+                "start-up check: no answer yet; starting anyway (passes retry it)"
+            ),
+        }
+    }
     Ok(())
 }
 

@@ -75,18 +75,25 @@ fn short_consumer_timeout() -> BrokerEnv {
     ])
 }
 
-/// Three runs ranked 0.1, 0.2, 0.3 keeping two, and settings whose store stalls the first
-/// listing for [`SLOW_LISTING`], so the first pass outlives the consumer timeout.
+/// Three runs ranked 0.1, 0.2, 0.3 keeping two, and settings whose store goes through `proxy`
+/// (see [`slow_down`]).
 async fn slow_scene(world: &World, proxy: &Proxy) -> (ExperimentFixture, Vec<ModelRun>, Settings) {
     let exp = world.experiment().await;
     let runs = world
         .ranked_runs(&exp, Layout::Classic, &[0.1, 0.2, 0.3])
         .await;
-    proxy.rule(LIST_OBJECTS, Action::Stall(SLOW_LISTING), Some(1));
     let mut s = settings();
     s.store.endpoint = Some(proxy.url().into());
     s.concurrency.shutdown_grace = Duration::from_secs(40);
     (exp, runs, s)
+}
+
+/// Once the worker consumes (its start-up check has listed the buckets): the store stalls the
+/// next listing for [`SLOW_LISTING`], so the first pass outlives the consumer timeout.
+async fn slow_down(app: &TestApp, proxy: &Proxy) {
+    app.wait_consumers(&app.topology.work_queue, 1, Duration::from_secs(30))
+        .await;
+    proxy.rule(LIST_OBJECTS, Action::Stall(SLOW_LISTING), Some(1));
 }
 
 /// Deliveries of `queue` RabbitMQ took back and delivered again, from the management API.
@@ -121,6 +128,7 @@ async fn broker_wide_a_pass_outliving_the_ack_deadline_is_cut_before_the_consume
     s.broker.ack_deadline = Duration::from_secs(5);
     s.broker.confirm_timeout = Duration::from_secs(2);
     let app = TestApp::spawn(s).await;
+    slow_down(&app, &proxy).await;
 
     // The sweep's pass stalls on the store; the run.finished waits for it.
     app.publish("experiment.prune", &prune(&exp, 2, false))
@@ -175,6 +183,7 @@ async fn broker_wide_an_ack_the_broker_never_got_is_counted_and_the_event_redone
     // A deadline past the broker's timeout, as a misconfigured worker would have.
     s.broker.ack_deadline = Duration::from_secs(3600);
     let app = TestApp::spawn(s).await;
+    slow_down(&app, &proxy).await;
 
     app.publish("experiment.prune", &prune(&exp, 2, false))
         .await;

@@ -6,7 +6,11 @@ use std::time::Duration;
 use lapin::types::FieldTable;
 use model_pruner::broker::headers;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::helpers::{TestApp, attempts, counted, header, settings};
+use crate::support::app::start_worker;
+use crate::support::proxy::{Action, Proxy};
 
 #[tokio::test]
 async fn invalid_messages_are_dead_lettered_with_headers_and_the_worker_keeps_going() {
@@ -225,10 +229,9 @@ async fn a_full_dead_letter_queue_holds_letters_back_in_the_work_queue_and_count
 }
 
 #[tokio::test]
-async fn a_tracking_uri_that_is_not_mlflow_s_api_delays_events_instead_of_losing_them() {
-    // A wrong base path on the real tracking server: its HTML 404 says nothing about the
-    // experiment, so the event is retried as a transient failure, not dead-lettered at once as
-    // an unknown experiment.
+async fn a_worker_whose_settings_cannot_work_fails_at_start_naming_them() {
+    // A wrong base path on the real tracking server answers with an HTML 404: only a settings
+    // change helps, so the worker stops before consuming anything.
     let mut s = settings();
     let base = s
         .mlflow
@@ -238,7 +241,48 @@ async fn a_tracking_uri_that_is_not_mlflow_s_api_delays_events_instead_of_losing
         .trim_end_matches('/')
         .to_owned();
     s.mlflow.tracking_uri = format!("{base}/mlflow").parse().unwrap();
+    let app = TestApp::new(s.clone()).await;
+    let worker = start_worker(s.clone(), CancellationToken::new());
+    let failed = tokio::time::timeout(Duration::from_secs(30), worker.task)
+        .await
+        .expect("the worker stops at once")
+        .expect("no panic")
+        .expect_err("a failed start");
+    let text = format!("{failed:#}");
+    assert!(
+        text.contains("mlflow.tracking_uri") && text.contains("base path"),
+        "{text}"
+    );
+    assert_eq!(app.queue_len(&app.topology.work_queue).await, 0);
+
+    // The store's key refused: named as well.
+    let mut s = settings();
+    s.store.secret_access_key = "not-the-secret".to_owned().into();
+    let worker = start_worker(s, CancellationToken::new());
+    let failed = tokio::time::timeout(Duration::from_secs(30), worker.task)
+        .await
+        .expect("the worker stops at once")
+        .expect("no panic")
+        .expect_err("a failed start");
+    let text = format!("{failed:#}");
+    assert!(text.contains("store.access_key_id"), "{text}");
+    assert!(!text.contains("not-the-secret"), "{text}");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tracking_uri_that_stops_answering_as_mlflow_s_api_delays_events_instead_of_losing_them()
+{
+    // After a good start, something that is not MLflow's API answers in its place (an ingress
+    // serving its own 404 page): that says nothing about the experiment, so the event is
+    // retried as a transient failure, not dead-lettered at once as an unknown experiment.
+    let proxy = Proxy::mlflow().await;
+    let mut s = settings();
+    s.mlflow.tracking_uri = proxy.url().into();
     let app = TestApp::spawn(s).await;
+    app.wait_consumers(&app.topology.work_queue, 1, Duration::from_secs(30))
+        .await;
+    proxy.rule(("GET", "experiments/get"), Action::Fail(404, "NotFound"), None);
     let body = br#"{"experiment_id":"0","run_id":"0123456789abcdef"}"#;
     app.publish("run.finished", body).await;
 

@@ -45,13 +45,17 @@ async fn shutdown_after_the_grace_period_leaves_unprocessed_messages_in_the_queu
     s.concurrency.max_in_flight = 1;
     s.concurrency.shutdown_grace = Duration::from_secs(1);
     let mut app = TestApp::spawn(s).await;
+    // The start-up check gives up on the silent "MLflow" after 10 s; then the worker consumes.
+    let work = app.topology.work_queue.clone();
+    app.wait_consumers(&work, 1, Duration::from_secs(30)).await;
+    let checked = accepted.load(Ordering::SeqCst);
     for exp in ["1", "2", "3"] {
         let body = format!(r#"{{"experiment_id":"{exp}"}}"#);
         app.publish("experiment.prune", body.as_bytes()).await;
     }
     // Wait until the first pass hangs on "MLflow".
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while accepted.load(Ordering::SeqCst) == 0 {
+    while accepted.load(Ordering::SeqCst) == checked {
         assert!(tokio::time::Instant::now() < deadline, "no pass started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -70,7 +74,6 @@ async fn shutdown_after_the_grace_period_leaves_unprocessed_messages_in_the_queu
         "did not wait past the grace period: {took:?}"
     );
 
-    let work = app.topology.work_queue.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let n = app.queue_len(&work).await;
