@@ -7,12 +7,16 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 STACK="${MODEL_PRUNER_STACK_DIR:-$ROOT/.stack}"
 CACHE="${MODEL_PRUNER_CACHE:-$HOME/.cache/model-pruner}"
 VENV="$CACHE/venv"
+# MLflow 2.x in a virtualenv of its own (2.22 is the last 2.x line; it needs SQLAlchemy < 2.1).
+VENV2="$CACHE/venv-mlflow2"
 
 # Pinned tool versions (the venv / binary are cached in $CACHE and ~/.cargo/bin).
 MLFLOW_SPEC="${MODEL_PRUNER_MLFLOW_SPEC:-mlflow==3.17.2}"
 BOTO3_SPEC="${MODEL_PRUNER_BOTO3_SPEC:-boto3}"
 # pika publishes what lapin refuses to send (header names that are not UTF-8) in the tests.
 PIKA_SPEC="${MODEL_PRUNER_PIKA_SPEC:-pika==1.3.2}"
+MLFLOW2_SPEC="${MODEL_PRUNER_MLFLOW2_SPEC:-mlflow==2.22.5}"
+SQLALCHEMY2_SPEC="sqlalchemy<2.1"
 GARAGE_VERSION="2.5.0"
 
 # Fixed, test-only credentials. Garage key ids are "GK" + 24 hex chars, secrets 64 hex chars.
@@ -33,6 +37,8 @@ MLFLOW_PORT=5000
 # how the pruner maps them; its own database, artifacts under s3://mlflow/proxied/.
 PROXIED_MLFLOW_PORT=5001
 PROXIED_DESTINATION="s3://mlflow/proxied"
+# An MLflow 2.x tracking server (no logged-models API), artifacts in s3://mlflow/v2/.
+MLFLOW2_PORT=5002
 S3_PORT=9000
 GARAGE_RPC_PORT=3901
 GARAGE_ADMIN_PORT=3903
@@ -40,6 +46,7 @@ GARAGE_ADMIN_PORT=3903
 AMQP_URL="amqp://guest:guest@$HOST:$AMQP_PORT/%2f"
 MLFLOW_URL="http://$HOST:$MLFLOW_PORT"
 PROXIED_MLFLOW_URL="http://$HOST:$PROXIED_MLFLOW_PORT"
+MLFLOW2_URL="http://$HOST:$MLFLOW2_PORT"
 S3_URL="http://$HOST:$S3_PORT"
 
 GARAGE_CONF="$STACK/garage/garage.toml"
@@ -61,6 +68,7 @@ Local services for model-pruner, on loopback:
   RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT, metrics http://$HOST:$RABBIT_PROMETHEUS_PORT
   MLflow    $MLFLOW_URL (sqlite backend, artifacts in s3://mlflow/)
             $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
+            $MLFLOW2_URL (${MLFLOW2_SPEC#mlflow==}, sqlite backend, artifacts in s3://mlflow/v2/)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
 
 Commands:
@@ -72,7 +80,7 @@ Commands:
 
 Data, logs, pid files and configs: $STACK  (logs in $LOGS)
 Install cache: \${MODEL_PRUNER_CACHE:-\$HOME/.cache/model-pruner} = $CACHE
-  (MLflow virtualenv: $VENV; Garage: cargo install garage --version $GARAGE_VERSION)
+  (MLflow virtualenvs: $VENV and $VENV2; Garage: cargo install garage --version $GARAGE_VERSION)
 EOF
 }
 
@@ -185,6 +193,10 @@ install_tools() {
     with_install_lock mlflow install_mlflow &
     pids+=("$!")
   fi
+  if ! mlflow2_installed; then
+    with_install_lock mlflow2 install_mlflow2 &
+    pids+=("$!")
+  fi
   for pid in "${pids[@]}"; do
     wait "$pid" || failed=1
   done
@@ -247,6 +259,26 @@ install_mlflow() {
   printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC" >"$VENV/.model-pruner-installed"
 }
 
+mlflow2_installed() {
+  [[ -x "$VENV2/bin/mlflow" && -f "$VENV2/.model-pruner-installed" ]] &&
+    [[ "$(cat "$VENV2/.model-pruner-installed")" == "$MLFLOW2_SPEC $SQLALCHEMY2_SPEC $BOTO3_SPEC" ]]
+}
+
+install_mlflow2() {
+  mlflow2_installed && return 0
+  if [[ ! -x "$VENV2/bin/python" ]]; then
+    log "creating virtualenv $VENV2"
+    "${PYTHON:-python3}" -m venv "$VENV2" >&2
+  fi
+  log "installing $MLFLOW2_SPEC into $VENV2 (a few minutes; log $CACHE/mlflow2-install.log)"
+  if ! "$VENV2/bin/pip" install -q "$MLFLOW2_SPEC" "$SQLALCHEMY2_SPEC" "$BOTO3_SPEC" >>"$CACHE/mlflow2-install.log" 2>&1; then
+    tail -n 30 "$CACHE/mlflow2-install.log" >&2
+    die "pip install of MLflow 2.x failed"
+  fi
+  "$VENV2/bin/python" -c 'import mlflow, boto3' || die "mlflow 2.x/boto3 not importable after install"
+  printf '%s' "$MLFLOW2_SPEC $SQLALCHEMY2_SPEC $BOTO3_SPEC" >"$VENV2/.model-pruner-installed"
+}
+
 # mlflow_answers URL: the tracking server at URL answers its health and search endpoints.
 mlflow_answers() {
   [[ "$(http_code "$1/health")" == 200 ]] &&
@@ -254,9 +286,10 @@ mlflow_answers() {
 }
 mlflow_up() { mlflow_answers "$MLFLOW_URL"; }
 proxied_mlflow_up() { mlflow_answers "$PROXIED_MLFLOW_URL"; }
+mlflow2_up() { mlflow_answers "$MLFLOW2_URL"; }
 
 # launch_mlflow_server NAME PORT URL ARGS...: start the server NAME unless it answers on URL
-# or is still starting.
+# or is still starting; with SERVER_VENV=$VENV2, the MLflow 2.x one.
 launch_mlflow_server() {
   local name="$1" port="$2" url="$3"
   shift 3
@@ -270,7 +303,11 @@ launch_mlflow_server() {
   if tcp_open "$HOST" "$port"; then
     die "port $port is taken by something that does not answer as MLflow ($url/health)"
   fi
-  mlflow_installed || with_install_lock mlflow install_mlflow
+  if [[ "${SERVER_VENV:-$VENV}" == "$VENV2" ]]; then
+    mlflow2_installed || with_install_lock mlflow2 install_mlflow2
+  else
+    mlflow_installed || with_install_lock mlflow install_mlflow
+  fi
   start_mlflow "$name" "$port" "$@"
 }
 
@@ -295,8 +332,14 @@ ensure_mlflow() {
   launch_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_PORT" "$PROXIED_MLFLOW_URL" \
     --backend-store-uri "sqlite:///$STACK/mlflow/proxied.db" \
     --artifacts-destination "$PROXIED_DESTINATION"
+  # MLflow 2.x, as many teams still run it: classic models only, no logged-models API.
+  SERVER_VENV="$VENV2" launch_mlflow_server mlflow2 "$MLFLOW2_PORT" "$MLFLOW2_URL" \
+    --backend-store-uri "sqlite:///$STACK/mlflow/mlflow2.db" \
+    --default-artifact-root "s3://mlflow/v2/" \
+    --no-serve-artifacts
   await_mlflow_server mlflow "$MLFLOW_URL"
   await_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_URL"
+  await_mlflow_server mlflow2 "$MLFLOW2_URL"
 }
 
 # start_mlflow NAME PORT ARGS...
@@ -312,7 +355,7 @@ start_mlflow() {
     AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY" \
     AWS_DEFAULT_REGION="$S3_REGION" \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
-    "$VENV/bin/mlflow" server \
+    "${SERVER_VENV:-$VENV}/bin/mlflow" server \
     --host "$HOST" --port "$port" \
     --workers 1 \
     "$@"
@@ -477,7 +520,7 @@ cmd_down() {
   exec 8>"$STACK/.lock"
   flock -w 60 8 || die "another 'stack.sh up/down' holds $STACK/.lock"
   local name
-  for name in mlflow mlflow-proxied garage; do
+  for name in mlflow mlflow-proxied mlflow2 garage; do
     if stop_daemon "$name"; then
       log "$name stopped"
     else
@@ -507,6 +550,8 @@ cmd_status() {
   if mlflow_up; then status_line mlflow up "$MLFLOW_URL" "$extra"; else status_line mlflow down "$MLFLOW_URL" "$extra"; fi
   extra="(proxied artifacts)"
   if proxied_mlflow_up; then status_line mlflow up "$PROXIED_MLFLOW_URL" "$extra"; else status_line mlflow down "$PROXIED_MLFLOW_URL" "$extra"; fi
+  extra="(${MLFLOW2_SPEC#mlflow==})"
+  if mlflow2_up; then status_line mlflow up "$MLFLOW2_URL" "$extra"; else status_line mlflow down "$MLFLOW2_URL" "$extra"; fi
   extra=""
   if pid_alive "$RUN/garage.pid"; then extra="(pid $(cat "$RUN/garage.pid"))"; fi
   if garage_s3_up; then status_line garage up "$S3_URL" "$extra"; else status_line garage down "$S3_URL" "$extra"; fi
@@ -532,6 +577,8 @@ export RABBITMQ_PROMETHEUS_URL='http://$HOST:$RABBIT_PROMETHEUS_PORT'
 export MODEL_PRUNER_PYTHON='$VENV/bin/python'
 export MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI='$PROXIED_MLFLOW_URL'
 export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$PROXIED_DESTINATION'
+export MODEL_PRUNER_TEST_MLFLOW2_URI='$MLFLOW2_URL'
+export MODEL_PRUNER_PYTHON2='$VENV2/bin/python'
 EOF
 }
 

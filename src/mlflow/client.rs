@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use reqwest::{Method, RequestBuilder};
 use secrecy::{ExposeSecret, SecretString};
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use super::error::MlflowError;
+use super::features::Features;
 use super::wire::ErrorBody;
 use crate::metrics::{Metrics, Target};
 use crate::settings::MlflowSettings;
@@ -27,6 +29,8 @@ pub struct MlflowClient {
     auth: Auth,
     pub(super) page_size: u32,
     metrics: Metrics,
+    /// What the server offers, as its answers showed (shared by clones).
+    pub(super) features: Arc<Features>,
 }
 
 #[derive(Clone)]
@@ -110,7 +114,17 @@ impl MlflowClient {
             auth,
             page_size: settings.page_size,
             metrics: metrics.clone(),
+            features: Arc::default(),
         })
+    }
+
+    /// The tracking server's address with credentials redacted, for logs.
+    pub(super) fn server(&self) -> String {
+        let mut base = self.api.clone();
+        if let Ok(mut segments) = base.path_segments_mut() {
+            segments.pop().pop().pop();
+        }
+        crate::settings::CredentialedUrl::from(base).to_string()
     }
 
     /// `{api}/{segments...}`, each segment percent-encoded (ids go into paths safely).

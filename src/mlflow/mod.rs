@@ -13,10 +13,12 @@
 //! - [`types`]: the domain-facing structs returned by the client.
 //! - `wire`: the JSON shapes MLflow sends, with its quirks (int64 as strings, `"NaN"` metrics).
 //! - `error`: [`MlflowError`] and its classification.
+//! - `features`: what the server offers (MLflow 2.x has no logged models), learnt and remembered.
 
 mod client;
 mod error;
 mod experiments;
+mod features;
 mod models;
 mod runs;
 pub mod types;

@@ -8,9 +8,11 @@ use serde_json::json;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
+use super::features::REMEMBERED_FOR;
 use super::types::{LoggedModel, ModelVersion};
 use super::wire::{
     SearchLoggedModelsResponse, SearchModelVersionsResponse, WireLoggedModel, WireModelVersion,
@@ -60,8 +62,55 @@ impl MlflowClient {
     /// deleted with `DELETE logged-models/{id}` are not listed.
     ///
     /// MLflow answers an empty list, not an error, for an experiment that does not exist.
+    ///
+    /// A server without the logged-models API (MLflow 2.x) answers that none exist: learnt
+    /// from its 404 once its experiments endpoint has answered as MLflow's API (so a wrong base
+    /// path is not mistaken for it), remembered for [`REMEMBERED_FOR`] and logged when learnt.
     #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
     pub async fn search_logged_models(
+        &self,
+        experiment_id: &str,
+    ) -> Result<Vec<LoggedModel>, MlflowError> {
+        if self.features.logged_models(Instant::now()) == Some(false) {
+            return Ok(Vec::new());
+        }
+        let error = match self.logged_models_pages(experiment_id).await {
+            Ok(models) => {
+                self.learned(true);
+                return Ok(models);
+            }
+            Err(e) if e.is_not_the_api() => e,
+            Err(e) => return Err(e),
+        };
+        // The endpoint is missing; is the rest of the API there?
+        match self.get_experiment(experiment_id).await {
+            Ok(_) => {}
+            Err(probe) if probe.is_not_found() => {}
+            Err(_) => return Err(error),
+        }
+        self.learned(false);
+        Ok(Vec::new())
+    }
+
+    /// Records whether the server has logged models, logging what changed.
+    fn learned(&self, has: bool) {
+        if !self.features.learn_logged_models(has, Instant::now()) {
+            return;
+        }
+        let server = self.server();
+        if has {
+            tracing::info!(%server, "the tracking server has MLflow 3's logged-models API");
+        } else {
+            tracing::info!(
+                %server,
+                "the tracking server has no logged-models API (MLflow 2.x): classic models only, \
+                 asked again in {} minutes",
+                REMEMBERED_FOR.as_secs() / 60
+            );
+        }
+    }
+
+    async fn logged_models_pages(
         &self,
         experiment_id: &str,
     ) -> Result<Vec<LoggedModel>, MlflowError> {

@@ -6,6 +6,7 @@ mod support;
 
 mod consistency;
 mod failures;
+mod mlflow2;
 mod policies;
 mod protection;
 mod python_client;

@@ -13,7 +13,7 @@ use model_pruner::settings::Settings;
 use crate::support::mlflow_fixtures::Mlflow;
 use crate::support::proxy::Proxy;
 pub use crate::support::world::{
-    BUCKET, Layout, METRIC, keep, proxied_destination, run_finished, sweep,
+    BUCKET, Layout, METRIC, keep, mlflow2_uri, proxied_destination, run_finished, sweep,
 };
 
 pub struct World {
@@ -62,6 +62,16 @@ impl World {
         settings.store.artifacts_destination = proxied_destination().parse().expect("a URL");
         World {
             world: crate::support::world::World::on("engine", Mlflow::new(&uri)),
+            settings,
+        }
+    }
+
+    /// A world on the stack's MLflow 2.x tracking server (no logged-models API).
+    pub fn mlflow2() -> World {
+        let mut settings = settings();
+        settings.mlflow.tracking_uri = mlflow2_uri().parse().expect("a URL");
+        World {
+            world: crate::support::world::World::mlflow2("engine"),
             settings,
         }
     }

@@ -11,5 +11,6 @@ mod dlq;
 mod helpers;
 mod hostile;
 mod migrate;
+mod mlflow2;
 mod output;
 mod publish;

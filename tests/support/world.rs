@@ -41,6 +41,11 @@ impl World {
         World::on(suite, Mlflow::from_env().expect("MLflow settings"))
     }
 
+    /// A world on the stack's MLflow 2.x tracking server (`MODEL_PRUNER_TEST_MLFLOW2_URI`).
+    pub fn mlflow2(suite: &'static str) -> World {
+        World::on(suite, Mlflow::new(&mlflow2_uri()))
+    }
+
     /// A world on the tracking server `mlflow`.
     pub fn on(suite: &'static str, mlflow: Mlflow) -> World {
         World {
@@ -234,6 +239,12 @@ impl World {
 }
 
 /// Where the proxied tracking server of the stack keeps `mlflow-artifacts:/` (`s3://...`).
+/// The stack's MLflow 2.x tracking server.
+pub fn mlflow2_uri() -> String {
+    std::env::var("MODEL_PRUNER_TEST_MLFLOW2_URI")
+        .expect("MODEL_PRUNER_TEST_MLFLOW2_URI (eval \"$(scripts/stack.sh env)\")")
+}
+
 pub fn proxied_destination() -> String {
     std::env::var("MODEL_PRUNER_TEST_PROXIED_DESTINATION")
         .expect("MODEL_PRUNER_TEST_PROXIED_DESTINATION (eval \"$(scripts/stack.sh env)\")")

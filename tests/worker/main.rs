@@ -11,6 +11,7 @@ mod crash;
 mod faults;
 mod grace;
 mod helpers;
+mod mlflow2;
 mod outage;
 mod permissions;
 mod reconnect;

@@ -282,7 +282,11 @@ async fn a_tracking_uri_that_stops_answering_as_mlflow_s_api_delays_events_inste
     let app = TestApp::spawn(s).await;
     app.wait_consumers(&app.topology.work_queue, 1, Duration::from_secs(30))
         .await;
-    proxy.rule(("GET", "experiments/get"), Action::Fail(404, "NotFound"), None);
+    proxy.rule(
+        ("GET", "experiments/get"),
+        Action::Fail(404, "NotFound"),
+        None,
+    );
     let body = br#"{"experiment_id":"0","run_id":"0123456789abcdef"}"#;
     app.publish("run.finished", body).await;
 
