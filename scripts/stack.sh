@@ -527,7 +527,10 @@ cmd_down() {
       log "$name: not running from this checkout (no live pid file in $RUN)"
     fi
   done
-  if mlflow_up; then log "note: something still answers on $MLFLOW_URL (not started by this checkout)"; fi
+  local url
+  for url in "$MLFLOW_URL" "$PROXIED_MLFLOW_URL" "$MLFLOW2_URL"; do
+    if mlflow_answers "$url"; then log "note: something still answers on $url (not started by this checkout)"; fi
+  done
   if garage_s3_up; then log "note: something still answers on $S3_URL (not started by this checkout)"; fi
   log "RabbitMQ left running: it is the machine's service"
 }

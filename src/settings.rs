@@ -162,6 +162,16 @@ pub struct Settings {
     pub concurrency: ConcurrencySettings,
     pub metrics: MetricsSettings,
     pub log: LogSettings,
+    pub fleet: FleetSettings,
+}
+
+/// The commands over many experiments (`sweep`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// `sweep --all` selects every active experiment, not only those that opted in with a
+    /// `model_pruner.*` policy tag.
+    pub manage_all_experiments: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -230,6 +240,22 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
+    /// Both store keys are set: there is no built-in one. Checked by what uses the store (the
+    /// worker, `plan`, `prune`, `audit`, `report`, `config check --connect`), not by commands
+    /// that only publish or read the broker.
+    pub fn check_keys(&self) -> Result<(), SettingsError> {
+        if self.access_key_id.is_empty() || self.secret_access_key.expose_secret().is_empty() {
+            return Err(SettingsError::Rule(
+                "store.access_key_id and store.secret_access_key must both be set (there is \
+                 no built-in key): in the settings file, as MODEL_PRUNER__STORE__ACCESS_KEY_ID \
+                 and MODEL_PRUNER__STORE__SECRET_ACCESS_KEY, or as AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The rules every location to delete is checked against.
     pub fn location_rules(&self) -> LocationRules {
         LocationRules {
@@ -366,14 +392,6 @@ impl Settings {
         rule(
             (1..=1000).contains(&self.mlflow.page_size),
             "mlflow.page_size must be between 1 and 1000",
-        )?;
-        rule(
-            !self.store.access_key_id.is_empty()
-                && !self.store.secret_access_key.expose_secret().is_empty(),
-            "store.access_key_id and store.secret_access_key must both be set (there is no \
-             built-in key): in the settings file, as MODEL_PRUNER__STORE__ACCESS_KEY_ID and \
-             MODEL_PRUNER__STORE__SECRET_ACCESS_KEY, or as AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY",
         )?;
         rule(
             !self.store.allowed_buckets.is_empty(),
@@ -585,20 +603,20 @@ mod tests {
 
     #[test]
     fn an_unbounded_prefetch_or_a_tiny_size_bound_is_refused() {
-        assert!(settings_with(KEYS).validate().is_ok());
+        assert!(settings_with("").validate().is_ok());
         for bad in ["[broker]\nprefetch = 0", "[broker]\nmax_message_bytes = 10"] {
-            let err = settings_with(&format!("{KEYS}{bad}"))
-                .validate()
-                .unwrap_err()
-                .to_string();
+            let err = settings_with(bad).validate().unwrap_err().to_string();
             assert!(err.contains("broker."), "{bad}: {err}");
         }
     }
 
     #[test]
     fn there_is_no_built_in_store_key() {
+        assert!(settings_with(KEYS).store.check_keys().is_ok());
         for partial in ["", "[store]\naccess_key_id = \"AKIA1\""] {
-            let err = settings_with(partial).validate().unwrap_err().to_string();
+            let s = settings_with(partial);
+            assert!(s.validate().is_ok(), "only what uses the store needs keys");
+            let err = s.store.check_keys().unwrap_err().to_string();
             assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
             assert!(err.contains("MODEL_PRUNER__STORE__ACCESS_KEY_ID"), "{err}");
         }

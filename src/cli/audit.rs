@@ -15,7 +15,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{ExperimentArgs, Failure, format};
-use crate::domain::audit::{self, Finding, FolderOwner};
+use crate::domain::audit::{self, Finding, FolderOwner, OnServer};
 use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation};
 use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED};
@@ -176,18 +176,15 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let keys = objects.iter().map(|o| (o.key.as_str(), o.size));
     let stray = audit::orphans(&root.prefix, keys, &run_ids, &model_ids);
     for orphan in stray.orphans {
-        // A folder named like a run may be one of another experiment on this server.
-        let elsewhere = match &orphan.named_for {
-            Some(FolderOwner::Run(id)) if stray.known_folders > 0 => mlflow
-                .run_experiment(id)
-                .await
-                .with_context(|| format!("looking up run {id} for {}", orphan.prefix))?,
+        // Asked only once the root is tied to this experiment (otherwise nothing is removable).
+        let on_server = match &orphan.named_for {
+            Some(owner) if stray.known_folders > 0 => Some(ask(&mlflow, owner).await?),
             _ => None,
         };
         let (removable, checked) = audit::tie(
             &orphan,
             stray.known_folders,
-            elsewhere.as_deref(),
+            on_server.as_ref(),
             experiment_id,
         );
         findings.push(Finding::Orphan {
@@ -222,6 +219,28 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// What the tracking server knows of the run or logged model a folder is named for.
+async fn ask(mlflow: &MlflowClient, owner: &FolderOwner) -> anyhow::Result<OnServer> {
+    let found = match owner {
+        FolderOwner::Run(id) => mlflow
+            .run_experiment(id)
+            .await
+            .with_context(|| format!("looking up run {id}")),
+        FolderOwner::LoggedModel(id) => match mlflow.logged_model_experiment(id).await {
+            Err(e) if e.is_not_the_api() => {
+                return Ok(OnServer::CannotTell(format!(
+                    "the tracking server has no logged-models API ({e})"
+                )));
+            }
+            found => found.with_context(|| format!("looking up logged model {id}")),
+        },
+    }?;
+    Ok(match found {
+        Some(experiment_id) => OnServer::In { experiment_id },
+        None => OnServer::Absent,
     })
 }
 

@@ -1,5 +1,23 @@
-//! How the command line writes numbers for people: metric values rounded, byte counts in
-//! units, counted nouns in the right number. `--json` keeps the raw values.
+//! How the command line writes for people: metric values rounded, byte counts in units,
+//! counted nouns in the right number, progress on a terminal. `--json` keeps the raw values.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A progress bar on stderr when it is a terminal, nothing otherwise: `{done}/{total} {what}`,
+/// the rate, the time left and the bar's message.
+pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, {{eta}} left) {{msg}}");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
+}
 
 /// A metric value to six significant digits, without trailing zeros (`0.09` for
 /// `0.08999999999999997`); very large or small values in scientific notation.

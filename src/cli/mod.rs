@@ -7,6 +7,8 @@ mod format;
 mod migrate;
 mod plan;
 mod publish;
+mod report;
+mod sweep;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -86,6 +88,17 @@ enum Command {
     ///
     /// Example: model-pruner audit --experiment-id 12 --fix
     Audit(audit::AuditArgs),
+    /// Every experiment of the tracking server (or those --filter selects): runs, models and
+    /// bytes stored, and what a pass would delete now, largest first; changes nothing. Exit 1
+    /// when an experiment could not be read.
+    ///
+    /// Example: model-pruner report --filter "tags.team = 'nlp'" --keep-top 3
+    Report(report::ReportArgs),
+    /// Publish one experiment.prune (confirmed) per experiment --filter selects, or with --all
+    /// per experiment that opted in with a model_pruner.* policy tag; workers carry them out.
+    ///
+    /// Example: model-pruner sweep --all --rate 5/s --dry-run
+    Sweep(sweep::SweepArgs),
     /// Print an experiment's ranking and what a pass would delete; changes nothing.
     ///
     /// Example: model-pruner plan --experiment-id 12 --metric loss --direction min --keep-top 3
@@ -115,11 +128,25 @@ enum Command {
 }
 
 impl Command {
+    /// The command reads or deletes objects in the store, and needs its keys.
+    fn uses_the_store(&self) -> bool {
+        match self {
+            Command::Worker
+            | Command::Audit(_)
+            | Command::Report(_)
+            | Command::Plan { .. }
+            | Command::Prune { .. } => true,
+            Command::Config(ConfigCommand::Check { connect }) => *connect,
+            _ => false,
+        }
+    }
+
     /// The command writes JSON for a script (`--json`), errors included.
     fn json(&self) -> bool {
         match self {
             Command::Plan { json, .. } | Command::Prune { json, .. } => *json,
             Command::Audit(args) => args.json(),
+            Command::Report(args) => args.json(),
             Command::Dlq(command) => command.json(),
             _ => false,
         }
@@ -286,6 +313,12 @@ pub fn main() -> ExitCode {
             return Failure { code: 2, message }.exit(json);
         }
     };
+    if cli.command.uses_the_store()
+        && let Err(e) = settings.store.check_keys()
+    {
+        let message = e.to_string();
+        return Failure { code: 2, message }.exit(json);
+    }
     telemetry::init(settings.log.format, !matches!(cli.command, Command::Worker));
     for warning in crate::settings::env_warnings(std::env::vars()) {
         tracing::warn!("{warning}");
@@ -315,6 +348,8 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Publish(command) => publish::run(&settings, command).await,
         Command::Dlq(command) => dlq::run(&settings, command).await,
         Command::Audit(args) => Ok(audit::run(&settings, args).await),
+        Command::Report(args) => report::run(&settings, args).await,
+        Command::Sweep(args) => sweep::run(&settings, args).await,
         Command::MigrateQueues { dry_run } => migrate::run(&settings, dry_run).await,
         Command::Config(ConfigCommand::Check { connect }) => {
             print!("{}", settings.to_redacted_toml());
@@ -396,6 +431,11 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 let usage = plan::measure(&engine, &preview).await?;
                 if let Some(note) = plan::nothing_stored(&preview, &usage, &settings) {
                     eprintln!("note: {note}");
+                }
+                // Nothing to approve: no pass runs, so nothing appears and goes unseen.
+                if preview.planned.is_empty() && !flags.delete_experiment {
+                    plan::print(&preview, &usage, json)?;
+                    return Ok(ExitCode::SUCCESS);
                 }
                 if !plan::confirm(&preview, &usage, flags.delete_experiment).await? {
                     return Ok(Failure {

@@ -75,15 +75,12 @@ pub fn print(report: &PassReport, freed: &Usage, as_json: bool) -> anyhow::Resul
 }
 
 /// Shows a dry run's plan on stderr and asks on the terminal whether to go ahead; true for
-/// `y` or `yes`. Nothing to delete (and no experiment to retire) goes ahead without asking.
+/// `y` or `yes`.
 pub async fn confirm(
     preview: &PassReport,
     usage: &Usage,
     delete_experiment: bool,
 ) -> anyhow::Result<bool> {
-    if preview.planned.is_empty() && !delete_experiment {
-        return Ok(true);
-    }
     eprint!("{}", table(preview, usage));
     let mut question = format!(
         "delete {} ({}, {}) of experiment {} ({:?})",

@@ -109,10 +109,17 @@ pub async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result
 /// Publishes `event` persistent and mandatory with confirms; fails if the exchange does not
 /// exist, no queue is bound to the event's routing key, or the broker refuses it.
 pub async fn publish_event(settings: &Settings, event: &Event) -> anyhow::Result<()> {
-    let exchange = settings.broker.exchange.as_str();
     let broker = Broker::connect(&settings.broker, "model-pruner publish")
         .await
         .context("connecting to RabbitMQ")?;
+    let published = publish_on(&broker, settings, event).await;
+    let _ = broker.close().await;
+    published
+}
+
+/// [`publish_event`] on an open connection, for commands that publish many events.
+pub async fn publish_on(broker: &Broker, settings: &Settings, event: &Event) -> anyhow::Result<()> {
+    let exchange = settings.broker.exchange.as_str();
     // Passive: checks the exchange exists without creating it. A missing exchange would
     // otherwise surface as a channel error in the middle of the publish.
     broker
@@ -141,7 +148,6 @@ pub async fn publish_event(settings: &Settings, event: &Event) -> anyhow::Result
             FieldTable::default(),
         )
         .await;
-    let _ = broker.close().await;
     match published {
         Ok(()) => Ok(()),
         Err(e @ BrokerError::Unroutable { .. }) => bail!(

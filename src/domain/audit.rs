@@ -98,49 +98,80 @@ pub struct Stray {
     pub known_folders: usize,
 }
 
+/// What the tracking server says about the run or logged model an orphan folder is named for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnServer {
+    /// No such run or logged model on this server.
+    Absent,
+    /// It exists, in this experiment (deleted from its lists) or another.
+    In { experiment_id: String },
+    /// The server could not be asked (no logged-models API, say).
+    CannotTell(String),
+}
+
+/// MLflow's run ids are 32 lowercase hex digits (a UUID without dashes).
+fn looks_like_run_id(name: &str) -> bool {
+    name.len() == 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Whether an orphan folder may be removed by hand, and what was checked. It is tied to this
 /// experiment on this server only when the root holds folders of the experiment's own runs or
-/// models (`known_folders`) and the tracking server has no run by the folder's name
-/// (`run_elsewhere`: the experiment holding such a run, if any).
+/// models (`known_folders`: the root is this experiment's, not another server's under a wrong
+/// mapping), a run folder is named like an MLflow run id (not a nested experiment's root or
+/// another tool's folder), and the server has no run or logged model by that name
+/// (`on_server`, asked for every named folder). Another tracking server writing under the same
+/// root cannot be seen from here; the advice says so.
 pub fn tie(
     orphan: &OrphanFolder,
     known_folders: usize,
-    run_elsewhere: Option<&str>,
+    on_server: Option<&OnServer>,
     experiment_id: &str,
 ) -> (bool, String) {
+    let refuse = |why: String| (false, format!("{why}; not safe to remove"));
     if known_folders == 0 {
-        return (
-            false,
-            format!(
-                "no folder of experiment {experiment_id}'s runs or logged models lies beside \
-                 it, so nothing ties this root to this tracking server: it may hold another \
-                 server's or experiment's files (check store.artifacts_destination and \
-                 store.endpoint); not safe to remove"
-            ),
-        );
-    }
-    if let Some(other) = run_elsewhere {
-        return (
-            false,
-            format!("the tracking server has this run in experiment {other}: not an orphan"),
-        );
+        return refuse(format!(
+            "no folder of experiment {experiment_id}'s runs or logged models lies beside it, so \
+             nothing ties this root to this tracking server: it may hold another server's or \
+             experiment's files (check store.artifacts_destination and store.endpoint)"
+        ));
     }
     let what = match &orphan.named_for {
-        Some(FolderOwner::Run(id)) => {
-            format!("the tracking server has no run {id}, and ")
+        Some(FolderOwner::Run(id)) if !looks_like_run_id(id) => {
+            return refuse(format!(
+                "{id:?} is not named like an MLflow run id: it may be another experiment's root \
+                 or another tool's folder"
+            ));
         }
-        Some(FolderOwner::LoggedModel(id)) => {
-            format!("experiment {experiment_id} has no logged model {id}, and ")
-        }
+        Some(FolderOwner::Run(id)) => format!("run {id}"),
+        Some(FolderOwner::LoggedModel(id)) => format!("logged model {id}"),
         None => String::new(),
     };
-    (
-        true,
-        format!(
-            "{what}{known_folders} folders of experiment {experiment_id}'s runs and models lie \
-             beside it under the same root"
-        ),
-    )
+    match on_server {
+        Some(OnServer::In {
+            experiment_id: other,
+        }) => refuse(format!(
+            "the tracking server has {what} in experiment {other}"
+        )),
+        Some(OnServer::CannotTell(why)) => refuse(format!("cannot ask about {what}: {why}")),
+        Some(OnServer::Absent) | None => {
+            let asked = if what.is_empty() {
+                String::new()
+            } else {
+                format!("the tracking server has no {what}; ")
+            };
+            (
+                true,
+                format!(
+                    "{asked}{known_folders} folders of experiment {experiment_id}'s runs and \
+                     models lie beside it under the same root (assuming no other tracking \
+                     server writes there)"
+                ),
+            )
+        }
+    }
 }
 
 /// The folder holding every file of the experiment, from its `artifact_location`
@@ -322,23 +353,36 @@ mod tests {
 
     #[test]
     fn an_orphan_is_removable_only_beside_known_folders_and_unknown_to_the_server() {
+        let run = "0123456789abcdef0123456789abcdef";
         let orphan = OrphanFolder {
-            prefix: "1/abc/".into(),
+            prefix: format!("1/{run}/"),
             objects: 1,
             bytes: 1,
-            named_for: Some(FolderOwner::Run("abc".into())),
+            named_for: Some(FolderOwner::Run(run.into())),
         };
-        let (removable, checked) = tie(&orphan, 0, None, "1");
+        let (removable, checked) = tie(&orphan, 0, Some(&OnServer::Absent), "1");
         assert!(!removable);
         assert!(checked.contains("store.artifacts_destination"), "{checked}");
-        let (removable, checked) = tie(&orphan, 3, Some("7"), "1");
+        let elsewhere = OnServer::In {
+            experiment_id: "7".into(),
+        };
+        let (removable, checked) = tie(&orphan, 3, Some(&elsewhere), "1");
         assert!(!removable);
         assert!(checked.contains("experiment 7"), "{checked}");
-        let (removable, checked) = tie(&orphan, 3, None, "1");
+        let unknown = OnServer::CannotTell("no logged-models API".into());
+        assert!(!tie(&orphan, 3, Some(&unknown), "1").0);
+        let (removable, checked) = tie(&orphan, 3, Some(&OnServer::Absent), "1");
         assert!(removable);
-        assert!(
-            checked.contains("no run abc") && checked.contains("3 folders"),
-            "{checked}"
-        );
+        assert!(checked.contains(&format!("no run {run}")), "{checked}");
+        assert!(checked.contains("3 folders"), "{checked}");
+
+        // A nested experiment's root, or a folder of another tool, is never a run's.
+        let nested = OrphanFolder {
+            prefix: "1/B/".into(),
+            named_for: Some(FolderOwner::Run("B".into())),
+            ..orphan
+        };
+        let (removable, checked) = tie(&nested, 3, Some(&OnServer::Absent), "1");
+        assert!(!removable, "{checked}");
     }
 }

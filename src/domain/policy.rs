@@ -316,6 +316,13 @@ const FIELDS: [(&str, &str); 9] = [
     ("older_than", TAG_OLDER_THAN),
 ];
 
+/// Whether an experiment opted in to sweeps over the fleet: one of its tags sets a policy field.
+pub fn opted_in(experiment_tags: &BTreeMap<String, String>) -> bool {
+    FIELDS
+        .iter()
+        .any(|(_, tag)| experiment_tags.contains_key(*tag))
+}
+
 /// Where [`resolve`] takes each field from (same order: event, experiment tags, settings), as
 /// the fields of each source.
 pub fn origins(
@@ -526,6 +533,17 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn an_experiment_opts_in_with_any_policy_tag_and_only_those() {
+        assert!(opted_in(&tags(&[(TAG_KEEP_TOP, "3")])));
+        assert!(opted_in(&tags(&[(TAG_GRACE, "2h"), ("team", "nlp")])));
+        assert!(!opted_in(&tags(&[
+            ("team", "nlp"),
+            ("model_pruner.other", "x")
+        ])));
+        assert!(!opted_in(&BTreeMap::new()));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use super::Engine;
 use crate::domain::classify::ErrorClass;
+use crate::mlflow::MlflowError;
 
 /// A folder no run uses: listing it needs the same permission as any listing, and finds nothing.
 const PROBE_PREFIX: &str = ".model-pruner-check/";
@@ -38,6 +39,7 @@ impl Engine {
     async fn check_mlflow(&self) -> Check {
         // Experiment 0 may be gone: MLflow's own "does not exist" answers as well as the
         // experiment itself.
+        let mut detail = "the tracking URI answers as MLflow's REST API".to_owned();
         let (problem, misconfigured) = match self.mlflow.get_experiment("0").await {
             Ok(_) => (None, false),
             Err(e) if e.is_not_found() => (None, false),
@@ -47,15 +49,21 @@ impl Engine {
                 )),
                 true,
             ),
-            Err(e) => {
-                let misconfigured = e.class() == ErrorClass::Permanent;
-                (Some(e.to_string()), misconfigured)
+            // A user who may read only some experiments: MLflow answered, as itself.
+            Err(MlflowError::Status { status: 403, .. }) => {
+                detail.push_str(" (the user may not read experiment 0)");
+                (None, false)
             }
+            // A wrong token or password, or a page that is not MLflow's JSON.
+            Err(e @ (MlflowError::Status { status: 401, .. } | MlflowError::Decode { .. })) => {
+                (Some(e.to_string()), true)
+            }
+            Err(e) => (Some(e.to_string()), false),
         };
         Check {
             system: "mlflow",
             settings: "mlflow.tracking_uri, mlflow.token / username / password",
-            detail: "the tracking URI answers as MLflow's REST API".to_owned(),
+            detail,
             problem,
             misconfigured,
         }

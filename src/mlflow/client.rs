@@ -159,11 +159,42 @@ impl MlflowClient {
         self.execute(call, request).await
     }
 
+    /// The server's version from `GET {tracking_uri}/version` (outside the REST API root; MLflow
+    /// 2.x and 3.x answer it in plain text, e.g. `2.22.5`).
+    pub(super) async fn server_version(&self) -> Result<String, MlflowError> {
+        let mut url = self.api.clone();
+        url.path_segments_mut()
+            .expect("checked in new: the API root can have a path")
+            .pop()
+            .pop()
+            .pop()
+            .push("version");
+        let call = Call::new("version", "the tracking server");
+        let request = self.http.get(url);
+        let body = self.execute_raw(call, request).await?;
+        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+    }
+
     async fn execute<T: DeserializeOwned>(
         &self,
         call: Call,
         request: RequestBuilder,
     ) -> Result<T, MlflowError> {
+        let (operation, target) = (call.operation, call.target.clone());
+        let body = self.execute_raw(call, request).await?;
+        serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
+            operation,
+            target,
+            source,
+        })
+    }
+
+    /// Sends `request` with the credentials and returns the body of a success; counts it.
+    async fn execute_raw(
+        &self,
+        call: Call,
+        request: RequestBuilder,
+    ) -> Result<bytes::Bytes, MlflowError> {
         let Call { operation, target } = call;
         let request = match &self.auth {
             Auth::None => request,
@@ -207,11 +238,7 @@ impl MlflowClient {
             return Err(error);
         }
         observe(Some(status.as_u16()));
-        serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
-            operation,
-            target,
-            source,
-        })
+        Ok(body)
     }
 }
 

@@ -1,5 +1,7 @@
-//! What the tracking server offers, learnt from its answers rather than from a version string,
-//! and remembered for a while: MLflow 2.x has no logged-models API (it came with MLflow 3).
+//! What the tracking server offers, learnt from its answers and remembered for a while: MLflow
+//! 2.x has no logged-models API (it came with MLflow 3). The endpoint's own 404 says it is
+//! missing; the server's `/version` confirms it is a 2.x server and not something in front of a
+//! 3.x one.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -7,6 +9,17 @@ use std::time::{Duration, Instant};
 /// How long an answer about the server is trusted before it is asked again (a server upgraded
 /// from 2.x to 3.x gains logged models without the worker restarting).
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);
+
+/// Whether a server answering `/version` with `version` predates logged models (MLflow 3.0):
+/// a major version below 3. Anything unreadable is not.
+pub fn before_logged_models(version: &str) -> bool {
+    version
+        .trim()
+        .split('.')
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .is_some_and(|major| major < 3)
+}
 
 /// The server's optional APIs as last seen, shared by every clone of a client.
 #[derive(Debug, Default)]
@@ -43,6 +56,16 @@ impl Features {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_major_version_below_3_predates_logged_models() {
+        assert!(before_logged_models("2.22.5"));
+        assert!(before_logged_models("1.30.0\n"));
+        assert!(!before_logged_models("3.0.0"));
+        assert!(!before_logged_models("3.17.2"));
+        assert!(!before_logged_models("<!doctype html>"));
+        assert!(!before_logged_models(""));
+    }
 
     #[test]
     fn an_answer_is_remembered_for_a_while_and_a_change_is_reported_once() {

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::client::{Call, MlflowClient, all_pages, in_list};
 use super::error::MlflowError;
-use super::features::REMEMBERED_FOR;
+use super::features::{self, REMEMBERED_FOR};
 use super::types::{LoggedModel, ModelVersion};
 use super::wire::{
     SearchLoggedModelsResponse, SearchModelVersionsResponse, WireLoggedModel, WireModelVersion,
@@ -63,9 +63,10 @@ impl MlflowClient {
     ///
     /// MLflow answers an empty list, not an error, for an experiment that does not exist.
     ///
-    /// A server without the logged-models API (MLflow 2.x) answers that none exist: learnt
-    /// from its 404 once its experiments endpoint has answered as MLflow's API (so a wrong base
-    /// path is not mistaken for it), remembered for [`REMEMBERED_FOR`] and logged when learnt.
+    /// A server without the logged-models API answers that none exist: MLflow 2.x, told by a
+    /// 404 from `logged-models/search` together with a `/version` below 3 (a 404 alone could be
+    /// an ingress or an old replica in front of a 3.x server, whose logged models must not be
+    /// assumed away). Remembered for [`REMEMBERED_FOR`] and logged when learnt.
     #[tracing::instrument(level = "debug", skip_all, fields(%experiment_id), err(level = "debug", Display))]
     pub async fn search_logged_models(
         &self,
@@ -76,24 +77,44 @@ impl MlflowClient {
         }
         let error = match self.logged_models_pages(experiment_id).await {
             Ok(models) => {
-                self.learned(true);
+                self.learned(true, None);
                 return Ok(models);
             }
             Err(e) if e.is_not_the_api() => e,
             Err(e) => return Err(e),
         };
-        // The endpoint is missing; is the rest of the API there?
-        match self.get_experiment(experiment_id).await {
-            Ok(_) => {}
-            Err(probe) if probe.is_not_found() => {}
-            Err(_) => return Err(error),
+        match self.server_version().await {
+            Ok(version) if features::before_logged_models(&version) => {
+                self.learned(false, Some(&version));
+                Ok(Vec::new())
+            }
+            // A 3.x server (or one that does not say) missing the endpoint: not trusted.
+            _ => Err(error),
         }
-        self.learned(false);
-        Ok(Vec::new())
+    }
+
+    /// The experiment holding logged model `model_id` (`GET logged-models/{id}`), or `None` when
+    /// the server has no such model. A 2.x server answers [`MlflowError::is_not_the_api`].
+    #[tracing::instrument(level = "debug", skip_all, fields(%model_id), err(level = "debug", Display))]
+    pub async fn logged_model_experiment(
+        &self,
+        model_id: &str,
+    ) -> Result<Option<String>, MlflowError> {
+        #[derive(serde::Deserialize)]
+        struct GetModel {
+            model: WireLoggedModel,
+        }
+        let call = Call::new("logged-models/get", format!("logged model {model_id}"));
+        let url = self.url(&["logged-models", model_id]);
+        match self.get::<GetModel>(call, url, &[]).await {
+            Ok(found) => Ok(Some(found.model.info.experiment_id)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records whether the server has logged models, logging what changed.
-    fn learned(&self, has: bool) {
+    fn learned(&self, has: bool, version: Option<&str>) {
         if !self.features.learn_logged_models(has, Instant::now()) {
             return;
         }
@@ -103,6 +124,7 @@ impl MlflowClient {
         } else {
             tracing::info!(
                 %server,
+                version = version.unwrap_or_default(),
                 "the tracking server has no logged-models API (MLflow 2.x): classic models only, \
                  asked again in {} minutes",
                 REMEMBERED_FOR.as_secs() / 60

@@ -49,6 +49,14 @@ pub(crate) struct GetExperimentResponse {
 }
 
 #[derive(Debug, Deserialize)]
+pub(crate) struct SearchExperimentsResponse {
+    #[serde(default)]
+    pub experiments: Vec<WireExperiment>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
 pub(crate) struct WireExperiment {
     pub experiment_id: String,
     #[serde(default)]

@@ -51,6 +51,7 @@ pub async fn run(
     let health = Arc::new(metrics::Health::new(stall_limit(&settings), &metrics));
     metrics.expect_dead_letters(PruneError::KINDS.into_iter().chain(outcome::MESSAGE_KINDS));
     let _server = server.spawn(metrics.clone(), health.clone());
+    settings.store.check_keys()?;
     let engine = Engine::new(&settings, &metrics).context("cannot build the pruning engine")?;
     tokio::select! {
         checked = check_settings(&engine) => checked?,

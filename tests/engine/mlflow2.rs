@@ -1,12 +1,15 @@
 //! An MLflow 2.x tracking server (the stack's 2.22, no logged-models API): classic models are
-//! ranked and pruned, and registry versions protect them, created with or without `run_id`.
+//! ranked and pruned, and registry versions protect them, created with or without `run_id`;
+//! a 3.x server is never taken for one.
 
 use std::process::Command;
 
+use model_pruner::domain::classify::ErrorClass;
 use model_pruner::domain::event::{Event, ExperimentPrune};
 use serde_json::Value;
 
 use crate::support::mlflow_fixtures::{ModelSource, RunSpec, unique_name};
+use crate::support::proxy::{Action, Proxy};
 use crate::support::store_fixtures;
 use crate::world::{Layout, METRIC, World, handle, keep, mlflow2_uri, sweep};
 
@@ -128,4 +131,26 @@ async fn a_training_script_on_the_mlflow_2_client_is_pruned_to_its_top_n() {
     }
     // Kept: the best (0.9) and the registered one (0.2); pruned: 0.5 and 0.7.
     assert_eq!(left, [3, 3, 0, 0], "{:#?}", report.ranking);
+}
+
+#[tokio::test]
+async fn a_404_from_logged_models_in_front_of_an_mlflow_3_server_is_not_taken_for_2_x() {
+    // An ingress or an old replica answering the logged-models path with its own 404: the
+    // server says 3.x at /version, so its logged models are not assumed away; the pass fails
+    // as transient and deletes nothing.
+    let proxy = Proxy::mlflow().await;
+    let mut w = World::new();
+    w.settings.mlflow.tracking_uri = proxy.url().into();
+    let exp = w.experiment().await;
+    let runs = w.ranked_runs(&exp, Layout::Logged, &[0.9, 0.8, 0.7]).await;
+    proxy.rule(
+        ("POST", "logged-models/search"),
+        Action::Fail(404, "NotFound"),
+        None,
+    );
+    let error = handle(&w.engine(), Event::ExperimentPrune(sweep(&exp, keep(1))))
+        .await
+        .expect_err("no pass without the logged models");
+    assert_eq!(error.class(), ErrorClass::Transient, "{error}");
+    w.assert_kept(&runs, &[0, 1, 2]).await;
 }

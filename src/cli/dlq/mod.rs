@@ -12,13 +12,12 @@
 mod letter;
 mod walk;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use crate::broker::{Broker, BrokerError, Topology};
@@ -172,7 +171,8 @@ async fn replay(walk: &mut DlqWalk<'_>, run: Replay<'_>) -> anyhow::Result<ExitC
         rate,
     } = run;
     let exchange = topology.exchange.as_str();
-    let progress = progress_bar(walk.total, if dry_run { "checked" } else { "replayed" });
+    let progress =
+        super::format::progress_bar(walk.total, if dry_run { "checked" } else { "replayed" });
     let mut ticker = rate.map(|Rate(r)| {
         let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -261,7 +261,7 @@ async fn purge(
     filter: &Filter,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let progress = progress_bar(walk.total, "checked");
+    let progress = super::format::progress_bar(walk.total, "checked");
     let (mut removed, mut kept) = (0u64, 0u64);
     let now = OffsetDateTime::now_utc();
     while let Some(delivery) = walk.next().await? {
@@ -285,17 +285,4 @@ async fn purge(
         walk.queue
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A progress bar on a terminal, nothing otherwise.
-fn progress_bar(total: u64, verb: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let template = format!("{{bar:40}} {{pos}}/{{len}} {verb} ({{per_sec}}, {{eta}} left)");
-    if let Ok(style) = ProgressStyle::with_template(&template) {
-        bar.set_style(style);
-    }
-    bar
 }
