@@ -285,6 +285,23 @@ def check_kubernetes() -> None:
     for pdb in by_kind("PodDisruptionBudget"):
         selects(pdb["spec"]["selector"], "PodDisruptionBudget")
 
+    # CronJobs (the nightly sweep): the same Secret and ConfigMap as the worker.
+    for cron in by_kind("CronJob"):
+        job_pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        for c in job_pod["containers"]:
+            for var in c.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    check(ref["name"] == secret["metadata"]["name"]
+                          and (ref["key"] in secret_keys or ref.get("optional", False)),
+                          f"CronJob env {var['name']}: {ref['name']}/{ref['key']} not in the Secret")
+            check(c.get("args", [None])[0] in {"sweep", "report"},
+                  "CronJob: runs model-pruner sweep or report")
+        for v in job_pod.get("volumes", []):
+            if "configMap" in v:
+                check(v["configMap"]["name"] == configmap["metadata"]["name"],
+                      "CronJob: mounts the worker's ConfigMap")
+
     # PodMonitor (monitoring.coreos.com/v1).
     for pm in by_kind("PodMonitor"):
         check(pm["apiVersion"] == "monitoring.coreos.com/v1", "PodMonitor: apiVersion")

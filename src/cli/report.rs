@@ -23,7 +23,7 @@ use crate::domain::audit;
 use crate::domain::classify::ErrorClass;
 use crate::domain::policy::PolicySource;
 use crate::engine::{Engine, PassKind, PassRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, REPORT_GAUGES};
 use crate::mlflow::{Experiment, MlflowClient};
 use crate::settings::Settings;
 use crate::store::Usage;
@@ -389,47 +389,19 @@ fn csv(report: &Report) -> String {
     s
 }
 
-/// The totals as gauges without labels (the textfile collector adds the file's own).
+/// The totals as [`REPORT_GAUGES`], without labels (the textfile collector adds its own).
 fn textfile(totals: &Totals, now_s: u64) -> String {
-    let gauges = [
-        (
-            "model_pruner_report_stored_bytes",
-            "Bytes under the reported experiments' artifact roots.",
-            totals.stored.bytes,
-        ),
-        (
-            "model_pruner_report_stored_objects",
-            "Objects under the reported experiments' artifact roots.",
-            totals.stored.objects,
-        ),
-        (
-            "model_pruner_report_reclaimable_bytes",
-            "Bytes a pass over the reported experiments would delete now.",
-            totals.reclaimable.bytes,
-        ),
-        (
-            "model_pruner_report_reclaimable_models",
-            "Models a pass over the reported experiments would delete now.",
-            totals.reclaimable.models,
-        ),
-        (
-            "model_pruner_report_experiments",
-            "Experiments in the report.",
-            totals.experiments as u64,
-        ),
-        (
-            "model_pruner_report_skipped_experiments",
-            "Experiments the report could not read to the end.",
-            totals.skipped as u64,
-        ),
-        (
-            "model_pruner_report_timestamp_seconds",
-            "When the report was made, in seconds since the epoch.",
-            now_s,
-        ),
+    let values = [
+        totals.stored.bytes,
+        totals.stored.objects,
+        totals.reclaimable.bytes,
+        totals.reclaimable.models,
+        totals.experiments as u64,
+        totals.skipped as u64,
+        now_s,
     ];
     let mut s = String::new();
-    for (name, help, value) in gauges {
+    for ((name, help), value) in REPORT_GAUGES.iter().zip(values) {
         s.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));

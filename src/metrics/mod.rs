@@ -26,6 +26,39 @@ use health::Upstream;
 pub use health::{Health, ProbeReport, Refused, STALLED_AFTER, UNANSWERED_FOR};
 pub use server::Server;
 
+/// The gauges `model-pruner report --textfile` writes for a textfile collector: batch-job
+/// figures of the last report, without labels, not series of the worker's registry.
+pub const REPORT_GAUGES: [(&str, &str); 7] = [
+    (
+        "model_pruner_report_stored_bytes",
+        "Bytes under the reported experiments' artifact roots.",
+    ),
+    (
+        "model_pruner_report_stored_objects",
+        "Objects under the reported experiments' artifact roots.",
+    ),
+    (
+        "model_pruner_report_reclaimable_bytes",
+        "Bytes a pass over the reported experiments would delete now.",
+    ),
+    (
+        "model_pruner_report_reclaimable_models",
+        "Models a pass over the reported experiments would delete now.",
+    ),
+    (
+        "model_pruner_report_experiments",
+        "Experiments in the report.",
+    ),
+    (
+        "model_pruner_report_skipped_experiments",
+        "Experiments the report could not read to the end.",
+    ),
+    (
+        "model_pruner_report_timestamp_seconds",
+        "When the report was made, in seconds since the epoch.",
+    ),
+];
+
 use crate::domain::classify::{ErrorClass, REASONS};
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
 

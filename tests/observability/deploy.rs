@@ -1,4 +1,5 @@
-//! The dashboard, the alert rules and both READMEs name only metrics the worker exports.
+//! The dashboard, the alert rules and both READMEs name only metrics the worker exports (or
+//! `report --textfile` writes).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -42,7 +43,13 @@ fn deploy_files_name_only_metrics_the_worker_exports() {
         "README.md",
     ];
     let metrics = model_pruner::metrics::Metrics::new();
-    let exported = metrics.exported_names();
+    let mut exported = metrics.exported_names().clone();
+    // What `report --textfile` leaves for a textfile collector.
+    exported.extend(
+        model_pruner::metrics::REPORT_GAUGES
+            .iter()
+            .map(|(name, _)| (*name).to_owned()),
+    );
     let mut unknown = Vec::new();
     let mut named = BTreeSet::new();
     for file in files {

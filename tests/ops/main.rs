@@ -8,6 +8,7 @@ mod audit;
 mod connect;
 mod demo;
 mod dlq;
+mod fleet;
 mod helpers;
 mod hostile;
 mod migrate;

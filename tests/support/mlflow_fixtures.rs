@@ -197,7 +197,9 @@ impl Mlflow {
             .await
     }
 
-    async fn create_experiment(
+    /// A new experiment named `{prefix}-{unique suffix}`, with tags and, if given, its own
+    /// artifact location.
+    pub async fn create_experiment(
         &self,
         prefix: &str,
         tags: &[(&str, &str)],

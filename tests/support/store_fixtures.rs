@@ -102,18 +102,28 @@ pub async fn put_object(
 
 /// Objects under `prefix` (used as given).
 pub async fn count_objects(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<u64> {
+    Ok(usage(client, bucket, prefix).await?.0)
+}
+
+/// Objects and bytes under `prefix` (used as given).
+pub async fn usage(client: &Client, bucket: &str, prefix: &str) -> anyhow::Result<(u64, u64)> {
     let mut pages = client
         .list_objects_v2()
         .bucket(bucket)
         .prefix(prefix)
         .into_paginator()
         .send();
-    let mut count = 0;
+    let (mut count, mut bytes) = (0, 0);
     while let Some(page) = pages.next().await {
         let page = page.with_context(|| format!("ListObjectsV2 s3://{bucket}/{prefix}"))?;
         count += page.contents().len() as u64;
+        bytes += page
+            .contents()
+            .iter()
+            .map(|o| o.size().unwrap_or_default().max(0) as u64)
+            .sum::<u64>();
     }
-    Ok(count)
+    Ok((count, bytes))
 }
 
 /// Whether `key` exists (HeadObject).
