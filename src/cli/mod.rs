@@ -381,16 +381,16 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 return Ok(failure.exit(json));
             }
             let id = target.id(&settings).await?;
-            let engine =
-                Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
+            let metrics = Metrics::new();
+            let engine = Engine::new(&settings, &metrics).context("building the MLflow client")?;
             let kind = PassKind::Sweep {
                 delete_experiment: false,
                 force: true,
             };
-            let report = engine
-                .run_pass(&target.request(&id, kind, true))
-                .await
-                .with_context(|| format!("planning experiment {id}"))?;
+            let watch = plan::Watch::start(&metrics, json);
+            let report = engine.run_pass(&target.request(&id, kind, true)).await;
+            watch.done();
+            let report = report.with_context(|| format!("planning experiment {id}"))?;
             let freed = plan::measure(&engine, &report).await?;
             plan::print(&report, &freed, json)?;
             if let Some(note) = plan::nothing_stored(&report, &freed, &settings) {
@@ -417,17 +417,17 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 return Ok(failure.exit(json));
             }
             let id = target.id(&settings).await?;
-            let engine =
-                Engine::new(&settings, &Metrics::new()).context("building the MLflow client")?;
+            let metrics = Metrics::new();
+            let engine = Engine::new(&settings, &metrics).context("building the MLflow client")?;
             let kind = PassKind::Sweep {
                 delete_experiment: flags.delete_experiment,
                 force: flags.force,
             };
             if !flags.dry_run && !confirm.yes && std::io::stdin().is_terminal() {
-                let preview = engine
-                    .run_pass(&target.request(&id, kind, true))
-                    .await
-                    .with_context(|| format!("planning experiment {id}"))?;
+                let watch = plan::Watch::start(&metrics, json);
+                let preview = engine.run_pass(&target.request(&id, kind, true)).await;
+                watch.done();
+                let preview = preview.with_context(|| format!("planning experiment {id}"))?;
                 let usage = plan::measure(&engine, &preview).await?;
                 if let Some(note) = plan::nothing_stored(&preview, &usage, &settings) {
                     eprintln!("note: {note}");
@@ -445,10 +445,12 @@ async fn try_main(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                     .exit(json));
                 }
             }
+            let watch = plan::Watch::start(&metrics, json);
             let report = engine
                 .run_pass(&target.request(&id, kind, flags.dry_run))
-                .await
-                .with_context(|| format!("pruning experiment {id}"))?;
+                .await;
+            watch.done();
+            let report = report.with_context(|| format!("pruning experiment {id}"))?;
             let freed = if flags.dry_run {
                 let usage = plan::measure(&engine, &report).await?;
                 if let Some(note) = plan::nothing_stored(&report, &usage, &settings) {

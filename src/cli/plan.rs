@@ -3,15 +3,65 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::format;
 use crate::domain::policy::PolicySource;
 use crate::domain::ranking::{Decision, RankedRun, rfc3339};
 use crate::engine::{Engine, PassReport};
+use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Usage;
+
+/// A spinner on stderr while a pass runs, when stderr is a terminal and the output is not
+/// JSON: requests so far and the models deleted and marked, from the pass's `metrics`.
+pub struct Watch {
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    pub fn start(metrics: &Metrics, json: bool) -> Watch {
+        if json || !std::io::stderr().is_terminal() {
+            return Watch {
+                bar: ProgressBar::hidden(),
+                task: tokio::spawn(async {}),
+            };
+        }
+        let bar = ProgressBar::new_spinner();
+        if let Ok(style) = ProgressStyle::with_template("{spinner} {elapsed} {msg}") {
+            bar.set_style(style);
+        }
+        let (shown, metrics) = (bar.clone(), metrics.clone());
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                let p = metrics.progress();
+                shown.set_message(format!(
+                    "{} to MLflow, {} to the store; {} deleted and marked ({}, {})",
+                    format::count(p.mlflow_requests, "request"),
+                    format::count(p.store_requests, "request"),
+                    format::count(p.models_deleted, "model"),
+                    format::count(p.objects_deleted, "object"),
+                    format::bytes(p.bytes_deleted),
+                ));
+                shown.tick();
+            }
+        });
+        Watch { bar, task }
+    }
+
+    /// Stops and clears the spinner.
+    pub fn done(self) {
+        self.task.abort();
+        self.bar.finish_and_clear();
+    }
+}
 
 /// Objects and bytes under every planned location, for a dry run's summary.
 pub async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Result<Usage> {

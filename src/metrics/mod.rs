@@ -26,6 +26,16 @@ use health::Upstream;
 pub use health::{Health, ProbeReport, Refused, STALLED_AFTER, UNANSWERED_FOR};
 pub use server::Server;
 
+/// Totals of one registry so far: requests and what was deleted ([`Metrics::progress`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub mlflow_requests: u64,
+    pub store_requests: u64,
+    pub models_deleted: u64,
+    pub objects_deleted: u64,
+    pub bytes_deleted: u64,
+}
+
 /// The gauges `model-pruner report --textfile` writes for a textfile collector: batch-job
 /// figures of the last report, without labels, not series of the worker's registry.
 pub const REPORT_GAUGES: [(&str, &str); 7] = [
@@ -433,6 +443,33 @@ impl Metrics {
         self.0.models_deleted.inc_by(models as u64);
         self.0.objects_deleted.inc_by(objects);
         self.0.bytes_deleted.inc_by(bytes);
+    }
+
+    /// What this registry has counted so far, for a person watching a long command.
+    pub fn progress(&self) -> Progress {
+        let mut requests = [0u64; 2];
+        for family in self.0.requests.collect() {
+            for metric in family.get_metric() {
+                let target = metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "target")
+                    .map(|l| l.value().to_owned());
+                let slot = match target.as_deref() {
+                    Some("mlflow") => 0,
+                    Some(_) => 1,
+                    None => continue,
+                };
+                requests[slot] += metric.get_counter().value() as u64;
+            }
+        }
+        Progress {
+            mlflow_requests: requests[0],
+            store_requests: requests[1],
+            models_deleted: self.0.models_deleted.get(),
+            objects_deleted: self.0.objects_deleted.get(),
+            bytes_deleted: self.0.bytes_deleted.get(),
+        }
     }
 
     /// Counts one request to `target` answered with `status` (`None`: no answer) after `elapsed`,

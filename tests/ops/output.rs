@@ -229,6 +229,10 @@ async fn a_real_prune_on_a_terminal_shows_the_plan_and_asks_first() {
     let (code, screen) = on_a_terminal(&s, &prune, "y\n").await;
     assert_eq!(code, 0, "{screen}");
     assert!(screen.contains("freed 3 models"), "{screen}");
+    assert!(
+        screen.contains("requests to MLflow") && screen.contains("deleted and marked"),
+        "progress while the pass runs: {screen}"
+    );
     world.assert_kept(&runs, &[0]).await;
 
     // --yes asks nothing, even on a terminal.
