@@ -3,7 +3,8 @@
 //! (`rabbitmq_prometheus`, enabled by `scripts/stack.sh`) with the rules of
 //! `deploy/prometheus/alerts.yml`, while real traffic goes through the worker: a sweep, a burst
 //! of `run.finished`, a poison message and a store failure retried through a fault-injecting
-//! proxy. Every query of every panel must return a series; the dead-letter alert must be
+//! proxy, and a `model-pruner report --textfile` served as node_exporter's textfile collector
+//! would. Every query of every panel must return a series; the dead-letter alert must be
 //! pending or firing and no other alert active. The panels are then drawn from Prometheus's
 //! answers by `scripts/render-dashboard.py` into `target/dashboard/model-pruner.png` (and into
 //! `$DASHBOARD_PNG` if set, which is how README's picture is made).
@@ -61,9 +62,10 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Scrapes the worker at `worker` and RabbitMQ's per-queue metrics every second and
+    /// Scrapes the worker at `worker`, RabbitMQ's per-queue metrics and the report's textfile
+    /// (served at `textfile`, as node_exporter's textfile collector would) every second and
     /// evaluates `alerts.yml` every second.
-    async fn start(worker: &str) -> Prometheus {
+    async fn start(worker: &str, textfile: &str) -> Prometheus {
         let rabbit = std::env::var("RABBITMQ_PROMETHEUS_URL")
             .unwrap_or_else(|_| "http://127.0.0.1:15692".to_owned());
         let rabbit = rabbit.trim_start_matches("http://").to_owned();
@@ -76,7 +78,8 @@ impl Prometheus {
              \x20 - job_name: model-pruner\n    static_configs: [{{targets: [{worker:?}]}}]\n\
              \x20 - job_name: rabbitmq-queues\n    metrics_path: /metrics/detailed\n\
              \x20   params: {{family: [queue_coarse_metrics, queue_consumer_count]}}\n\
-             \x20   static_configs: [{{targets: [{rabbit:?}]}}]\n"
+             \x20   static_configs: [{{targets: [{rabbit:?}]}}]\n\
+             \x20 - job_name: node\n    static_configs: [{{targets: [{textfile:?}]}}]\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -234,6 +237,28 @@ fn panels() -> Vec<Panel> {
     panels
 }
 
+/// Serves the file at `path` as `/metrics` on a free port, read at every scrape (what
+/// node_exporter's textfile collector does with `model-pruner report --textfile`).
+async fn serve_textfile(path: PathBuf) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let body = std::fs::read_to_string(&path).unwrap_or_default();
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    address
+}
+
 /// The worker's settings on the default queue names, which the alert rules name.
 fn default_queues() -> Settings {
     let defaults = Settings::load(None).expect("settings load");
@@ -252,9 +277,13 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
     // The default names: queues an interrupted earlier run left go first.
     TestApp::without_worker(&s).await.cleanup().await;
     let app = TestApp::spawn(s).await;
-    let prometheus = Prometheus::start(&app.address().to_string()).await;
+    let textfile = std::env::temp_dir().join(format!("mp-report-{}.prom", std::process::id()));
+    std::fs::write(&textfile, "").unwrap();
+    let node = serve_textfile(textfile.clone()).await;
+    let prometheus = Prometheus::start(&app.address().to_string(), &node).await;
     prometheus.wait_scraped("model-pruner").await;
     prometheus.wait_scraped("rabbitmq-queues").await;
+    prometheus.wait_scraped("node").await;
 
     // A store failure that outlasts the in-process retry (one retry, then delayed once), then
     // done; few enough retries among the store's requests not to be a surge.
@@ -299,6 +328,29 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
         .await;
     app.wait_len(&app.topology.work_queue, 0, settled).await;
     assert_eq!(proxy.injected(), 2, "the store failures were hit");
+
+    // The storage report of the swept experiment, left for the textfile collector.
+    let report = Command::new(env!("CARGO_BIN_EXE_model-pruner"))
+        .args(["report", "--filter", &format!("name = '{}'", swept.name)])
+        .arg("--textfile")
+        .arg(&textfile)
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .expect("model-pruner report runs");
+    assert!(report.status.success(), "{report:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while prometheus
+        .query("model_pruner_report_stored_bytes > 0")
+        .await
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the report's gauges were never scraped"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // The dead-letter alert goes pending within a few evaluations; the others must not.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -366,6 +418,7 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
 
     render(&json!({"title": "model-pruner (scripts/test.sh traffic)", "panels": drawn})).await;
     app.cleanup().await;
+    let _ = std::fs::remove_file(&textfile);
     for exp in [failing, swept, burst] {
         exp.delete().await.expect("delete experiment");
     }
