@@ -8,8 +8,10 @@
 //! - `seed`: experiments, runs and objects created for the scenarios.
 //! - `raw`: the plain-S3-client baseline.
 //! - `scenarios`: sweep and burst.
+//! - `fleet`: `model-pruner report` over many experiments, beside a raw listing.
 //! - `report`: the table and the JSON file.
 
+mod fleet;
 #[path = "../../tests/support/mlflow_fixtures.rs"]
 mod mlflow_fixtures;
 mod raw;
@@ -61,6 +63,15 @@ struct Args {
     /// Files of each burst run's model.
     #[arg(long, default_value_t = 2)]
     burst_files: usize,
+    /// Experiments of the fleet report (scenario 6); 0 skips it.
+    #[arg(long, default_value_t = 200)]
+    report_experiments: usize,
+    /// Runs per fleet-report experiment.
+    #[arg(long, default_value_t = 50)]
+    report_runs: usize,
+    /// Files of each fleet-report run's model.
+    #[arg(long, default_value_t = 2)]
+    report_files: usize,
     /// Skip the per-run raw baseline (halves the objects seeded for the raw side).
     #[arg(long)]
     no_raw_per_run: bool,
@@ -124,6 +135,9 @@ fn main() -> std::process::ExitCode {
         args.burst_experiments = 3;
         args.burst_runs = 12;
         args.burst_files = 1;
+        args.report_experiments = 3;
+        args.report_runs = 5;
+        args.report_files = 1;
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(args)) {
@@ -170,10 +184,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = worker.proc_stats()?;
 
     let result = scenarios_in_order(&args, &env, &worker).await;
+    let fleet_report = match &result {
+        Ok(_) if args.report_experiments > 0 => Some(
+            fleet::report(
+                &env,
+                &bin,
+                args.report_experiments,
+                args.report_runs,
+                args.report_files,
+                args.keep_top,
+            )
+            .await
+            .context("fleet report"),
+        ),
+        _ => None,
+    };
     let end = worker.proc_stats();
     worker.stop().await?;
     teardown(&env, &topology).await;
     let scenarios = result?;
+    let fleet_report = fleet_report.transpose()?;
+    if let Some(r) = &fleet_report {
+        r.print();
+    }
     let report = report::Report {
         machine,
         args: format!("{args:?}"),
@@ -185,6 +218,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         burst: scenarios.1,
         scale: scenarios.2,
         registry: scenarios.3,
+        fleet_report,
     };
     report.print();
     let path = args.out.join(if args.smoke {

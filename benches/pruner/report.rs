@@ -115,6 +115,7 @@ pub struct Report {
     pub burst: Option<BurstResult>,
     pub scale: Option<SweepResult>,
     pub registry: Option<RegistryResult>,
+    pub fleet_report: Option<crate::fleet::ReportResult>,
 }
 
 fn mib(kib: u64) -> f64 {

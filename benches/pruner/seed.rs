@@ -31,7 +31,20 @@ pub async fn experiment(
     files: usize,
     upload_concurrency: usize,
 ) -> anyhow::Result<Seeded> {
-    let experiment = mlflow.experiment(name).await?;
+    experiment_tagged(mlflow, s3, name, &[], runs, files, upload_concurrency).await
+}
+
+/// [`experiment`] with experiment tags.
+pub async fn experiment_tagged(
+    mlflow: &Mlflow,
+    s3: &Client,
+    name: &str,
+    tags: &[(&str, &str)],
+    runs: usize,
+    files: usize,
+    upload_concurrency: usize,
+) -> anyhow::Result<Seeded> {
+    let experiment = mlflow.create_experiment(name, tags, None).await?;
     let specs = (0..runs).map(|i| {
         RunSpec::new(format!("run-{i:05}"))
             .metric("accuracy", 1.0 - i as f64 / runs as f64)

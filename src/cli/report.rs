@@ -95,6 +95,14 @@ struct Report {
     filter: String,
     experiments: Vec<Line>,
     totals: Totals,
+    /// Requests the report made, to MLflow and to the store.
+    requests: Requests,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Requests {
+    mlflow: u64,
+    store: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -147,10 +155,15 @@ pub async fn run(settings: &Settings, args: ReportArgs) -> anyhow::Result<ExitCo
             .cmp(&a.reclaimable.bytes)
             .then_with(|| a.experiment_id.cmp(&b.experiment_id))
     });
+    let progress = metrics.progress();
     let report = Report {
         filter: args.filter.clone(),
         totals: totals(&lines),
         experiments: lines,
+        requests: Requests {
+            mlflow: progress.mlflow_requests,
+            store: progress.store_requests,
+        },
     };
     if let Some(path) = &args.textfile {
         write_textfile(path, &report.totals)
@@ -452,6 +465,7 @@ mod tests {
             filter: String::new(),
             totals: totals(&lines),
             experiments: lines,
+            requests: Requests::default(),
         }
     }
 
