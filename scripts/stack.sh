@@ -15,6 +15,8 @@ MLFLOW_SPEC="${MODEL_PRUNER_MLFLOW_SPEC:-mlflow==3.17.2}"
 BOTO3_SPEC="${MODEL_PRUNER_BOTO3_SPEC:-boto3}"
 # pika publishes what lapin refuses to send (header names that are not UTF-8) in the tests.
 PIKA_SPEC="${MODEL_PRUNER_PIKA_SPEC:-pika==1.3.2}"
+# The PostgreSQL driver of MLflow's tracking store (production servers run on PostgreSQL).
+PSYCOPG_SPEC="${MODEL_PRUNER_PSYCOPG_SPEC:-psycopg2-binary==2.9.13}"
 MLFLOW2_SPEC="${MODEL_PRUNER_MLFLOW2_SPEC:-mlflow==2.22.5}"
 SQLALCHEMY2_SPEC="sqlalchemy<2.1"
 GARAGE_VERSION="2.5.0"
@@ -66,7 +68,9 @@ Usage: scripts/stack.sh COMMAND
 
 Local services for model-pruner, on loopback:
   RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT, metrics http://$HOST:$RABBIT_PROMETHEUS_PORT
-  MLflow    $MLFLOW_URL (sqlite backend, artifacts in s3://mlflow/)
+  MLflow    $MLFLOW_URL (artifacts in s3://mlflow/; tracking store: PostgreSQL with
+            $MLFLOW_PG_WORKERS server workers when one answers on $PG_HOST:$PG_PORT, else sqlite;
+            MODEL_PRUNER_MLFLOW_BACKEND=postgresql|sqlite chooses)
             $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
             $MLFLOW2_URL (${MLFLOW2_SPEC#mlflow==}, sqlite backend, artifacts in s3://mlflow/v2/)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
@@ -241,7 +245,7 @@ ensure_rabbitmq() {
 
 mlflow_installed() {
   [[ -x "$VENV/bin/mlflow" && -f "$VENV/.model-pruner-installed" ]] &&
-    [[ "$(cat "$VENV/.model-pruner-installed")" == "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC" ]]
+    [[ "$(cat "$VENV/.model-pruner-installed")" == "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC $PSYCOPG_SPEC" ]]
 }
 
 install_mlflow() {
@@ -250,13 +254,13 @@ install_mlflow() {
     log "creating virtualenv $VENV"
     "${PYTHON:-python3}" -m venv "$VENV" >&2
   fi
-  log "installing $MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC into $VENV (a few minutes; log $CACHE/mlflow-install.log)"
-  if ! "$VENV/bin/pip" install -q "$MLFLOW_SPEC" "$BOTO3_SPEC" "$PIKA_SPEC" >>"$CACHE/mlflow-install.log" 2>&1; then
+  log "installing $MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC $PSYCOPG_SPEC into $VENV (a few minutes; log $CACHE/mlflow-install.log)"
+  if ! "$VENV/bin/pip" install -q "$MLFLOW_SPEC" "$BOTO3_SPEC" "$PIKA_SPEC" "$PSYCOPG_SPEC" >>"$CACHE/mlflow-install.log" 2>&1; then
     tail -n 30 "$CACHE/mlflow-install.log" >&2
     die "pip install of MLflow failed"
   fi
-  "$VENV/bin/python" -c 'import mlflow, boto3, pika' || die "mlflow/boto3/pika not importable after install"
-  printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC" >"$VENV/.model-pruner-installed"
+  "$VENV/bin/python" -c 'import mlflow, boto3, pika, psycopg2' || die "mlflow/boto3/pika/psycopg2 not importable after install"
+  printf '%s' "$MLFLOW_SPEC $BOTO3_SPEC $PIKA_SPEC $PSYCOPG_SPEC" >"$VENV/.model-pruner-installed"
 }
 
 mlflow2_installed() {
@@ -320,23 +324,67 @@ await_mlflow_server() {
   log "$name up: $url"
 }
 
+# The tracking store of the 3.x servers: PostgreSQL (as production servers run it, with
+# several server workers) when MODEL_PRUNER_MLFLOW_BACKEND=postgresql, or by default when a
+# PostgreSQL server answers on $PG_HOST:$PG_PORT and psql is installed; sqlite (one worker)
+# otherwise or with MODEL_PRUNER_MLFLOW_BACKEND=sqlite.
+PG_HOST="${MODEL_PRUNER_PG_HOST:-127.0.0.1}"
+PG_PORT="${MODEL_PRUNER_PG_PORT:-5432}"
+PG_USER="${MODEL_PRUNER_PG_USER:-postgres}"
+MLFLOW_PG_WORKERS="${MODEL_PRUNER_MLFLOW_WORKERS:-4}"
+
+mlflow_backend() {
+  case "${MODEL_PRUNER_MLFLOW_BACKEND:-auto}" in
+    postgresql | sqlite) printf '%s' "$MODEL_PRUNER_MLFLOW_BACKEND" ;;
+    auto)
+      if command -v psql >/dev/null 2>&1 && tcp_open "$PG_HOST" "$PG_PORT" &&
+        psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+        printf 'postgresql'
+      else
+        printf 'sqlite'
+      fi
+      ;;
+    *) die "MODEL_PRUNER_MLFLOW_BACKEND must be postgresql, sqlite or auto" ;;
+  esac
+}
+
+# backend_args NAME: --backend-store-uri (and --workers) of the 3.x server NAME; creates its
+# PostgreSQL database on first use.
+backend_args() {
+  local name="$1" db
+  if [[ "$(mlflow_backend)" == postgresql ]]; then
+    db="model_pruner_${name//-/_}"
+    if [[ -z "$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc \
+      "select 1 from pg_database where datname = '$db'")" ]]; then
+      log "creating PostgreSQL database $db"
+      psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "create database $db" >&2
+    fi
+    printf '%s\n' --backend-store-uri "postgresql://$PG_USER@$PG_HOST:$PG_PORT/$db" --workers "$MLFLOW_PG_WORKERS"
+  else
+    printf '%s\n' --backend-store-uri "sqlite:///$STACK/mlflow/$name.db" --workers 1
+  fi
+}
+
 ensure_mlflow() {
+  local main proxied
+  mapfile -t main < <(backend_args mlflow)
+  mapfile -t proxied < <(backend_args mlflow-proxied)
   # --no-serve-artifacts: clients and the pruner talk to S3 directly; runs get
   # artifact URIs s3://mlflow/<experiment_id>/<run_id>/artifacts (no mlflow-artifacts:).
   launch_mlflow_server mlflow "$MLFLOW_PORT" "$MLFLOW_URL" \
-    --backend-store-uri "sqlite:///$STACK/mlflow/mlflow.db" \
+    "${main[@]}" \
     --default-artifact-root "s3://mlflow/" \
     --no-serve-artifacts
   # Proxied artifacts, as most production servers run: runs get artifact URIs
   # mlflow-artifacts:/<experiment_id>/<run_id>/artifacts, stored under $PROXIED_DESTINATION.
   launch_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_PORT" "$PROXIED_MLFLOW_URL" \
-    --backend-store-uri "sqlite:///$STACK/mlflow/proxied.db" \
+    "${proxied[@]}" \
     --artifacts-destination "$PROXIED_DESTINATION"
   # MLflow 2.x, as many teams still run it: classic models only, no logged-models API.
   SERVER_VENV="$VENV2" launch_mlflow_server mlflow2 "$MLFLOW2_PORT" "$MLFLOW2_URL" \
     --backend-store-uri "sqlite:///$STACK/mlflow/mlflow2.db" \
     --default-artifact-root "s3://mlflow/v2/" \
-    --no-serve-artifacts
+    --no-serve-artifacts --workers 1
   await_mlflow_server mlflow "$MLFLOW_URL"
   await_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_URL"
   await_mlflow_server mlflow2 "$MLFLOW2_URL"
@@ -357,7 +405,6 @@ start_mlflow() {
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
     "${SERVER_VENV:-$VENV}/bin/mlflow" server \
     --host "$HOST" --port "$port" \
-    --workers 1 \
     "$@"
 }
 
@@ -551,7 +598,7 @@ cmd_status() {
   extra=""
   if pid_alive "$RUN/mlflow.pid"; then extra="(pid $(cat "$RUN/mlflow.pid"))"; fi
   if mlflow_up; then status_line mlflow up "$MLFLOW_URL" "$extra"; else status_line mlflow down "$MLFLOW_URL" "$extra"; fi
-  extra="(proxied artifacts)"
+  extra="(proxied artifacts; tracking store: $(mlflow_backend))"
   if proxied_mlflow_up; then status_line mlflow up "$PROXIED_MLFLOW_URL" "$extra"; else status_line mlflow down "$PROXIED_MLFLOW_URL" "$extra"; fi
   extra="(${MLFLOW2_SPEC#mlflow==})"
   if mlflow2_up; then status_line mlflow up "$MLFLOW2_URL" "$extra"; else status_line mlflow down "$MLFLOW2_URL" "$extra"; fi
@@ -581,6 +628,7 @@ export MODEL_PRUNER_PYTHON='$VENV/bin/python'
 export MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI='$PROXIED_MLFLOW_URL'
 export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$PROXIED_DESTINATION'
 export MODEL_PRUNER_TEST_MLFLOW2_URI='$MLFLOW2_URL'
+export MODEL_PRUNER_TEST_MLFLOW_BACKEND='$(mlflow_backend)'
 export MODEL_PRUNER_PYTHON2='$VENV2/bin/python'
 EOF
 }

@@ -96,7 +96,10 @@ pub async fn report(
         .context("running /usr/bin/time model-pruner report (GNU time: apt install time)")?;
     let report_seconds = started.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    anyhow::ensure!(output.status.success(), "model-pruner report failed: {stderr}");
+    anyhow::ensure!(
+        output.status.success(),
+        "model-pruner report failed: {stderr}"
+    );
     let peak_rss_kib = stderr
         .lines()
         .rev()

@@ -18,7 +18,7 @@ use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{Failure, PolicyArgs, format, plan};
+use super::{Failure, PolicyArgs, format};
 use crate::domain::audit;
 use crate::domain::classify::ErrorClass;
 use crate::domain::policy::PolicySource;
@@ -216,6 +216,7 @@ async fn summarize(
         dry_run: true,
     };
     let mut stored_models = None;
+    let mut planned: Vec<(String, String)> = Vec::new();
     match engine.run_pass(&request).await {
         Ok(report) => {
             line.policy = Some(report.policy.to_string());
@@ -223,6 +224,7 @@ async fn summarize(
             line.runs = Some(report.ranking.runs.len());
             line.protected = report.ranking.count("protected");
             line.in_grace = report.ranking.count("grace");
+            line.reclaimable.models = report.planned.len() as u64;
             stored_models = Some(
                 report
                     .ranking
@@ -231,19 +233,12 @@ async fn summarize(
                     .filter(|r| r.run.has_model && !r.run.pruned)
                     .count() as u64,
             );
-            match plan::measure(engine, &report).await {
-                Ok(usage) => {
-                    line.reclaimable = Amount {
-                        models: report.planned.len() as u64,
-                        objects: usage.objects,
-                        bytes: usage.bytes,
-                    }
-                }
-                Err(e) => {
-                    line.skipped = true;
-                    line.problems.push(format!("{e:#}"));
-                }
-            }
+            planned = report
+                .planned
+                .iter()
+                .flat_map(|p| &p.locations)
+                .map(|(l, _)| (l.bucket.clone(), l.prefix.clone()))
+                .collect();
         }
         Err(e) => {
             line.skipped = e.class() == ErrorClass::Transient;
@@ -251,26 +246,112 @@ async fn summarize(
         }
     }
     let rules = settings.store.location_rules();
-    match audit::experiment_root(&rules, &experiment.artifact_location) {
-        Err(e) => line.problems.push(format!(
-            "artifact location {:?} not measured: {e}",
-            experiment.artifact_location
-        )),
-        Ok(root) => match engine.store().usage(&root.bucket, &root.prefix).await {
-            Ok(Usage { objects, bytes }) => {
+    let root = match audit::experiment_root(&rules, &experiment.artifact_location) {
+        Ok(root) => Some(root),
+        Err(e) => {
+            line.problems.push(format!(
+                "artifact location {:?} not measured: {e}",
+                experiment.artifact_location
+            ));
+            None
+        }
+    };
+    // One walk of the root measures what is stored and the planned folders inside it; a
+    // planned folder elsewhere is listed on its own.
+    let (inside, outside): (Vec<_>, Vec<_>) = planned.into_iter().partition(|(bucket, prefix)| {
+        root.as_ref()
+            .is_some_and(|r| *bucket == r.bucket && prefix.starts_with(&r.prefix))
+    });
+    if let Some(root) = &root {
+        let prefixes: Vec<String> = inside.into_iter().map(|(_, prefix)| prefix).collect();
+        match walk(engine, &root.bucket, &root.prefix, prefixes).await {
+            Ok((stored, reclaimable)) => {
                 line.stored = Some(Amount {
                     models: stored_models.unwrap_or_default(),
-                    objects,
-                    bytes,
-                })
+                    objects: stored.objects,
+                    bytes: stored.bytes,
+                });
+                line.reclaimable.objects += reclaimable.objects;
+                line.reclaimable.bytes += reclaimable.bytes;
             }
             Err(e) => {
                 line.skipped = true;
                 line.problems.push(format!("listing {root}: {e}"));
             }
-        },
+        }
+    }
+    for (bucket, prefix) in outside {
+        match engine.store().usage(&bucket, &prefix).await {
+            Ok(usage) => {
+                line.reclaimable.objects += usage.objects;
+                line.reclaimable.bytes += usage.bytes;
+            }
+            Err(e) => {
+                line.skipped = true;
+                line.problems
+                    .push(format!("measuring s3://{bucket}/{prefix}: {e}"));
+            }
+        }
     }
     line
+}
+
+/// Walks the listing of `root` page by page, keeping no key: everything under it, and what lies
+/// under one of `prefixes` (folders inside it).
+async fn walk(
+    engine: &Engine,
+    bucket: &str,
+    root: &str,
+    prefixes: Vec<String>,
+) -> Result<(Usage, Usage), crate::store::StoreError> {
+    let prefixes = outermost(prefixes);
+    let (mut all, mut under) = (Usage::default(), Usage::default());
+    let mut after: Option<String> = None;
+    loop {
+        let page = engine
+            .store()
+            .list_page(bucket, root, after.as_deref())
+            .await?;
+        for object in &page.objects {
+            all += Usage {
+                objects: 1,
+                bytes: object.size,
+            };
+            if within(&prefixes, &object.key) {
+                under += Usage {
+                    objects: 1,
+                    bytes: object.size,
+                };
+            }
+        }
+        after = page.objects.last().map(|o| o.key.clone());
+        if !page.more {
+            return Ok((all, under));
+        }
+    }
+}
+
+/// The prefixes sorted, without those inside another (the keys under a prefix sort right
+/// after it, so a nested one follows its parent).
+fn outermost(mut prefixes: Vec<String>) -> Vec<String> {
+    prefixes.sort();
+    let mut kept: Vec<String> = Vec::with_capacity(prefixes.len());
+    for prefix in prefixes {
+        if kept
+            .last()
+            .is_none_or(|last| !prefix.starts_with(last.as_str()))
+        {
+            kept.push(prefix);
+        }
+    }
+    kept
+}
+
+/// Whether `key` lies under one of `prefixes` ([`outermost`]: sorted, none inside another):
+/// the greatest one not after it.
+fn within(prefixes: &[String], key: &str) -> bool {
+    let at = prefixes.partition_point(|p| p.as_str() <= key);
+    at > 0 && key.starts_with(prefixes[at - 1].as_str())
 }
 
 fn totals(lines: &[Line]) -> Totals {
@@ -467,6 +548,25 @@ mod tests {
             experiments: lines,
             requests: Requests::default(),
         }
+    }
+
+    #[test]
+    fn a_key_is_within_the_folder_that_sorts_just_before_it() {
+        let prefixes = outermost(vec![
+            "1/b/c/".to_owned(),
+            "1/a/".to_owned(),
+            "1/b/".to_owned(),
+            "1/a/".to_owned(),
+        ]);
+        assert_eq!(prefixes, ["1/a/", "1/b/"]);
+        assert!(within(&prefixes, "1/a/x"));
+        assert!(within(&prefixes, "1/b/c/x"));
+        assert!(within(&prefixes, "1/b/x"));
+        assert!(!within(&prefixes, "1/ab"));
+        assert!(!within(&prefixes, "1/"));
+        assert!(!within(&prefixes, "0/a/x"));
+        assert!(!within(&prefixes, "1/c/x"));
+        assert!(!within(&[], "1/a/x"));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! experiments no pipeline sends events for. The workers share them out as any other events.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -91,11 +90,7 @@ pub async fn run(settings: &Settings, args: SweepArgs) -> anyhow::Result<ExitCod
     let broker = Broker::connect(&settings.broker, "model-pruner sweep")
         .await
         .context("connecting to RabbitMQ")?;
-    let mut ticker = args.rate.map(|Rate(r)| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ticker = args.rate.map(Rate::ticker);
     let progress = format::progress_bar(events.len() as u64, "published");
     let mut published = 0usize;
     let mut result = Ok(());

@@ -42,6 +42,15 @@ impl Filter {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate(pub f64);
 
+impl Rate {
+    /// An interval ticking at this rate; a late tick is not made up for.
+    pub fn ticker(self) -> tokio::time::Interval {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / self.0));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    }
+}
+
 impl FromStr for Rate {
     type Err = String;
 

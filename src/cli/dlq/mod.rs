@@ -14,7 +14,6 @@ mod walk;
 
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -173,11 +172,7 @@ async fn replay(walk: &mut DlqWalk<'_>, run: Replay<'_>) -> anyhow::Result<ExitC
     let exchange = topology.exchange.as_str();
     let progress =
         super::format::progress_bar(walk.total, if dry_run { "checked" } else { "replayed" });
-    let mut ticker = rate.map(|Rate(r)| {
-        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
+    let mut ticker = rate.map(Rate::ticker);
     let (mut moved, mut skipped, mut failed) = (0u64, 0u64, 0u64);
     let now = OffsetDateTime::now_utc();
     while limit.is_none_or(|l| moved < u64::from(l)) {
