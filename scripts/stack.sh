@@ -68,9 +68,8 @@ Usage: scripts/stack.sh COMMAND
 
 Local services for model-pruner, on loopback:
   RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT, metrics http://$HOST:$RABBIT_PROMETHEUS_PORT
-  MLflow    $MLFLOW_URL (artifacts in s3://mlflow/; tracking store: PostgreSQL with
-            $MLFLOW_PG_WORKERS server workers when one answers on $PG_HOST:$PG_PORT, else sqlite;
-            MODEL_PRUNER_MLFLOW_BACKEND=postgresql|sqlite chooses)
+  MLflow    $MLFLOW_URL (artifacts in s3://mlflow/; tracking store sqlite, or PostgreSQL
+            with $MLFLOW_PG_WORKERS server workers with MODEL_PRUNER_MLFLOW_BACKEND=postgresql)
             $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
             $MLFLOW2_URL (${MLFLOW2_SPEC#mlflow==}, sqlite backend, artifacts in s3://mlflow/v2/)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
@@ -324,27 +323,27 @@ await_mlflow_server() {
   log "$name up: $url"
 }
 
-# The tracking store of the 3.x servers: PostgreSQL (as production servers run it, with
-# several server workers) when MODEL_PRUNER_MLFLOW_BACKEND=postgresql, or by default when a
-# PostgreSQL server answers on $PG_HOST:$PG_PORT and psql is installed; sqlite (one worker)
-# otherwise or with MODEL_PRUNER_MLFLOW_BACKEND=sqlite.
+# The tracking store of the 3.x servers: sqlite with one server worker (the default), or
+# PostgreSQL with several workers, as production servers run, with
+# MODEL_PRUNER_MLFLOW_BACKEND=postgresql (a server on $PG_HOST:$PG_PORT, psql installed).
+# PostgreSQL is not the default yet: under the test suite, MLflow 3.17.2 with 4 workers on
+# PostgreSQL sometimes fails every registry request of a worker from then on (SQLAlchemy mapper
+# configuration: "name 'SqlUserRoleAssignment' is not defined"); see README.
 PG_HOST="${MODEL_PRUNER_PG_HOST:-127.0.0.1}"
 PG_PORT="${MODEL_PRUNER_PG_PORT:-5432}"
 PG_USER="${MODEL_PRUNER_PG_USER:-postgres}"
 MLFLOW_PG_WORKERS="${MODEL_PRUNER_MLFLOW_WORKERS:-4}"
 
 mlflow_backend() {
-  case "${MODEL_PRUNER_MLFLOW_BACKEND:-auto}" in
-    postgresql | sqlite) printf '%s' "$MODEL_PRUNER_MLFLOW_BACKEND" ;;
-    auto)
-      if command -v psql >/dev/null 2>&1 && tcp_open "$PG_HOST" "$PG_PORT" &&
-        psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
-        printf 'postgresql'
-      else
-        printf 'sqlite'
-      fi
+  case "${MODEL_PRUNER_MLFLOW_BACKEND:-sqlite}" in
+    sqlite) printf 'sqlite' ;;
+    postgresql)
+      command -v psql >/dev/null 2>&1 || die "MODEL_PRUNER_MLFLOW_BACKEND=postgresql needs psql"
+      psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1 ||
+        die "MODEL_PRUNER_MLFLOW_BACKEND=postgresql: no PostgreSQL answers as $PG_USER on $PG_HOST:$PG_PORT"
+      printf 'postgresql'
       ;;
-    *) die "MODEL_PRUNER_MLFLOW_BACKEND must be postgresql, sqlite or auto" ;;
+    *) die "MODEL_PRUNER_MLFLOW_BACKEND must be sqlite or postgresql" ;;
   esac
 }
 
@@ -359,27 +358,36 @@ backend_args() {
       log "creating PostgreSQL database $db"
       psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -qc "create database $db" >&2
     fi
-    printf '%s\n' --backend-store-uri "postgresql://$PG_USER@$PG_HOST:$PG_PORT/$db" --workers "$MLFLOW_PG_WORKERS"
+    printf '%s\n' --backend-store-uri "postgresql+psycopg2://$PG_USER@$PG_HOST:$PG_PORT/$db" --workers "$MLFLOW_PG_WORKERS"
   else
     printf '%s\n' --backend-store-uri "sqlite:///$STACK/mlflow/$name.db" --workers 1
   fi
 }
 
+# Artifact roots by tracking store: a PostgreSQL database outlives .stack/ and starts its
+# experiment ids at 1 again, so its servers write under roots of their own, never onto files a
+# sqlite-era server of the same .stack/ left under the same ids.
+artifact_root() { [[ "$(mlflow_backend)" == postgresql ]] && printf 's3://mlflow/pg/' || printf 's3://mlflow/'; }
+proxied_destination() { [[ "$(mlflow_backend)" == postgresql ]] && printf '%s-pg' "$PROXIED_DESTINATION" || printf '%s' "$PROXIED_DESTINATION"; }
+
 ensure_mlflow() {
-  local main proxied
+  local main proxied root destination
+  mlflow_backend >/dev/null # fails here, not in a subshell below, when PostgreSQL is asked for and absent
+  root="$(artifact_root)"
+  destination="$(proxied_destination)"
   mapfile -t main < <(backend_args mlflow)
   mapfile -t proxied < <(backend_args mlflow-proxied)
   # --no-serve-artifacts: clients and the pruner talk to S3 directly; runs get
   # artifact URIs s3://mlflow/<experiment_id>/<run_id>/artifacts (no mlflow-artifacts:).
   launch_mlflow_server mlflow "$MLFLOW_PORT" "$MLFLOW_URL" \
     "${main[@]}" \
-    --default-artifact-root "s3://mlflow/" \
+    --default-artifact-root "$root" \
     --no-serve-artifacts
   # Proxied artifacts, as most production servers run: runs get artifact URIs
   # mlflow-artifacts:/<experiment_id>/<run_id>/artifacts, stored under $PROXIED_DESTINATION.
   launch_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_PORT" "$PROXIED_MLFLOW_URL" \
     "${proxied[@]}" \
-    --artifacts-destination "$PROXIED_DESTINATION"
+    --artifacts-destination "$destination"
   # MLflow 2.x, as many teams still run it: classic models only, no logged-models API.
   SERVER_VENV="$VENV2" launch_mlflow_server mlflow2 "$MLFLOW2_PORT" "$MLFLOW2_URL" \
     --backend-store-uri "sqlite:///$STACK/mlflow/mlflow2.db" \
@@ -626,7 +634,7 @@ export RABBITMQ_MANAGEMENT_URL='http://guest:guest@$HOST:$RABBIT_MGMT_PORT'
 export RABBITMQ_PROMETHEUS_URL='http://$HOST:$RABBIT_PROMETHEUS_PORT'
 export MODEL_PRUNER_PYTHON='$VENV/bin/python'
 export MODEL_PRUNER_TEST_PROXIED_MLFLOW_URI='$PROXIED_MLFLOW_URL'
-export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$PROXIED_DESTINATION'
+export MODEL_PRUNER_TEST_PROXIED_DESTINATION='$(proxied_destination)'
 export MODEL_PRUNER_TEST_MLFLOW2_URI='$MLFLOW2_URL'
 export MODEL_PRUNER_TEST_MLFLOW_BACKEND='$(mlflow_backend)'
 export MODEL_PRUNER_PYTHON2='$VENV2/bin/python'

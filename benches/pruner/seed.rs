@@ -17,7 +17,8 @@ const MLFLOW_CONCURRENCY: usize = 8;
 pub struct Seeded {
     pub experiment: ExperimentFixture,
     pub run_ids: Vec<String>,
-    /// `<experiment id>/`: everything the experiment stores in the bucket.
+    /// `<experiment's root>/` (`<id>/`, or `pg/<id>/` on the PostgreSQL stack): everything the
+    /// experiment stores in the bucket.
     pub prefix: String,
 }
 
@@ -62,8 +63,17 @@ pub async fn experiment_tagged(
         keys.extend(file_keys(&prefix, files));
     }
     upload(s3, keys, upload_concurrency).await?;
+    let root = experiment
+        .artifact_location
+        .strip_prefix(&format!("s3://{BUCKET}/"))
+        .with_context(|| {
+            format!(
+                "experiment outside s3://{BUCKET}: {}",
+                experiment.artifact_location
+            )
+        })?;
     Ok(Seeded {
-        prefix: format!("{}/", experiment.id),
+        prefix: format!("{}/", root.trim_end_matches('/')),
         run_ids: fixtures.into_iter().map(|r| r.run_id).collect(),
         experiment,
     })
