@@ -352,7 +352,7 @@ mlflow_backend() {
 backend_args() {
   local name="$1" db
   if [[ "$(mlflow_backend)" == postgresql ]]; then
-    db="model_pruner_${name//-/_}"
+    db="mp_${name//-/_}"
     if [[ -z "$(psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc \
       "select 1 from pg_database where datname = '$db'")" ]]; then
       log "creating PostgreSQL database $db"
