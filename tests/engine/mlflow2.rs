@@ -2,12 +2,10 @@
 //! ranked and pruned, and registry versions protect them, created with or without `run_id`;
 //! a 3.x server is never taken for one.
 
-use std::process::Command;
-
 use model_pruner::domain::classify::ErrorClass;
 use model_pruner::domain::event::{Event, ExperimentPrune};
-use serde_json::Value;
 
+use crate::python_client::run_python;
 use crate::support::mlflow_fixtures::{ModelSource, RunSpec, unique_name};
 use crate::support::proxy::{Action, Proxy};
 use crate::support::store_fixtures;
@@ -78,21 +76,12 @@ print(json.dumps({"experiment_id": exp, "runs": runs, "registered": name, "versi
 
 #[tokio::test]
 async fn a_training_script_on_the_mlflow_2_client_is_pruned_to_its_top_n() {
-    let python = std::env::var("MODEL_PRUNER_PYTHON2")
-        .expect("MODEL_PRUNER_PYTHON2 (set by scripts/stack.sh env)");
-    let output = Command::new(python)
-        .arg("-c")
-        .arg(SCRIPT)
-        .env("MLFLOW_TRACKING_URI", mlflow2_uri())
-        .output()
-        .expect("run the mlflow 2.x Python client");
-    assert!(
-        output.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let logged: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let logged = tokio::task::spawn_blocking(|| {
+        let tracking = [("MLFLOW_TRACKING_URI", mlflow2_uri())];
+        run_python("MODEL_PRUNER_PYTHON2", SCRIPT, &tracking)
+    })
+    .await
+    .unwrap();
     assert!(
         logged["version"].as_str().unwrap().starts_with("2."),
         "{logged}"

@@ -43,11 +43,18 @@ print(json.dumps(out))
 "#;
 
 fn log_with_python() -> Value {
-    let python = std::env::var("MODEL_PRUNER_PYTHON")
-        .expect("MODEL_PRUNER_PYTHON (set by scripts/stack.sh env)");
-    let output = Command::new(python)
+    run_python("MODEL_PRUNER_PYTHON", SCRIPT, &[])
+}
+
+/// Runs `script` with the Python interpreter named by the variable `python` (set by
+/// `scripts/stack.sh env`) and `env` on top, and reads the JSON of its last line.
+pub fn run_python(python: &str, script: &str, env: &[(&str, String)]) -> Value {
+    let interpreter =
+        std::env::var(python).unwrap_or_else(|_| panic!("{python} (set by scripts/stack.sh env)"));
+    let output = Command::new(interpreter)
         .arg("-c")
-        .arg(SCRIPT)
+        .arg(script)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("run the mlflow Python client");
     assert!(
