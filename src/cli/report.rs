@@ -402,7 +402,9 @@ fn table(report: &Report) -> String {
             format::bytes(l.reclaimable.bytes),
             l.protected.to_string(),
             l.in_grace.to_string(),
-            l.policy.clone().unwrap_or_else(dash),
+            l.policy
+                .as_ref()
+                .map_or_else(dash, |p| format!("{p}{}", from(&l.policy_sources))),
             match (l.skipped, l.problems.join("; ")) {
                 (true, p) => format!("SKIPPED: {p}"),
                 (false, p) => p,
@@ -444,6 +446,23 @@ fn table(report: &Report) -> String {
     }
     s.push('\n');
     s
+}
+
+/// ` [tags]`, ` [options, tags]`: where a policy came from besides the settings.
+fn from(sources: &BTreeMap<PolicySource, Vec<&'static str>>) -> String {
+    let named: Vec<&str> = sources
+        .keys()
+        .filter_map(|s| match s {
+            PolicySource::Event => Some("options"),
+            PolicySource::ExperimentTag => Some("tags"),
+            PolicySource::Settings => None,
+        })
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", named.join(", "))
+    }
 }
 
 /// RFC 4180 CSV, raw numbers, one line per experiment.
@@ -522,7 +541,10 @@ mod tests {
             experiment_id: id.into(),
             name: name.into(),
             policy: Some("accuracy max, keep_top 2".into()),
-            policy_sources: BTreeMap::new(),
+            policy_sources: BTreeMap::from([
+                (PolicySource::ExperimentTag, vec!["keep_top"]),
+                (PolicySource::Settings, vec!["metric", "direction"]),
+            ]),
             runs: Some(5),
             stored: Some(Amount {
                 models: 5,
@@ -584,6 +606,10 @@ mod tests {
         assert_eq!(r.totals.reclaimable.models, 9);
         let text = table(&r);
         assert!(text.contains("SKIPPED: MLflow down"), "{text}");
+        assert!(
+            text.contains("keep_top 2 [tags]"),
+            "the policy's source: {text}"
+        );
         assert!(text.contains("1 experiment skipped"), "{text}");
     }
 
