@@ -184,9 +184,6 @@ fn table(report: &PassReport, freed: &Usage) -> String {
             r.reason.replacen(&by_policy, "", 1),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut s = format!(
         "experiment {} ({:?}){}\npolicy: {} (from {})\n",
         report.experiment_id,
@@ -199,15 +196,7 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         report.policy,
         sources(&report.policy_sources),
     );
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        s.push_str(line.join("  ").trim_end());
-        s.push('\n');
-    }
+    s.push_str(&format::columns(&rows));
     let verb = if report.dry_run {
         "would free"
     } else {

@@ -411,19 +411,7 @@ fn table(report: &Report) -> String {
             },
         ]);
     }
-    let widths: Vec<usize> = (0..COLUMNS.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut s = String::new();
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        s.push_str(cells.join("  ").trim_end());
-        s.push('\n');
-    }
+    let mut s = format::columns(&rows);
     let t = &report.totals;
     s.push_str(&format!(
         "{}: {} stored in {} ({}); a pass would delete {} and free {} ({})",

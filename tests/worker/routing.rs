@@ -228,6 +228,17 @@ async fn a_full_dead_letter_queue_holds_letters_back_in_the_work_queue_and_count
     app.cleanup().await;
 }
 
+/// Starts a worker that must stop at once with an error; returns the error's whole chain.
+async fn failed_start(settings: model_pruner::settings::Settings) -> String {
+    let worker = start_worker(settings, CancellationToken::new());
+    let failed = tokio::time::timeout(Duration::from_secs(30), worker.task)
+        .await
+        .expect("the worker stops at once")
+        .expect("no panic")
+        .expect_err("a failed start");
+    format!("{failed:#}")
+}
+
 #[tokio::test]
 async fn a_worker_whose_settings_cannot_work_fails_at_start_naming_them() {
     // A wrong base path on the real tracking server answers with an HTML 404: only a settings
@@ -242,13 +253,7 @@ async fn a_worker_whose_settings_cannot_work_fails_at_start_naming_them() {
         .to_owned();
     s.mlflow.tracking_uri = format!("{base}/mlflow").parse().unwrap();
     let app = TestApp::new(s.clone()).await;
-    let worker = start_worker(s.clone(), CancellationToken::new());
-    let failed = tokio::time::timeout(Duration::from_secs(30), worker.task)
-        .await
-        .expect("the worker stops at once")
-        .expect("no panic")
-        .expect_err("a failed start");
-    let text = format!("{failed:#}");
+    let text = failed_start(s.clone()).await;
     assert!(
         text.contains("mlflow.tracking_uri") && text.contains("base path"),
         "{text}"
@@ -258,13 +263,7 @@ async fn a_worker_whose_settings_cannot_work_fails_at_start_naming_them() {
     // The store's key refused: named as well.
     let mut s = settings();
     s.store.secret_access_key = "not-the-secret".to_owned().into();
-    let worker = start_worker(s, CancellationToken::new());
-    let failed = tokio::time::timeout(Duration::from_secs(30), worker.task)
-        .await
-        .expect("the worker stops at once")
-        .expect("no panic")
-        .expect_err("a failed start");
-    let text = format!("{failed:#}");
+    let text = failed_start(s).await;
     assert!(text.contains("store.access_key_id"), "{text}");
     assert!(!text.contains("not-the-secret"), "{text}");
     app.cleanup().await;
