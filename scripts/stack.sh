@@ -68,8 +68,9 @@ Usage: scripts/stack.sh COMMAND
 
 Local services for model-pruner, on loopback:
   RabbitMQ  amqp://$HOST:$AMQP_PORT (guest/guest), management http://$HOST:$RABBIT_MGMT_PORT, metrics http://$HOST:$RABBIT_PROMETHEUS_PORT
-  MLflow    $MLFLOW_URL (artifacts in s3://mlflow/; tracking store sqlite, or PostgreSQL
-            with $MLFLOW_PG_WORKERS server workers with MODEL_PRUNER_MLFLOW_BACKEND=postgresql)
+  MLflow    $MLFLOW_URL (tracking store PostgreSQL on $PG_HOST:$PG_PORT with $MLFLOW_PG_WORKERS server
+            workers, artifacts in s3://mlflow/pg/; sqlite and s3://mlflow/ when no PostgreSQL
+            answers; MODEL_PRUNER_MLFLOW_BACKEND=sqlite|postgresql chooses)
             $PROXIED_MLFLOW_URL (proxied artifacts: mlflow-artifacts:/ in $PROXIED_DESTINATION)
             $MLFLOW2_URL (${MLFLOW2_SPEC#mlflow==}, sqlite backend, artifacts in s3://mlflow/v2/)
   Garage    $S3_URL (S3 API, region $S3_REGION, buckets: ${S3_BUCKETS[*]})
@@ -323,25 +324,37 @@ await_mlflow_server() {
   log "$name up: $url"
 }
 
-# The tracking store of the 3.x servers: sqlite with one server worker (the default), or
-# PostgreSQL with several workers, as production servers run, with
-# MODEL_PRUNER_MLFLOW_BACKEND=postgresql (a server on $PG_HOST:$PG_PORT, psql installed).
-# PostgreSQL is not the default yet: under the test suite, MLflow 3.17.2 with 4 workers on
-# PostgreSQL sometimes fails every registry request of a worker from then on (SQLAlchemy mapper
-# configuration: "name 'SqlUserRoleAssignment' is not defined"); see README.
+# The tracking store of the 3.x servers: PostgreSQL with several server workers, as production
+# servers run, when a PostgreSQL server answers on $PG_HOST:$PG_PORT (and psql is installed);
+# sqlite with one server worker otherwise. MODEL_PRUNER_MLFLOW_BACKEND=sqlite|postgresql
+# chooses. The choice is recorded when the servers start ($RUN/mlflow-backend), so `env` and
+# `status` describe the servers that run, whatever answers later.
 PG_HOST="${MODEL_PRUNER_PG_HOST:-127.0.0.1}"
 PG_PORT="${MODEL_PRUNER_PG_PORT:-5432}"
 PG_USER="${MODEL_PRUNER_PG_USER:-postgres}"
 MLFLOW_PG_WORKERS="${MODEL_PRUNER_MLFLOW_WORKERS:-4}"
 
+postgresql_answers() {
+  command -v psql >/dev/null 2>&1 &&
+    psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1
+}
+
 mlflow_backend() {
-  case "${MODEL_PRUNER_MLFLOW_BACKEND:-sqlite}" in
+  case "${MODEL_PRUNER_MLFLOW_BACKEND:-}" in
     sqlite) printf 'sqlite' ;;
     postgresql)
-      command -v psql >/dev/null 2>&1 || die "MODEL_PRUNER_MLFLOW_BACKEND=postgresql needs psql"
-      psql -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" -d postgres -Atqc 'select 1' >/dev/null 2>&1 ||
-        die "MODEL_PRUNER_MLFLOW_BACKEND=postgresql: no PostgreSQL answers as $PG_USER on $PG_HOST:$PG_PORT"
+      postgresql_answers ||
+        die "MODEL_PRUNER_MLFLOW_BACKEND=postgresql: no PostgreSQL answers as $PG_USER on $PG_HOST:$PG_PORT (psql needed)"
       printf 'postgresql'
+      ;;
+    "")
+      if [[ -s "$RUN/mlflow-backend" ]] && { pid_alive "$RUN/mlflow.pid" || pid_alive "$RUN/mlflow-proxied.pid"; }; then
+        cat "$RUN/mlflow-backend"
+      elif postgresql_answers; then
+        printf 'postgresql'
+      else
+        printf 'sqlite'
+      fi
       ;;
     *) die "MODEL_PRUNER_MLFLOW_BACKEND must be sqlite or postgresql" ;;
   esac
@@ -371,8 +384,14 @@ artifact_root() { [[ "$(mlflow_backend)" == postgresql ]] && printf 's3://mlflow
 proxied_destination() { [[ "$(mlflow_backend)" == postgresql ]] && printf '%s-pg' "$PROXIED_DESTINATION" || printf '%s' "$PROXIED_DESTINATION"; }
 
 ensure_mlflow() {
-  local main proxied root destination
+  local main proxied root destination backend
   mlflow_backend >/dev/null # fails here, not in a subshell below, when PostgreSQL is asked for and absent
+  backend="$(mlflow_backend)"
+  if [[ -s "$RUN/mlflow-backend" && "$(cat "$RUN/mlflow-backend")" != "$backend" ]] &&
+    { pid_alive "$RUN/mlflow.pid" || pid_alive "$RUN/mlflow-proxied.pid"; }; then
+    die "MLflow runs on $(cat "$RUN/mlflow-backend"), not $backend: scripts/stack.sh down first"
+  fi
+  log "MLflow 3.x tracking store: $backend"
   root="$(artifact_root)"
   destination="$(proxied_destination)"
   mapfile -t main < <(backend_args mlflow)
@@ -380,14 +399,15 @@ ensure_mlflow() {
   # --no-serve-artifacts: clients and the pruner talk to S3 directly; runs get
   # artifact URIs s3://mlflow/<experiment_id>/<run_id>/artifacts (no mlflow-artifacts:).
   launch_mlflow_server mlflow "$MLFLOW_PORT" "$MLFLOW_URL" \
-    "${main[@]}" \
+    "${main[@]}" --app-name model-pruner-stack \
     --default-artifact-root "$root" \
     --no-serve-artifacts
   # Proxied artifacts, as most production servers run: runs get artifact URIs
   # mlflow-artifacts:/<experiment_id>/<run_id>/artifacts, stored under $PROXIED_DESTINATION.
   launch_mlflow_server mlflow-proxied "$PROXIED_MLFLOW_PORT" "$PROXIED_MLFLOW_URL" \
-    "${proxied[@]}" \
+    "${proxied[@]}" --app-name model-pruner-stack \
     --artifacts-destination "$destination"
+  printf '%s\n' "$backend" >"$RUN/mlflow-backend"
   # MLflow 2.x, as many teams still run it: classic models only, no logged-models API.
   SERVER_VENV="$VENV2" launch_mlflow_server mlflow2 "$MLFLOW2_PORT" "$MLFLOW2_URL" \
     --backend-store-uri "sqlite:///$STACK/mlflow/mlflow2.db" \
@@ -404,13 +424,15 @@ start_mlflow() {
   shift 2
   mkdir -p "$STACK/mlflow"
   # MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false: skip the huey job runner (8 extra
-  # processes for GenAI jobs the pruner never uses).
+  # processes for GenAI jobs the pruner never uses). PYTHONPATH: the app of --app-name
+  # model-pruner-stack (scripts/mlflow-app/model_pruner_stack_app.py says why).
   start_daemon "$name" "$LOGS/$name.log" env \
     MLFLOW_S3_ENDPOINT_URL="$S3_URL" \
     AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY_ID" \
     AWS_SECRET_ACCESS_KEY="$S3_SECRET_ACCESS_KEY" \
     AWS_DEFAULT_REGION="$S3_REGION" \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+    PYTHONPATH="$ROOT/scripts/mlflow-app" \
     "${SERVER_VENV:-$VENV}/bin/mlflow" server \
     --host "$HOST" --port "$port" \
     "$@"
