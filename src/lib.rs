@@ -7,6 +7,7 @@
 //!   error classification.
 //! - [`mlflow`]: the MLflow tracking server's REST API.
 //! - [`store`]: the S3-compatible object store (listing and batch deletion).
+//! - [`limit`]: the adaptive limit of requests in flight towards MLflow and the store.
 //! - [`broker`]: RabbitMQ: connection, topology, confirmed publishing and header names.
 //! - [`engine`]: one ranking-and-pruning pass, the step the worker, the CLI and tests all drive.
 //! - [`worker`]: the consume loop: per-experiment scheduling, routing by error class, shutdown.
@@ -19,7 +20,7 @@
 //! Each module uses only modules below it; nothing below knows what is above:
 //!
 //! ```text
-//! cli ─▶ worker ─▶ engine ─▶ mlflow, store ─▶ metrics ─▶ domain
+//! cli ─▶ worker ─▶ engine ─▶ mlflow, store ─▶ limit ─▶ metrics ─▶ domain
 //!   └──────┴──▶ broker ──────────────────────────────────▶ domain
 //! settings ─▶ domain          (every module above may read settings; telemetry reads them)
 //! ```
@@ -32,6 +33,7 @@ pub mod broker;
 pub mod cli;
 pub mod domain;
 pub mod engine;
+pub mod limit;
 pub mod metrics;
 pub mod mlflow;
 pub mod settings;

@@ -218,6 +218,8 @@ pub struct MlflowSettings {
     pub page_size: u32,
     pub model_uploaded_param: String,
     pub log_deleted_param: bool,
+    /// Requests in flight towards MLflow, per process.
+    pub requests_in_flight: AdaptiveLimit,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -237,6 +239,8 @@ pub struct StoreSettings {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub delete_batch_size: u16,
+    /// Requests in flight towards the store, per process.
+    pub requests_in_flight: AdaptiveLimit,
 }
 
 impl StoreSettings {
@@ -284,6 +288,18 @@ pub struct ConcurrencySettings {
     pub parallel_deletions: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+}
+
+/// Bounds of an adaptive limit of requests in flight ([`crate::limit::Limiter`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveLimit {
+    /// Where the limit starts.
+    pub initial: usize,
+    /// The fewest it goes down to.
+    pub min: usize,
+    /// The most it goes up to.
+    pub max: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -439,6 +455,18 @@ impl Settings {
             self.concurrency.parallel_deletions >= 1,
             "concurrency.parallel_deletions must be at least 1",
         )?;
+        for (name, limit) in [
+            ("mlflow", &self.mlflow.requests_in_flight),
+            ("store", &self.store.requests_in_flight),
+        ] {
+            if !(1 <= limit.min && limit.min <= limit.initial && limit.initial <= limit.max) {
+                return Err(SettingsError::Rule(format!(
+                    "{name}.requests_in_flight needs 1 <= min <= initial <= max (got min {}, initial {}, \
+                     max {})",
+                    limit.min, limit.initial, limit.max
+                )));
+            }
+        }
         rule(
             self.mlflow.token.is_none() || self.mlflow.username.is_none(),
             "mlflow.token and mlflow.username are alternatives: set one",

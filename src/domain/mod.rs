@@ -1,6 +1,7 @@
 //! Pure domain logic, free of I/O: events, retention policy, ranking, artifact locations, the
 //! marking contract with MLflow and error classification. Most unit tests live here.
 
+pub mod adaptive;
 pub mod audit;
 pub mod classify;
 pub mod event;

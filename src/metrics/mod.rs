@@ -128,6 +128,9 @@ struct Series {
     copies_refused: IntCounterVec,
     acks_lost: IntCounterVec,
     follow_ups: IntCounter,
+    concurrency_limit: IntGaugeVec,
+    requests_in_flight: IntGaugeVec,
+    overloads: IntCounterVec,
 }
 
 /// Registers collectors into a registry and remembers their series names.
@@ -266,6 +269,23 @@ impl Metrics {
                 "Follow-up passes scheduled at the end of a grace window (one per experiment \
                  while one is pending).",
             ),
+            concurrency_limit: r.gauge_vec(
+                "model_pruner_requests_allowed_in_flight",
+                "Requests this process may have in flight towards a target (mlflow, store) now: \
+                 the adaptive limit (concurrency.mlflow_requests, concurrency.store_requests).",
+                &["target"],
+            ),
+            requests_in_flight: r.gauge_vec(
+                "model_pruner_requests_in_flight",
+                "Requests this process has in flight towards a target now.",
+                &["target"],
+            ),
+            overloads: r.counter_vec(
+                "model_pruner_overloads_total",
+                "Requests to a target that timed out or were answered as overloaded (429, 502, \
+                 503, 504, S3 SlowDown), by target: each cuts the adaptive limit.",
+                &["target"],
+            ),
         };
         let build_info = r.register(
             IntGaugeVec::new(
@@ -307,6 +327,7 @@ impl Metrics {
         // A counter series that appears at 1 shows no increase() or rate() in its first
         // window: the dashboard would miss the first retry of a kind.
         for target in [Target::Mlflow, Target::Store] {
+            m.overloads.with_label_values(&[target.as_str()]);
             for reason in REASONS {
                 m.retries.with_label_values(&[target.as_str(), reason]);
             }
@@ -348,6 +369,10 @@ impl Registrar {
 
     fn counter(&mut self, name: &str, help: &str) -> IntCounter {
         self.register(IntCounter::new(name, help), &[""])
+    }
+
+    fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels), &[""])
     }
 
     fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -479,6 +504,19 @@ impl Metrics {
         self.request_answered(target, operation, status, answered, elapsed);
     }
 
+    /// The adaptive limit of requests in flight towards `target`, and how many are.
+    pub fn concurrency_limit(&self, target: Target, limit: usize, in_flight: usize) {
+        let label = [target.as_str()];
+        self.0
+            .concurrency_limit
+            .with_label_values(&label)
+            .set(limit as i64);
+        self.0
+            .requests_in_flight
+            .with_label_values(&label)
+            .set(in_flight as i64);
+    }
+
     /// [`Metrics::request`], with the caller saying whether the system itself answered (a
     /// client error that is not the system's own, from whatever sits at a wrong URL, is not
     /// an answer).
@@ -509,6 +547,11 @@ impl Metrics {
     }
 
     /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.
+    /// A request to `target` timed out or was answered as overloaded.
+    pub fn overload(&self, target: Target) {
+        self.0.overloads.with_label_values(&[target.as_str()]).inc();
+    }
+
     pub fn retry(&self, target: &str, reason: &str) {
         self.0.retries.with_label_values(&[target, reason]).inc();
     }

@@ -14,6 +14,8 @@ use url::Url;
 use super::error::MlflowError;
 use super::features::Features;
 use super::wire::ErrorBody;
+use crate::domain::classify::Classified as _;
+use crate::limit::{Limiter, MAX_FREE_RESENDS, Permit};
 use crate::metrics::{Metrics, Target};
 use crate::settings::MlflowSettings;
 
@@ -31,6 +33,8 @@ pub struct MlflowClient {
     metrics: Metrics,
     /// What the server offers, as its answers showed (shared by clones).
     pub(super) features: Arc<Features>,
+    /// Requests in flight towards the server, over every clone (one limit per process).
+    limiter: Arc<Limiter>,
 }
 
 #[derive(Clone)]
@@ -115,6 +119,11 @@ impl MlflowClient {
             page_size: settings.page_size,
             metrics: metrics.clone(),
             features: Arc::default(),
+            limiter: Arc::new(Limiter::new(
+                Target::Mlflow,
+                &settings.requests_in_flight,
+                metrics,
+            )),
         })
     }
 
@@ -189,7 +198,9 @@ impl MlflowClient {
         })
     }
 
-    /// Sends `request` with the credentials and returns the body of a success; counts it.
+    /// Sends `request` with the credentials under the adaptive limit and returns the body of a
+    /// success. A timeout or overload answer cuts the limit; the request is then sent again at
+    /// once while that slows the worker down ([`crate::limit`]), before it becomes an error.
     async fn execute_raw(
         &self,
         call: Call,
@@ -203,6 +214,54 @@ impl MlflowClient {
                 request.basic_auth(username, password.as_ref().map(|p| p.expose_secret()))
             }
         };
+        let mut resends = 0;
+        let mut original = Some(request);
+        loop {
+            // Bodies are JSON bytes, so a request clones; the last try sends the original.
+            let copy = match &original {
+                Some(r) if resends < MAX_FREE_RESENDS => r.try_clone(),
+                _ => None,
+            };
+            let this = copy
+                .or_else(|| original.take())
+                .expect("the loop ends at the latest with the try that takes the original");
+            let (permit, result) = self.send_once(operation, &target, this).await;
+            match result {
+                Err(e) if e.is_overload() => {
+                    if !permit.overloaded() || original.is_none() {
+                        return Err(e);
+                    }
+                    resends += 1;
+                    self.metrics.retry(Target::Mlflow.as_str(), e.reason());
+                    tracing::warn!(
+                        operation,
+                        %target,
+                        error = %e,
+                        limit = self.limiter.limit(),
+                        "MLflow is overloaded: fewer requests in flight, sending again"
+                    );
+                }
+                // Not an answer: says nothing about the server's load (the place is freed).
+                Err(e @ (MlflowError::Connect { .. } | MlflowError::Transport { .. })) => {
+                    return Err(e);
+                }
+                result => {
+                    permit.answered(operation);
+                    return result;
+                }
+            }
+        }
+    }
+
+    /// One try of a request under a place of the limit, counted in the metrics; the place is
+    /// returned with the result for the caller to report how it ended.
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        target: &str,
+        request: RequestBuilder,
+    ) -> (Permit<'_>, Result<bytes::Bytes, MlflowError>) {
+        let permit = self.limiter.acquire().await;
         let started = std::time::Instant::now();
         let observe = |status: Option<u16>| {
             self.metrics
@@ -212,7 +271,8 @@ impl MlflowClient {
             Ok(response) => response,
             Err(e) => {
                 observe(None);
-                return Err(MlflowError::from_transport(operation, target, e));
+                let e = MlflowError::from_transport(operation, target.to_owned(), e);
+                return (permit, Err(e));
             }
         };
         let status = response.status();
@@ -220,12 +280,13 @@ impl MlflowClient {
             Ok(body) => body,
             Err(e) => {
                 observe(None);
-                return Err(MlflowError::from_transport(operation, target, e));
+                let e = MlflowError::from_transport(operation, target.to_owned(), e);
+                return (permit, Err(e));
             }
         };
         tracing::trace!(operation, %target, status = status.as_u16(), "MLflow answered");
         if !status.is_success() {
-            let error = status_error(operation, target, status, &body);
+            let error = status_error(operation, target.to_owned(), status, &body);
             // Something at the tracking URI that is not MLflow's API: for `/readyz`, MLflow
             // did not answer.
             self.metrics.request_answered(
@@ -235,10 +296,10 @@ impl MlflowClient {
                 status.as_u16() < 500 && !error.is_not_the_api(),
                 started.elapsed(),
             );
-            return Err(error);
+            return (permit, Err(error));
         }
         observe(Some(status.as_u16()));
-        Ok(body)
+        (permit, Ok(body))
     }
 }
 
@@ -348,6 +409,11 @@ mod tests {
             page_size: 100,
             model_uploaded_param: "model_uploaded".into(),
             log_deleted_param: true,
+            requests_in_flight: crate::settings::AdaptiveLimit {
+                initial: 4,
+                min: 1,
+                max: 8,
+            },
         }
     }
 

@@ -112,6 +112,18 @@ impl MlflowError {
         }
     }
 
+    /// The request timed out, or the server (or a gateway before it) said it is overloaded:
+    /// the worker should send fewer requests at once ([`crate::limit`]).
+    pub fn is_overload(&self) -> bool {
+        match self {
+            MlflowError::Timeout { .. } => true,
+            MlflowError::Status { status, .. } => {
+                crate::domain::adaptive::is_overload_status(*status)
+            }
+            _ => false,
+        }
+    }
+
     /// The experiment, run or model does not exist, as MLflow's API says it:
     /// `RESOURCE_DOES_NOT_EXIST`, or the 400 `INVALID_PARAMETER_VALUE` it answers for a
     /// non-numeric experiment id. A bare 404 (no MLflow error body) is not: it comes from

@@ -2,6 +2,7 @@
 
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use futures::TryFutureExt as _;
 
 use super::error::{Reason, is_already_gone, is_transient_code};
 use super::{ObjectInfo, ObjectStore, StoreError, common_folder};
@@ -39,17 +40,17 @@ impl ObjectStore {
             .quiet(true)
             .build()
             .map_err(|err| to_request_error(SdkError::from(err)))?;
-        let started = std::time::Instant::now();
         let output = self
-            .client
-            .delete_objects()
-            .bucket(bucket)
-            .delete(delete)
-            .send()
-            .await
-            .map_err(to_request_error);
-        self.count_request(DELETE, &output, started);
-        check_key_errors(bucket, folder, output?.errors())
+            .limited(DELETE, || {
+                self.client
+                    .delete_objects()
+                    .bucket(bucket)
+                    .delete(delete.clone())
+                    .send()
+                    .map_err(to_request_error)
+            })
+            .await?;
+        check_key_errors(bucket, folder, output.errors())
     }
 }
 

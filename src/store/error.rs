@@ -23,6 +23,15 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestLimitExceeded",
 ];
 
+/// S3 error codes asking the client to send fewer requests.
+const OVERLOAD_CODES: &[&str] = &[
+    "SlowDown",
+    "ServiceUnavailable",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+];
+
 /// A per-key DeleteObjects error meaning the key is already gone: a success.
 const ALREADY_GONE: &str = "NoSuchKey";
 
@@ -52,6 +61,8 @@ pub enum Reason {
         status: Option<u16>,
         /// S3 error code (`SlowDown`, `AccessDenied`, `NoSuchBucket`), when the store answered.
         code: Option<String>,
+        /// A timeout, or an answer asking for fewer requests ([`StoreError::is_overload`]).
+        overload: bool,
         /// Status, code and message, or the transport failure with its causes.
         detail: String,
         /// The SDK error. Not `source()`: `detail` already renders it, and a cause chain would
@@ -86,6 +97,12 @@ impl StoreError {
             prefix: prefix.to_owned(),
             reason: Box::new(reason),
         }
+    }
+
+    /// The request timed out, or the store asked for fewer requests: the worker should send
+    /// fewer at once ([`crate::limit`]).
+    pub fn is_overload(&self) -> bool {
+        matches!(&*self.reason, Reason::Request { overload: true, .. })
     }
 
     /// Whether trying again later can help.
@@ -125,6 +142,9 @@ impl StoreError {
     {
         let (class, status) = classify(&err);
         let code = err.code().map(str::to_owned);
+        let overload = matches!(err, SdkError::TimeoutError(_))
+            || status.is_some_and(crate::domain::adaptive::is_overload_status)
+            || code.as_deref().is_some_and(|c| OVERLOAD_CODES.contains(&c));
         let detail = match (&err, status) {
             (SdkError::ServiceError(_), Some(status)) => format!(
                 "HTTP {status} {}: {}",
@@ -137,6 +157,7 @@ impl StoreError {
             class,
             status,
             code,
+            overload,
             detail,
             cause: Box::new(err),
         };

@@ -3,6 +3,7 @@
 //! is checked to be in key order, which skipping relies on.
 
 use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
+use futures::TryFutureExt as _;
 
 use super::{ObjectInfo, ObjectStore, Reason, StoreError, Usage};
 
@@ -77,18 +78,18 @@ impl ObjectStore {
         if prefix.is_empty() {
             return Err(error(Reason::EmptyPrefix));
         }
-        let started = std::time::Instant::now();
         let output = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(prefix)
-            .set_start_after(start_after.map(str::to_owned))
-            .send()
-            .await
-            .map_err(|err| StoreError::request(LIST, bucket, prefix, err));
-        self.count_request(LIST, &output, started);
-        let page = page(&output?);
+            .limited(LIST, || {
+                self.client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_start_after(start_after.map(str::to_owned))
+                    .send()
+                    .map_err(|err| StoreError::request(LIST, bucket, prefix, err))
+            })
+            .await?;
+        let page = page(&output);
         check_order(start_after, &page).map_err(error)?;
         Ok(page)
     }

@@ -12,7 +12,9 @@ mod delete;
 mod error;
 mod list;
 
+use std::future::Future;
 use std::ops::AddAssign;
+use std::sync::Arc;
 use std::time::Instant;
 
 use aws_sdk_s3::config::retry::RetryConfig;
@@ -22,6 +24,8 @@ use aws_sdk_s3::config::{
 };
 use secrecy::ExposeSecret;
 
+use crate::domain::classify::Classified as _;
+use crate::limit::{Limiter, MAX_FREE_RESENDS};
 use crate::metrics::{Metrics, Target};
 use crate::settings::StoreSettings;
 
@@ -69,6 +73,8 @@ pub struct ObjectStore {
     /// Keys per DeleteObjects request, 1..=1000.
     batch: usize,
     metrics: Metrics,
+    /// Requests in flight towards the store, over every clone (one limit per process).
+    limiter: Arc<Limiter>,
 }
 
 impl ObjectStore {
@@ -105,6 +111,11 @@ impl ObjectStore {
             client: aws_sdk_s3::Client::from_conf(config.build()),
             batch: batch_size(settings.delete_batch_size),
             metrics: metrics.clone(),
+            limiter: Arc::new(Limiter::new(
+                Target::Store,
+                &settings.requests_in_flight,
+                metrics,
+            )),
         }
     }
 
@@ -113,14 +124,49 @@ impl ObjectStore {
         self.batch
     }
 
-    /// Counts a request of `operation` started at `started`, by the status it ended with.
-    fn count_request<T>(&self, operation: &str, result: &Result<T, StoreError>, started: Instant) {
-        let status = match result {
-            Ok(_) => Some(200),
-            Err(e) => e.status(),
-        };
-        self.metrics
-            .request(Target::Store, operation, status, started.elapsed());
+    /// Sends one request (`send` builds and sends it) under the adaptive limit and counts it.
+    /// A timeout or overload answer cuts the limit; the request is then sent again at once
+    /// while that slows the worker down ([`crate::limit`]), before it becomes an error.
+    async fn limited<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut send: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut resends = 0;
+        loop {
+            let permit = self.limiter.acquire().await;
+            let started = Instant::now();
+            let result = send().await;
+            let status = match &result {
+                Ok(_) => Some(200),
+                Err(e) => e.status(),
+            };
+            self.metrics
+                .request(Target::Store, operation, status, started.elapsed());
+            match &result {
+                Err(e) if e.is_overload() => {
+                    if permit.overloaded() && resends < MAX_FREE_RESENDS {
+                        resends += 1;
+                        self.metrics.retry(Target::Store.as_str(), e.reason());
+                        tracing::warn!(
+                            operation,
+                            error = %e,
+                            limit = self.limiter.limit(),
+                            "the store is overloaded: fewer requests in flight, sending again"
+                        );
+                        continue;
+                    }
+                }
+                // No answer: says nothing about the store's load (the place is freed).
+                Err(e) if e.status().is_none() => {}
+                _ => permit.answered(operation),
+            }
+            return result;
+        }
     }
 }
 

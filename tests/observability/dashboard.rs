@@ -285,13 +285,15 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
     prometheus.wait_scraped("rabbitmq-queues").await;
     prometheus.wait_scraped("node").await;
 
-    // A store failure that outlasts the in-process retry (one retry, then delayed once), then
-    // done; few enough retries among the store's requests not to be a surge.
+    // A store failure that outlasts the in-process retry, then done: each of the two attempts
+    // is sent twice (an overload answer is re-sent once at a lower limit, counted as a retry),
+    // then the event is delayed once; few enough retries among the store's requests not to be
+    // a surge.
     let failing = world.experiment().await;
     let failing_runs = world
         .ranked_runs(&failing, Layout::Classic, &[0.1, 0.2, 0.3])
         .await;
-    proxy.rule(DELETE_OBJECTS, Action::Fail(503, "SlowDown"), Some(2));
+    proxy.rule(DELETE_OBJECTS, Action::Fail(503, "SlowDown"), Some(4));
     app.publish("experiment.prune", &sweep_body(&failing, 1))
         .await;
     // A sweep, and a burst of run.finished (several per run, as retrying pipelines send).
@@ -327,7 +329,7 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
     app.wait_len(&app.topology.dead_letter_queue, 1, settled)
         .await;
     app.wait_len(&app.topology.work_queue, 0, settled).await;
-    assert_eq!(proxy.injected(), 2, "the store failures were hit");
+    assert_eq!(proxy.injected(), 4, "the store failures were hit");
 
     // The storage report of the swept experiment, left for the textfile collector.
     let report = Command::new(env!("CARGO_BIN_EXE_model-pruner"))
