@@ -7,7 +7,9 @@
 //! - `worker`: the worker as a separate process: its log, `/metrics` and `/proc` figures.
 //! - `seed`: experiments, runs and objects created for the scenarios.
 //! - `raw`: the plain-S3-client baseline.
-//! - `scenarios`: sweep and burst.
+//! - `scenarios`: sweep and burst, and the per-phase split of their requests.
+//! - `steady`: one event at a time on an experiment at its top N (latency).
+//! - `replicas`: one burst drained by 1, 2 and 4 worker processes.
 //! - `fleet`: `model-pruner report` over many experiments, beside a raw listing.
 //! - `report`: the table and the JSON file.
 
@@ -15,9 +17,11 @@ mod fleet;
 #[path = "../../tests/support/mlflow_fixtures.rs"]
 mod mlflow_fixtures;
 mod raw;
+mod replicas;
 mod report;
 mod scenarios;
 mod seed;
+mod steady;
 #[path = "../../tests/support/store_fixtures.rs"]
 mod store_fixtures;
 mod worker;
@@ -50,6 +54,10 @@ struct Args {
     /// Runs of the scale sweep (scenario 4); 0 skips it.
     #[arg(long, default_value_t = 2000)]
     scale_runs: usize,
+    /// Files of each scale-sweep run's model (default: --files-per-run). With 20,000 runs, 2
+    /// keeps the seed to 40,000 objects: the scenario measures memory per run.
+    #[arg(long)]
+    scale_files: Option<usize>,
     /// Versions registered elsewhere in the registry before the sweep is run again (scenario 5:
     /// what a pass pays for the rest of a shared registry); 0 skips it.
     #[arg(long, default_value_t = 2000)]
@@ -63,6 +71,21 @@ struct Args {
     /// Files of each burst run's model.
     #[arg(long, default_value_t = 2)]
     burst_files: usize,
+    /// Events of the steady-state scenario (one at a time); 0 skips it.
+    #[arg(long, default_value_t = 40)]
+    steady_events: usize,
+    /// Worker processes of each replicas round, e.g. `1,2,4`; empty skips the scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    replicas: Vec<usize>,
+    /// Experiments of each replicas burst.
+    #[arg(long, default_value_t = 20)]
+    replica_experiments: usize,
+    /// Runs (and run.finished events) per replicas experiment.
+    #[arg(long, default_value_t = 10)]
+    replica_runs: usize,
+    /// Models each replicas experiment keeps.
+    #[arg(long, default_value_t = 3)]
+    replica_keep: usize,
     /// Experiments of the fleet report (scenario 6); 0 skips it.
     #[arg(long, default_value_t = 200)]
     report_experiments: usize,
@@ -138,6 +161,11 @@ fn main() -> std::process::ExitCode {
         args.report_experiments = 3;
         args.report_runs = 5;
         args.report_files = 1;
+        args.steady_events = 3;
+        args.replicas = vec![1, 2];
+        args.replica_experiments = 2;
+        args.replica_runs = 4;
+        args.replica_keep = 2;
     }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match runtime.block_on(run(args)) {
@@ -183,7 +211,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let started = worker.proc_stats()?;
 
-    let result = scenarios_in_order(&args, &env, &worker).await;
+    let start_replica = async |i: usize| {
+        let log = std::path::absolute(args.out.join(format!("worker-{stamp}-replica-{i}.log")))?;
+        Worker::start(&bin, &env.names, &args.worker_env, &log).await
+    };
+    let result = scenarios_in_order(&args, &env, &worker, start_replica).await;
     let fleet_report = match &result {
         Ok(_) if args.report_experiments > 0 => Some(
             fleet::report(
@@ -218,6 +250,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         burst: scenarios.1,
         scale: scenarios.2,
         registry: scenarios.3,
+        steady: scenarios.4,
+        replicas: scenarios.5,
         fleet_report,
     };
     report.print();
@@ -246,9 +280,16 @@ type Results = (
     Option<scenarios::BurstResult>,
     Option<scenarios::SweepResult>,
     Option<scenarios::RegistryResult>,
+    Option<steady::SteadyResult>,
+    Vec<replicas::ReplicasRow>,
 );
 
-async fn scenarios_in_order(args: &Args, env: &Env, worker: &Worker) -> anyhow::Result<Results> {
+async fn scenarios_in_order(
+    args: &Args,
+    env: &Env,
+    worker: &Worker,
+    start_replica: impl AsyncFn(usize) -> anyhow::Result<Worker>,
+) -> anyhow::Result<Results> {
     let raw_per_run = !args.no_raw_per_run;
     let sweep = if args.sweep_runs > 0 {
         let r = scenarios::sweep(
@@ -285,7 +326,7 @@ async fn scenarios_in_order(args: &Args, env: &Env, worker: &Worker) -> anyhow::
             env,
             worker,
             args.scale_runs,
-            args.files_per_run,
+            args.scale_files.unwrap_or(args.files_per_run),
             args.keep_top,
             raw_per_run,
         )
@@ -312,7 +353,33 @@ async fn scenarios_in_order(args: &Args, env: &Env, worker: &Worker) -> anyhow::
     } else {
         None
     };
-    Ok((sweep, burst, scale, registry))
+    let steady = if args.steady_events > 0 {
+        Some(
+            steady::steady(
+                env,
+                worker,
+                args.keep_top,
+                args.burst_files,
+                args.steady_events,
+            )
+            .await
+            .context("steady state")?,
+        )
+    } else {
+        None
+    };
+    let replicas = replicas::replicas(
+        env,
+        worker,
+        start_replica,
+        &args.replicas,
+        args.replica_experiments,
+        args.replica_runs,
+        args.replica_keep,
+    )
+    .await
+    .context("replicas")?;
+    Ok((sweep, burst, scale, registry, steady, replicas))
 }
 
 /// Deletes the bench's queues and exchange; failures are only reported.

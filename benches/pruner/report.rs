@@ -15,6 +15,8 @@ pub struct Machine {
     pub load_at_start: [f64; 3],
     pub git_revision: String,
     pub mlflow_version: String,
+    /// The tracking server's store: `postgresql` or `sqlite` (`scripts/stack.sh env`).
+    pub mlflow_backend: String,
     pub rabbitmq_version: String,
     pub erlang_version: String,
     pub garage_version: String,
@@ -47,6 +49,8 @@ impl Machine {
             load_at_start: crate::load_average(),
             git_revision: command("git", &["rev-parse", "--short", "HEAD"]),
             mlflow_version,
+            mlflow_backend: std::env::var("MODEL_PRUNER_TEST_MLFLOW_BACKEND")
+                .unwrap_or_else(|_| "unknown".into()),
             rabbitmq_version,
             erlang_version,
             garage_version: garage_version(),
@@ -115,6 +119,8 @@ pub struct Report {
     pub burst: Option<BurstResult>,
     pub scale: Option<SweepResult>,
     pub registry: Option<RegistryResult>,
+    pub steady: Option<crate::steady::SteadyResult>,
+    pub replicas: Vec<crate::replicas::ReplicasRow>,
     pub fleet_report: Option<crate::fleet::ReportResult>,
 }
 
@@ -142,6 +148,29 @@ pub fn print_sweep(name: &str, r: &SweepResult) {
         ops(&r.requests.mlflow, &r.requests.mlflow_seconds),
         ops(&r.requests.store, &r.requests.store_seconds)
     );
+    eprintln!(
+        "[bench] {name}: phases over {:.2}s: {}; peak RSS {:.1} MiB",
+        r.worker.seconds,
+        phases(r),
+        mib(r.peak_rss_kib)
+    );
+}
+
+/// `reads and looks 12 rq 1.2s (0.5x), ...`: requests, seconds waited, and those seconds over
+/// the sweep's wall time (how many of the phase's requests were in flight on average).
+fn phases(r: &SweepResult) -> String {
+    r.phases
+        .iter()
+        .map(|(name, p)| {
+            format!(
+                "{name} {:.0} rq {:.1}s ({:.1}x)",
+                p.requests,
+                p.seconds,
+                p.seconds / r.worker.seconds
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Report {
@@ -158,8 +187,9 @@ impl Report {
             m.load_at_start[2]
         );
         println!(
-            "MLflow {}, RabbitMQ {} (Erlang {}), {}, git {}",
+            "MLflow {} on {}, RabbitMQ {} (Erlang {}), {}, git {}",
             m.mlflow_version,
+            m.mlflow_backend,
             m.rabbitmq_version,
             m.erlang_version,
             m.garage_version,
@@ -176,7 +206,7 @@ impl Report {
         .collect();
         if !sweeps.is_empty() {
             println!(
-                "\n{:<6} {:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>9} {:>7} {:>7}",
+                "\n{:<6} {:>6} {:>8} {:>8} {:>10} {:>10} {:>10} {:>6} {:>9} {:>7} {:>7} {:>8}",
                 "sweep",
                 "runs",
                 "objects",
@@ -187,11 +217,12 @@ impl Report {
                 "ratio",
                 "MLflow rq",
                 "S3 rq",
-                "cpu s"
+                "cpu s",
+                "peak MiB"
             );
             for (name, r) in &sweeps {
                 println!(
-                    "{:<6} {:>6} {:>8} {:>8.2} {:>10.0} {:>10.0} {:>10} {:>5.0}% {:>9.0} {:>7.0} {:>7.2}",
+                    "{:<6} {:>6} {:>8} {:>8.2} {:>10.0} {:>10.0} {:>10} {:>5.0}% {:>9.0} {:>7.0} {:>7.2} {:>8.1}",
                     name,
                     r.runs,
                     r.worker.objects,
@@ -203,8 +234,12 @@ impl Report {
                     r.ratio * 100.0,
                     r.requests.mlflow_total(),
                     r.requests.store_total(),
-                    r.worker_cpu_seconds
+                    r.worker_cpu_seconds,
+                    mib(r.peak_rss_kib)
                 );
+            }
+            for (name, r) in &sweeps {
+                println!("{name:<6} phases: {}", phases(r));
             }
         }
         let lookups = |r: &SweepResult| {
@@ -244,14 +279,64 @@ impl Report {
             );
             println!(
                 "       {} passes, {} runs pruned; per event: {:.3} runs/search, {:.2} MLflow \
-                 requests, {:.2} store requests; worker CPU {:.2}s",
+                 requests, {:.2} store requests; worker CPU {:.2}s; peak RSS {:.1} MiB",
                 b.passes,
                 b.runs_pruned,
                 b.mlflow_runs_search_per_event,
                 b.mlflow_requests_per_event,
                 b.store_requests_per_event,
-                b.worker_cpu_seconds
+                b.worker_cpu_seconds,
+                mib(b.peak_rss_kib)
             );
+        }
+        if let Some(s) = &self.steady {
+            println!(
+                "\nsteady state: {} events one at a time (keep {}): publish-to-deleted p50 {:.0} \
+                 ms, p99 {:.0} ms, max {:.0} ms; publish-to-ack p50 {:.0} ms, p99 {:.0} ms, max \
+                 {:.0} ms; per event {:.1} MLflow and {:.1} store requests",
+                s.events,
+                s.keep_top,
+                s.publish_to_deleted_ms.p50,
+                s.publish_to_deleted_ms.p99,
+                s.publish_to_deleted_ms.max,
+                s.publish_to_ack_ms.p50,
+                s.publish_to_ack_ms.p99,
+                s.publish_to_ack_ms.max,
+                s.mlflow_requests_per_event,
+                s.store_requests_per_event
+            );
+        }
+        if !self.replicas.is_empty() {
+            println!(
+                "\n{:<8} {:>6} {:>8} {:>11} {:>10} {:>9} {:>10} {:>9} {:>7} {:>12}",
+                "workers",
+                "events",
+                "drain s",
+                "passes/exp",
+                "MLflow/ev",
+                "S3/ev",
+                "unanswer.",
+                "overloads",
+                "delayed",
+                "MLflow limit"
+            );
+            for r in &self.replicas {
+                let limits: Vec<String> =
+                    r.mlflow_limits.iter().map(|l| format!("{l:.0}")).collect();
+                println!(
+                    "{:<8} {:>6} {:>8.2} {:>11.2} {:>10.2} {:>9.2} {:>10.0} {:>9.0} {:>7} {:>12}",
+                    r.workers,
+                    r.events,
+                    r.drain_seconds,
+                    r.passes_per_experiment,
+                    r.mlflow_requests_per_event,
+                    r.store_requests_per_event,
+                    r.mlflow_unanswered,
+                    r.overloads,
+                    r.delayed,
+                    limits.join(",")
+                );
+            }
         }
         println!(
             "\nworker process: peak RSS (VmHWM) {:.1} MiB, RSS at end {:.1} MiB, CPU {:.2}s \

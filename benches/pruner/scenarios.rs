@@ -31,7 +31,7 @@ pub struct Requests {
 }
 
 impl Requests {
-    fn between(before: &Scrape, after: &Scrape) -> Self {
+    pub fn between(before: &Scrape, after: &Scrape) -> Self {
         let d = |metric: &str, target: &str| {
             delta(
                 &after.by(metric, &[("target", target)], "operation"),
@@ -46,6 +46,56 @@ impl Requests {
         }
     }
 
+    /// Both scenarios' requests together (several workers of one scenario).
+    pub fn add(mut self, other: Requests) -> Requests {
+        for (mine, theirs) in [
+            (&mut self.mlflow, other.mlflow),
+            (&mut self.store, other.store),
+            (&mut self.mlflow_seconds, other.mlflow_seconds),
+            (&mut self.store_seconds, other.store_seconds),
+        ] {
+            for (op, n) in theirs {
+                *mine.entry(op).or_insert(0.0) += n;
+            }
+        }
+        self
+    }
+
+    /// Requests and the seconds spent waiting for them, by phase of a pass: reads and looks
+    /// (searches and gets), listing, deletes, marks (MLflow writes). Seconds are summed over
+    /// requests in flight together, so a phase's seconds over the wall time tells how many of
+    /// its requests overlapped on average.
+    pub fn phases(&self) -> BTreeMap<&'static str, Phase> {
+        let mut phases: BTreeMap<&'static str, Phase> = BTreeMap::new();
+        let mut add = |phase, n: f64, seconds: f64| {
+            let p = phases.entry(phase).or_default();
+            p.requests += n;
+            p.seconds += seconds;
+        };
+        for (op, n) in &self.mlflow {
+            let seconds = self.mlflow_seconds.get(op).copied().unwrap_or(0.0);
+            let phase = match op.as_str() {
+                "runs/log-batch"
+                | "runs/delete-tag"
+                | "logged-models/tags"
+                | "experiments/set-experiment-tag"
+                | "experiments/delete" => "marks",
+                _ => "reads and looks",
+            };
+            add(phase, *n, seconds);
+        }
+        for (op, n) in &self.store {
+            let seconds = self.store_seconds.get(op).copied().unwrap_or(0.0);
+            let phase = if op == "DeleteObjects" {
+                "deletes"
+            } else {
+                "listing"
+            };
+            add(phase, *n, seconds);
+        }
+        phases
+    }
+
     pub fn mlflow_total(&self) -> f64 {
         self.mlflow.values().sum()
     }
@@ -53,6 +103,13 @@ impl Requests {
     pub fn store_total(&self) -> f64 {
         self.store.values().sum()
     }
+}
+
+/// One phase's requests and the seconds spent waiting for them ([`Requests::phases`]).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phase {
+    pub requests: f64,
+    pub seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +125,10 @@ pub struct SweepResult {
     /// Worker rate over the raw bulk rate.
     pub ratio: f64,
     pub requests: Requests,
+    pub phases: BTreeMap<&'static str, Phase>,
     pub worker_cpu_seconds: f64,
+    /// The worker's peak RSS during the sweep (reset before it).
+    pub peak_rss_kib: u64,
     pub worker_after: ProcStats,
 }
 
@@ -129,6 +189,7 @@ pub async fn sweep(
         pruned * files
     );
 
+    worker.reset_peak()?;
     let before = worker.scrape().await?;
     let cpu_before = worker.proc_stats()?.cpu_seconds;
     let body = json!({
@@ -163,6 +224,7 @@ pub async fn sweep(
         seconds,
     };
     cleanup(env, &exp, &[&raw_root]).await?;
+    let requests = Requests::between(&before, &after);
     Ok(SweepResult {
         runs,
         files_per_run: files,
@@ -173,8 +235,10 @@ pub async fn sweep(
         raw_bulk,
         raw_per_run,
         worker: worker_timed,
-        requests: Requests::between(&before, &after),
+        phases: requests.phases(),
+        requests,
         worker_cpu_seconds: stats.cpu_seconds - cpu_before,
+        peak_rss_kib: stats.vm_hwm_kib,
         worker_after: stats,
     })
 }
@@ -231,6 +295,8 @@ pub struct BurstResult {
     pub mlflow_requests_per_event: f64,
     pub store_requests_per_event: f64,
     pub worker_cpu_seconds: f64,
+    /// The worker's peak RSS during the burst (reset before it).
+    pub peak_rss_kib: u64,
     pub worker_after: ProcStats,
 }
 
@@ -243,7 +309,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(mut values: Vec<f64>) -> Self {
+    pub fn of(mut values: Vec<f64>) -> Self {
         values.sort_by(f64::total_cmp);
         // Nearest rank.
         let at = |q: f64| {
@@ -300,6 +366,7 @@ pub async fn burst(
             keys.push(run_id.clone());
         }
     }
+    worker.reset_peak()?;
     let before = worker.scrape().await?;
     let cpu_before = worker.proc_stats()?.cpu_seconds;
     let started = SystemTime::now();
@@ -343,6 +410,7 @@ pub async fn burst(
         store_requests_per_event: per_event(requests.store_total()),
         requests,
         worker_cpu_seconds: stats.cpu_seconds - cpu_before,
+        peak_rss_kib: stats.vm_hwm_kib,
         worker_after: stats,
     };
     for exp in &seeded {
@@ -352,7 +420,7 @@ pub async fn burst(
 }
 
 /// Deletes the experiment (soft) and what is left of its objects and of `roots`.
-async fn cleanup(env: &Env, exp: &Seeded, roots: &[&str]) -> anyhow::Result<()> {
+pub async fn cleanup(env: &Env, exp: &Seeded, roots: &[&str]) -> anyhow::Result<()> {
     exp.experiment.delete().await?;
     raw::clean(&env.s3, &exp.prefix).await?;
     for root in roots {

@@ -10,8 +10,9 @@ use crate::mlflow_fixtures::{ExperimentFixture, Mlflow, ModelSource, RunSpec};
 use crate::store_fixtures::put_object;
 
 pub const BUCKET: &str = "mlflow";
-/// MLflow requests in flight while seeding (one server process with a sqlite backend).
-const MLFLOW_CONCURRENCY: usize = 8;
+/// MLflow requests in flight while seeding: enough for a tracking server with several workers
+/// on PostgreSQL; a sqlite one queues them on its one writer.
+const MLFLOW_CONCURRENCY: usize = 16;
 
 /// A seeded experiment: its runs, best first by `accuracy`.
 pub struct Seeded {
@@ -63,6 +64,9 @@ pub async fn experiment_tagged(
         keys.extend(file_keys(&prefix, files));
     }
     upload(s3, keys, upload_concurrency).await?;
+    // The fixtures hold the runs' names and times too: only the ids are kept, so that a
+    // 20,000-run seed costs the bench little memory.
+    let run_ids = fixtures.into_iter().map(|r| r.run_id).collect();
     let root = experiment
         .artifact_location
         .strip_prefix(&format!("s3://{BUCKET}/"))
@@ -74,9 +78,27 @@ pub async fn experiment_tagged(
         })?;
     Ok(Seeded {
         prefix: format!("{}/", root.trim_end_matches('/')),
-        run_ids: fixtures.into_iter().map(|r| r.run_id).collect(),
+        run_ids,
         experiment,
     })
+}
+
+/// Uploads the `files` objects of a classic model for the run of `artifact_uri`; returns the
+/// model's key prefix.
+pub async fn model(
+    s3: &Client,
+    artifact_uri: &str,
+    files: usize,
+    upload_concurrency: usize,
+) -> anyhow::Result<String> {
+    let prefix = model_prefix(artifact_uri)?;
+    upload(s3, file_keys(&prefix, files).collect(), upload_concurrency).await?;
+    Ok(prefix)
+}
+
+/// The key prefix of a seeded run's model, from its run id.
+pub fn run_model_prefix(seeded: &Seeded, run_id: &str) -> String {
+    format!("{}{run_id}/artifacts/model/", seeded.prefix)
 }
 
 /// `runs` run folders of `files` objects each under `root` (`{root}{run}/artifacts/model/...`,

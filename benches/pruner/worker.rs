@@ -43,8 +43,10 @@ struct LogState {
     /// Ack time of each handled event, keyed by run id (`run.finished`) or
     /// `prune:<experiment id>` (`experiment.prune`).
     handled: HashMap<String, SystemTime>,
-    /// "event delayed" / "event dead-lettered" / error lines, verbatim.
-    failures: Vec<String>,
+    /// "event delayed" lines, verbatim (a transient failure: the event comes back later).
+    delayed: Vec<String>,
+    /// "event dead-lettered" lines, verbatim.
+    dead_lettered: Vec<String>,
 }
 
 pub struct Worker {
@@ -156,39 +158,26 @@ impl Worker {
 
     /// Waits until every key in `keys` was acked; returns their ack times in order. Fails at
     /// once if the worker delays or dead-letters anything, or after `timeout`.
+    /// Waits until every event of `keys` is acked; fails at the first delay or dead letter.
     pub async fn wait_handled(
         &self,
         keys: &[String],
         timeout: Duration,
     ) -> anyhow::Result<Vec<SystemTime>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let s = self.state.lock().unwrap();
-                if let Some(first) = s.failures.first() {
-                    bail!(
-                        "the worker failed {} event(s); first: {first}",
-                        s.failures.len()
-                    );
-                }
-                let acked: Option<Vec<SystemTime>> =
-                    keys.iter().map(|k| s.handled.get(k).copied()).collect();
-                if let Some(acked) = acked {
-                    return Ok(acked);
-                }
-                if Instant::now() > deadline {
-                    let done = keys.iter().filter(|k| s.handled.contains_key(*k)).count();
-                    bail!(
-                        "only {done} of {} events acked after {timeout:?}",
-                        keys.len()
-                    );
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_handled_by(&[self], keys, timeout, false).await
     }
 
-    /// The current values of every series on `/metrics`.
+    /// Events sent to a delay queue so far.
+    pub fn delayed(&self) -> usize {
+        self.state.lock().unwrap().delayed.len()
+    }
+
+    /// Starts a new peak: the kernel's `VmHWM` is reset to the current RSS (`clear_refs` 5).
+    pub fn reset_peak(&self) -> anyhow::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5")
+            .context("resetting the worker's peak RSS (/proc/<pid>/clear_refs)")
+    }
+
     pub async fn scrape(&self) -> anyhow::Result<Scrape> {
         let text = self
             .http
@@ -247,6 +236,52 @@ impl Worker {
     }
 }
 
+/// Waits until every event of `keys` is acked by one of `workers`; fails at the first dead
+/// letter, and at the first delay unless `delays_allowed` (an event delayed is acked later).
+pub async fn wait_handled_by(
+    workers: &[&Worker],
+    keys: &[String],
+    timeout: Duration,
+    delays_allowed: bool,
+) -> anyhow::Result<Vec<SystemTime>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut acked = vec![None; keys.len()];
+        for worker in workers {
+            let s = worker.state.lock().unwrap();
+            let failures = if delays_allowed {
+                &s.dead_lettered
+            } else if s.dead_lettered.is_empty() {
+                &s.delayed
+            } else {
+                &s.dead_lettered
+            };
+            if let Some(first) = failures.first() {
+                bail!(
+                    "a worker failed {} event(s); first: {first}",
+                    failures.len()
+                );
+            }
+            for (slot, key) in acked.iter_mut().zip(keys) {
+                if let Some(at) = s.handled.get(key) {
+                    *slot = Some((*slot).map_or(*at, |t: SystemTime| t.max(*at)));
+                }
+            }
+        }
+        let done = acked.iter().filter(|a| a.is_some()).count();
+        if done == keys.len() {
+            return Ok(acked.into_iter().flatten().collect());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {done} of {} events acked after {timeout:?}",
+                keys.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn record(state: &Mutex<LogState>, line: &str) {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
         return;
@@ -267,7 +302,8 @@ fn record(state: &Mutex<LogState>, line: &str) {
                 s.handled.insert(key, at.into());
             }
         }
-        "event delayed" | "event dead-lettered" => s.failures.push(line.to_owned()),
+        "event delayed" => s.delayed.push(line.to_owned()),
+        "event dead-lettered" => s.dead_lettered.push(line.to_owned()),
         _ => {}
     }
 }
