@@ -528,6 +528,10 @@ impl std::str::FromStr for CredentialedUrl {
 impl fmt::Display for CredentialedUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = self.0.clone();
+        if shown.cannot_be_a_base() {
+            // `amqp:user:secret@host` (no `//`): the credentials are an opaque path.
+            return write!(f, "{}:(redacted)", shown.scheme());
+        }
         if !shown.username().is_empty() {
             // Only fails for URLs that cannot carry credentials, which then have none.
             let _ = shown.set_username("redacted");
@@ -619,6 +623,12 @@ mod tests {
         assert_eq!(
             s.mlflow.tracking_uri.to_string(),
             "https://redacted:redacted@mlflow.example/prefix"
+        );
+        let opaque: CredentialedUrl = "amqp:mq-user:mq-secret@rabbit".parse().unwrap();
+        assert_eq!(
+            opaque.to_string(),
+            "amqp:(redacted)",
+            "a URL without // keeps its credentials in an opaque path: none of it shows"
         );
         assert_eq!(
             s.mlflow.tracking_uri.expose().password(),

@@ -12,6 +12,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, Event,
 };
@@ -37,6 +38,9 @@ pub enum BrokerError {
     },
     #[error("RabbitMQ at {url}: cannot connect: {cause}")]
     Connect { url: String, cause: lapin::Error },
+    /// `broker.url` is not an AMQP URI lapin can use (`url` has its credentials redacted).
+    #[error("broker.url {url} is not an AMQP URI: {reason}")]
+    Url { url: String, reason: String },
     #[error("RabbitMQ: {op}: no answer within {after:?}")]
     Timeout { op: &'static str, after: Duration },
     #[error("RabbitMQ has blocked the publishing connection (a memory or disk alarm)")]
@@ -175,6 +179,13 @@ async fn within<T>(
         .unwrap_or(Err(BrokerError::Timeout { op, after: limit }))
 }
 
+/// The largest AMQP frame a connection asks for, unless the URL sets `frame_max`. lapin keeps
+/// 32 frames of buffer per direction, zero-filled: at RabbitMQ's default of 128 KiB that is
+/// 8 MiB resident per connection, 16 MiB for a worker's two, more than the rest of the worker.
+/// Events are a few hundred bytes; a larger body (a copy of up to `broker.max_message_bytes`)
+/// goes in several frames.
+const FRAME_MAX: u32 = 16 * 1024;
+
 /// One connection with a channel in publisher-confirm mode. Every call is bounded in time:
 /// opening and declaring by `broker.connect_timeout`, a publication and its confirm by
 /// `broker.confirm_timeout`.
@@ -190,7 +201,19 @@ impl Broker {
     pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         within("connect", settings.connect_timeout, async {
-            let connection = Connection::connect(settings.url.expose().as_str(), properties)
+            let mut uri: AMQPUri =
+                settings
+                    .url
+                    .expose()
+                    .as_str()
+                    .parse()
+                    .map_err(|reason: String| BrokerError::Url {
+                        url: settings.url.to_string(),
+                        // The parser quotes the whole URL in some messages: never its secret.
+                        reason: reason.replace(settings.url.expose().as_str(), "the URL"),
+                    })?;
+            uri.query.frame_max.get_or_insert(FRAME_MAX);
+            let connection = Connection::connect_uri(uri, properties)
                 .await
                 .map_err(|cause| BrokerError::Connect {
                     url: settings.url.to_string(),
@@ -414,5 +437,28 @@ impl Broker {
                 .map_err(amqp("close"))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Settings;
+
+    #[tokio::test]
+    async fn a_url_lapin_cannot_use_is_named_without_its_secret() {
+        let mut settings = Settings::load(None).unwrap().broker;
+        for url in [
+            "amqp:guest:hunter2@rabbit/%2f",
+            "http://guest:hunter2@rabbit/%2f",
+        ] {
+            settings.url = url.parse().unwrap();
+            let error = match Broker::connect(&settings, "test").await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{url} connected"),
+            };
+            assert!(error.starts_with("broker.url "), "{error}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 }
