@@ -74,7 +74,7 @@ struct Args {
     /// Events of the steady-state scenario (one at a time); 0 skips it.
     #[arg(long, default_value_t = 40)]
     steady_events: usize,
-    /// Worker processes of each replicas round, e.g. `1,2,4`; empty skips the scenario.
+    /// Worker processes of each replicas round, e.g. `1,2,4`; `0` skips the scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     replicas: Vec<usize>,
     /// Experiments of each replicas burst.

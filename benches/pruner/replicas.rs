@@ -46,7 +46,7 @@ pub async fn replicas(
     keep_top: usize,
 ) -> anyhow::Result<Vec<ReplicasRow>> {
     let mut rows = Vec::with_capacity(replicas.len());
-    for &n in replicas {
+    for &n in replicas.iter().filter(|n| **n > 0) {
         eprintln!("[bench] replicas: {n} worker(s), {experiments} experiments x {runs} runs");
         let mut extra = Vec::with_capacity(n.saturating_sub(1));
         for i in 1..n {

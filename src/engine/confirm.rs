@@ -4,8 +4,8 @@
 //! experiment's artifact root in its `s3://` and `mlflow-artifacts:` forms, and `models:/<id>`
 //! for each logged model) rather than a read of the whole registry: what a pass reads grows with
 //! the experiment, not with the registry. The experiment is read again too, so that a change
-//! of its policy tags is seen. All read-only; up to `concurrency.parallel_deletions` requests in
-//! flight.
+//! of its policy tags is seen. All read-only and sent at once, within the process's adaptive limit
+//! of requests in flight towards MLflow.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -158,12 +158,14 @@ impl Engine {
         ))
     }
 
-    /// Every version the searches find, with up to `parallel_deletions` searches in flight.
+    /// Every version the searches find, all in flight at once: a look's few searches (one per
+    /// 50 runs and one per root pattern) are on its critical path, and the process's adaptive
+    /// limit on MLflow requests ([`crate::limit`]) is what keeps the server from overload.
     pub(super) async fn registry_versions(
         &self,
         searches: Vec<VersionFilter<'_>>,
     ) -> Result<Vec<ModelVersion>, MlflowError> {
-        let width = self.parallel_deletions.max(1);
+        let width = searches.len().max(1);
         let mut searches = searches.into_iter();
         let mut in_flight = FuturesUnordered::new();
         let mut versions = Vec::new();

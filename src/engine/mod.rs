@@ -156,9 +156,12 @@ impl Engine {
         let experiment = self.read_experiment(experiment_id).await?;
         let policy = planner.policy(req, &experiment)?;
         let options = planner.options(&policy);
-        let runs = self.read_runs(experiment_id, &options).await?;
+        // Independent reads, side by side.
+        let (runs, logged_models) = tokio::try_join!(
+            self.read_runs(experiment_id, &options),
+            self.read_logged_models(experiment_id)
+        )?;
         let foreign = plan::foreign_runs(req, &runs)?;
-        let logged_models = self.read_logged_models(experiment_id).await?;
 
         // Plan.
         let runs = (runs, foreign);
@@ -178,32 +181,40 @@ impl Engine {
             plan => plan?,
         };
         // A first look before the safety valve counts: registered runs are not deletions. A dry
-        // run's look is as thorough as the one a real pass makes before each run's files go.
-        let depth = if req.dry_run {
-            Depth::Full
-        } else {
-            Depth::RunIds
-        };
-        let all: Vec<usize> = (0..plan.planned.len()).collect();
+        // run's look is as thorough as the one a real pass makes before each run's files go. A
+        // real pass whose plan the valve lets through as it stands skips it: every planned run
+        // gets that thorough look (`prune`) before its files go, and the first look could only
+        // make the plan smaller.
         let keepers = plan.keepers();
         let pruned_before = plan.pruned_before();
-        let first = Planned {
-            keepers: &keepers,
-            pruned_before,
-            experiment_id,
-            runs: &plan.planned,
-            sources: &plan.inventory.sources,
-            options: &options,
-            overrides: &req.policy,
-            policy: &policy,
+        let valve = |plan: &plan::Plan| {
+            plan.check_valve(
+                experiment_id,
+                req.kind,
+                self.defaults.max_deletions_per_pass,
+            )
         };
-        let verdicts = self.confirm(&first, &all, &HashMap::new(), depth).await?;
-        plan.withdraw(verdicts);
-        plan.check_valve(
-            experiment_id,
-            req.kind,
-            self.defaults.max_deletions_per_pass,
-        )?;
+        if req.dry_run || valve(&plan).is_err() {
+            let depth = if req.dry_run {
+                Depth::Full
+            } else {
+                Depth::RunIds
+            };
+            let all: Vec<usize> = (0..plan.planned.len()).collect();
+            let first = Planned {
+                keepers: &keepers,
+                pruned_before,
+                experiment_id,
+                runs: &plan.planned,
+                sources: &plan.inventory.sources,
+                options: &options,
+                overrides: &req.policy,
+                policy: &policy,
+            };
+            let verdicts = self.confirm(&first, &all, &HashMap::new(), depth).await?;
+            plan.withdraw(verdicts);
+            valve(&plan)?;
+        }
 
         let mut report = PassReport {
             experiment_id: experiment_id.to_owned(),
