@@ -7,12 +7,14 @@
 //! - `worker`: the worker as a separate process: its log, `/metrics` and `/proc` figures.
 //! - `seed`: experiments, runs and objects created for the scenarios.
 //! - `raw`: the plain-S3-client baseline.
+//! - `cpu`: CPU seconds of the machine's processes by group during a phase.
 //! - `scenarios`: sweep and burst, and the per-phase split of their requests.
 //! - `steady`: one event at a time on an experiment at its top N (latency).
 //! - `replicas`: one burst drained by 1, 2 and 4 worker processes.
 //! - `fleet`: `model-pruner report` over many experiments, beside a raw listing.
 //! - `report`: the table and the JSON file.
 
+mod cpu;
 mod fleet;
 #[path = "../../tests/support/mlflow_fixtures.rs"]
 mod mlflow_fixtures;

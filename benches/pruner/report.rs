@@ -149,6 +149,11 @@ pub fn print_sweep(name: &str, r: &SweepResult) {
         ops(&r.requests.store, &r.requests.store_seconds)
     );
     eprintln!(
+        "[bench] {name}: CPU while the worker swept: {}; while raw bulk ran: {}",
+        r.worker_cpu.summary(),
+        r.raw_bulk_cpu.summary()
+    );
+    eprintln!(
         "[bench] {name}: phases over {:.2}s: {}; peak RSS {:.1} MiB",
         r.worker.seconds,
         phases(r),
@@ -240,6 +245,8 @@ impl Report {
             }
             for (name, r) in &sweeps {
                 println!("{name:<6} phases: {}", phases(r));
+                println!("{name:<6} CPU, worker: {}", r.worker_cpu.summary());
+                println!("{name:<6} CPU, raw bulk: {}", r.raw_bulk_cpu.summary());
             }
         }
         let lookups = |r: &SweepResult| {

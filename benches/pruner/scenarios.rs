@@ -11,6 +11,7 @@ use lapin::options::BasicPublishOptions;
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cpu::{CpuSnapshot, CpuUse};
 use crate::raw::{self, Timed};
 use crate::seed::{self, Seeded};
 use crate::worker::{ProcStats, Scrape, Worker, delta};
@@ -122,6 +123,10 @@ pub struct SweepResult {
     pub raw_bulk: Timed,
     pub raw_per_run: Option<Timed>,
     pub worker: Timed,
+    /// The machine's CPU by process group while the raw bulk baseline ran.
+    pub raw_bulk_cpu: CpuUse,
+    /// The machine's CPU by process group while the worker swept.
+    pub worker_cpu: CpuUse,
     /// Worker rate over the raw bulk rate.
     pub ratio: f64,
     pub requests: Requests,
@@ -177,7 +182,9 @@ pub async fn sweep(
     eprintln!("[bench] seeded in {seed_seconds:.1}s; measuring");
     let load_before = load_average();
 
+    let cpu = CpuSnapshot::take();
     let raw_bulk = raw::bulk(&env.s3, &bulk_root).await?;
+    let raw_bulk_cpu = cpu.until(&CpuSnapshot::take());
     let raw_per_run = match &per_run_prefixes {
         Some(prefixes) => Some(raw::per_prefix(&env.s3, prefixes).await?),
         None => None,
@@ -197,6 +204,7 @@ pub async fn sweep(
         "policy": { "keep_top": keep_top },
         "force": true,
     });
+    let cpu = CpuSnapshot::take();
     let published = SystemTime::now();
     env.publish(&[("experiment.prune", body.to_string())])
         .await?;
@@ -204,6 +212,7 @@ pub async fn sweep(
     let acked = worker
         .wait_handled(&[key], Duration::from_secs(3600))
         .await?[0];
+    let worker_cpu = cpu.until(&CpuSnapshot::take());
     let seconds = acked
         .duration_since(published)
         .context("ack before publish")?
@@ -234,6 +243,8 @@ pub async fn sweep(
         ratio: worker_timed.rate() / raw_bulk.rate(),
         raw_bulk,
         raw_per_run,
+        raw_bulk_cpu,
+        worker_cpu,
         worker: worker_timed,
         phases: requests.phases(),
         requests,
