@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::location::{LocationError, LocationRules, ModelLocation, Owner};
+use crate::domain::run::Fields;
 
 /// Tag written on runs and logged models once their files are gone.
 pub const TAG_DELETED: &str = "model_pruner.deleted";
@@ -35,23 +36,20 @@ pub fn is_true(value: Option<&String>) -> bool {
 }
 
 /// A run marked pruned: tag [`TAG_DELETED`] or param [`PARAM_DELETED`].
-pub fn is_marked(tags: &BTreeMap<String, String>, params: &BTreeMap<String, String>) -> bool {
+pub fn is_marked(tags: &Fields<String>, params: &Fields<String>) -> bool {
     is_true(tags.get(TAG_DELETED)) || is_true(params.get(PARAM_DELETED))
 }
 
 /// When a pass started deleting the run's files, if one did and the run is not marked: the
 /// deletion did not finish.
-pub fn deletion_started(
-    tags: &BTreeMap<String, String>,
-    params: &BTreeMap<String, String>,
-) -> Option<String> {
+pub fn deletion_started(tags: &Fields<String>, params: &Fields<String>) -> Option<String> {
     let started = tags.get(TAG_DELETING).filter(|v| !v.trim().is_empty())?;
     (!is_marked(tags, params)).then(|| started.clone())
 }
 
 /// Whether to write [`PARAM_DELETED`] on a run whose params are `params`: only where it is not
 /// set yet (params are immutable).
-pub fn writes_deleted_param(params: &BTreeMap<String, String>) -> bool {
+pub fn writes_deleted_param(params: &Fields<String>) -> bool {
     !params.contains_key(PARAM_DELETED)
 }
 
@@ -74,12 +72,12 @@ pub fn is_model_marked(tags: &BTreeMap<String, String>) -> bool {
 }
 
 /// A run its owner asked to keep (tag [`TAG_KEEP`]).
-pub fn is_kept(tags: &BTreeMap<String, String>) -> bool {
+pub fn is_kept(tags: &Fields<String>) -> bool {
     is_true(tags.get(TAG_KEEP))
 }
 
 /// The run stores a classic model: its marker param (`mlflow.model_uploaded_param`) is true.
-pub fn has_classic_model(params: &BTreeMap<String, String>, marker_param: &str) -> bool {
+pub fn has_classic_model(params: &Fields<String>, marker_param: &str) -> bool {
     is_true(params.get(marker_param))
 }
 
@@ -105,7 +103,7 @@ pub fn logged_location(
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn map(pairs: &[(&str, &str)]) -> Fields<String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -128,7 +126,10 @@ mod tests {
         assert!(is_marked(&map(&[(TAG_DELETED, "TRUE")]), &map(&[])));
         assert!(is_marked(&map(&[]), &map(&[(PARAM_DELETED, "1")])));
         assert!(!is_marked(&map(&[(TAG_KEEP, "true")]), &map(&[])));
-        assert!(is_model_marked(&map(&[(TAG_DELETED, "true")])));
+        assert!(is_model_marked(&BTreeMap::from([(
+            TAG_DELETED.to_string(),
+            "true".to_string()
+        )])));
         assert!(is_kept(&map(&[(TAG_KEEP, "True")])));
     }
 

@@ -414,7 +414,8 @@ fn withdrawal(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+
+    use crate::domain::run::Fields;
 
     use super::*;
     use crate::domain::location::ModelLocation;
@@ -588,9 +589,9 @@ mod tests {
             start_time: Some(1),
             end_time: Some(2),
             artifact_uri: format!("mlflow-artifacts:/1/{id}/artifacts"),
-            metrics: BTreeMap::new(),
-            params: BTreeMap::new(),
-            tags: BTreeMap::new(),
+            metrics: Fields::default(),
+            params: Fields::default(),
+            tags: Fields::default(),
             model_output_ids: vec![],
         }
     }

@@ -182,6 +182,7 @@ pub fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::run::Fields;
     use crate::domain::run::RunStatus;
 
     fn run(id: &str) -> Run {
@@ -194,9 +195,9 @@ mod tests {
             start_time: Some(1),
             end_time: Some(2),
             artifact_uri: format!("s3://mlflow/1/{id}/artifacts"),
-            metrics: BTreeMap::from([("acc".to_string(), 0.5)]),
-            params: BTreeMap::new(),
-            tags: BTreeMap::new(),
+            metrics: [("acc".to_string(), 0.5)].into_iter().collect(),
+            params: Fields::default(),
+            tags: Fields::default(),
             model_output_ids: vec![],
         }
     }

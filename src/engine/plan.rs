@@ -293,6 +293,8 @@ pub fn retirement_blockers(ranking: &Ranking) -> Vec<String> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use crate::domain::run::Fields;
+
     use super::*;
     use crate::domain::policy::{Direction, PolicyOverrides};
     use crate::domain::run::{LifecycleStage, RunStatus};
@@ -332,9 +334,11 @@ mod tests {
             start_time: Some(1),
             end_time: Some(1_000 + (acc * 100.0) as i64),
             artifact_uri: format!("s3://mlflow/1/{id}/artifacts"),
-            metrics: BTreeMap::from([("acc".to_string(), acc)]),
-            params: BTreeMap::from([("model_uploaded".to_string(), "1".to_string())]),
-            tags: BTreeMap::new(),
+            metrics: [("acc".to_string(), acc)].into_iter().collect(),
+            params: [("model_uploaded".to_string(), "1".to_string())]
+                .into_iter()
+                .collect(),
+            tags: Fields::default(),
             model_output_ids: vec![],
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::run::{LifecycleStage, RunStatus};
+use crate::domain::run::{Fields, LifecycleStage, RunStatus};
 
 /// An experiment, as `experiments/get` describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,9 +32,9 @@ pub struct Run {
     /// e.g. `s3://mlflow/12/<run_id>/artifacts`.
     pub artifact_uri: String,
     /// Latest value of each metric. NaN stays NaN; MLflow stores ±infinity as ±`f64::MAX`.
-    pub metrics: BTreeMap<String, f64>,
-    pub params: BTreeMap<String, String>,
-    pub tags: BTreeMap<String, String>,
+    pub metrics: Fields<f64>,
+    pub params: Fields<String>,
+    pub tags: Fields<String>,
     /// Ids of the MLflow 3 logged models this run output (`outputs.model_outputs`).
     pub model_output_ids: Vec<String>,
 }

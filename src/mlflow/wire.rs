@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Deserializer};
 
 use super::types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};
-use crate::domain::run::{LifecycleStage, RunStatus};
+use crate::domain::run::{Fields, LifecycleStage, RunStatus};
 
 /// The tag older servers keep the run name in, before `info.run_name` existed.
 const RUN_NAME_TAG: &str = "mlflow.runName";
@@ -193,7 +193,7 @@ impl WireRun {
 }
 
 /// The pairs whose key is one of `keys`.
-fn only(pairs: Vec<KeyValue>, keys: &[&str]) -> BTreeMap<String, String> {
+fn only(pairs: Vec<KeyValue>, keys: &[&str]) -> Fields<String> {
     pairs
         .into_iter()
         .filter(|kv| keys.contains(&kv.key.as_str()))
