@@ -102,18 +102,20 @@ impl Engine {
                 carriers_of.entry(other.as_str()).or_default().push(at);
             }
         }
-        // The runs of the pass each run shares a logged model with: a shared model's keys go
-        // only once every run linked to it is recorded as being deleted, so that none of them
-        // can look whole while the model is partly gone.
+        // The other runs of the pass that output a logged model a run carries (plans it): the
+        // shared model's keys go only once every such run is recorded as being deleted, so
+        // that none of them can look whole while the model is partly gone. Only that way: a
+        // sharer's batch holds its own files, not the shared model's, and must never record
+        // the carrier, which a look may keep (a deletion record on a kept run would have the
+        // next pass resume it, unranked).
         let linked: Vec<Vec<usize>> = planned
             .iter()
             .map(|p| {
-                let sharers = p.shared_with.values().flatten();
-                let mut runs: Vec<usize> = sharers
+                p.shared_with
+                    .values()
+                    .flatten()
                     .filter_map(|id| index.get(id.as_str()).copied())
-                    .collect();
-                runs.extend(carriers_of.get(p.run_id.as_str()).into_iter().flatten());
-                runs
+                    .collect()
             })
             .collect();
         let with_linked = |run: usize| std::iter::once(run).chain(linked[run].iter().copied());

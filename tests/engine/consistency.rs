@@ -146,6 +146,72 @@ async fn under_proxied_artifacts_a_version_naming_the_models_s3_path_protects_it
 }
 
 #[tokio::test]
+async fn a_run_the_last_look_keeps_is_never_recorded_as_being_deleted_by_a_sharer() {
+    let w = World::new();
+    let exp = w.experiment().await;
+    // "carrier" logs a model that "sharer" outputs too; both rank below the one kept, so the
+    // shared model is planned with the carrier (the last of its runs in plan order) and the
+    // sharer's own classic files go on their own.
+    let carrier = w
+        .model_run(
+            &exp,
+            Layout::Logged,
+            RunSpec::new("carrier").metric(METRIC, 0.1),
+            3,
+        )
+        .await;
+    let sharer = w
+        .model_run(
+            &exp,
+            Layout::Classic,
+            RunSpec::new("sharer").metric(METRIC, 0.2),
+            3,
+        )
+        .await;
+    let model = carrier.run.model.as_ref().expect("logged model");
+    w.mlflow
+        .log_model_output(&sharer.run.run_id, &model.model_id)
+        .await
+        .unwrap();
+    let best = w
+        .model_run(
+            &exp,
+            Layout::Classic,
+            RunSpec::new("best").metric(METRIC, 0.9),
+            3,
+        )
+        .await;
+    // The carrier is registered: the last look keeps it, and with it the shared model.
+    w.mlflow
+        .register_model_version(
+            &unique_name("carrier"),
+            ModelSource::Run(&carrier.run.run_id, "model"),
+        )
+        .await
+        .unwrap();
+
+    let report = handle(&w.engine(), Event::ExperimentPrune(sweep(&exp, keep(1))))
+        .await
+        .unwrap();
+
+    let tags = w.mlflow.run_tags(&carrier.run.run_id).await.unwrap();
+    assert!(
+        !tags.contains_key("model_pruner.deleting") && !tags.contains_key("model_pruner.deleted"),
+        "a kept run carries no deletion record (the next pass would resume it): {tags:?}"
+    );
+    assert_eq!(
+        w.objects(&carrier).await,
+        3,
+        "the registered model stays whole"
+    );
+    assert_eq!(w.objects(&sharer).await, 0, "the sharer's own files go");
+    assert!(w.marked(&sharer).await);
+    assert_eq!(w.objects(&best).await, 3);
+    let pruned: Vec<&str> = report.pruned.iter().map(|p| p.run_id.as_str()).collect();
+    assert_eq!(pruned, [sharer.run.run_id.as_str()]);
+}
+
+#[tokio::test]
 async fn a_logged_model_shared_by_a_kept_and_a_pruned_run_stays() {
     let w = World::new();
     let exp = w.experiment().await;
