@@ -60,7 +60,10 @@ impl CpuSnapshot {
         };
         for entry in dir.flatten() {
             let name = entry.file_name();
-            let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
                 continue;
             };
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -71,7 +74,12 @@ impl CpuSnapshot {
             };
             let comm = &stat[open + 1..close];
             let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-            let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let tick = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
@@ -92,7 +100,12 @@ impl CpuSnapshot {
         let seconds = later
             .by_group
             .iter()
-            .map(|(g, s)| (*g, (s - self.by_group.get(g).copied().unwrap_or(0.0)).max(0.0)))
+            .map(|(g, s)| {
+                (
+                    *g,
+                    (s - self.by_group.get(g).copied().unwrap_or(0.0)).max(0.0),
+                )
+            })
             .collect();
         CpuUse {
             wall_seconds,
