@@ -147,14 +147,16 @@ impl Permit<'_> {
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let (limit, in_flight) = {
+        {
             let mut state = self.limiter.lock();
             state.in_flight -= 1;
-            (state.aimd.limit(), state.in_flight)
-        };
-        self.limiter
-            .metrics
-            .concurrency_limit(self.limiter.target, limit, in_flight);
+            // Under the lock: two places freed at once must not leave the gauge behind.
+            self.limiter.metrics.concurrency_limit(
+                self.limiter.target,
+                state.aimd.limit(),
+                state.in_flight,
+            );
+        }
         // Every waiter checks again: a raised limit may let several through.
         self.limiter.freed.notify_waiters();
     }

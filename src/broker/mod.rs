@@ -179,13 +179,6 @@ async fn within<T>(
         .unwrap_or(Err(BrokerError::Timeout { op, after: limit }))
 }
 
-/// The largest AMQP frame a connection asks for, unless the URL sets `frame_max`. lapin keeps
-/// 32 frames of buffer per direction, zero-filled: at RabbitMQ's default of 128 KiB that is
-/// 8 MiB resident per connection, 16 MiB for a worker's two, more than the rest of the worker.
-/// Events are a few hundred bytes; a larger body (a copy of up to `broker.max_message_bytes`)
-/// goes in several frames.
-const FRAME_MAX: u32 = 16 * 1024;
-
 /// One connection with a channel in publisher-confirm mode. Every call is bounded in time:
 /// opening and declaring by `broker.connect_timeout`, a publication and its confirm by
 /// `broker.confirm_timeout`.
@@ -201,7 +194,9 @@ impl Broker {
     pub async fn connect(settings: &BrokerSettings, name: &str) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(name.into());
         within("connect", settings.connect_timeout, async {
-            let mut uri: AMQPUri =
+            // Parsed here rather than by lapin, whose error quotes the whole URL, password
+            // included.
+            let uri: AMQPUri =
                 settings
                     .url
                     .expose()
@@ -212,7 +207,6 @@ impl Broker {
                         // The parser quotes the whole URL in some messages: never its secret.
                         reason: reason.replace(settings.url.expose().as_str(), "the URL"),
                     })?;
-            uri.query.frame_max.get_or_insert(FRAME_MAX);
             let connection = Connection::connect_uri(uri, properties)
                 .await
                 .map_err(|cause| BrokerError::Connect {

@@ -272,7 +272,7 @@ impl Metrics {
             concurrency_limit: r.gauge_vec(
                 "model_pruner_requests_allowed_in_flight",
                 "Requests this process may have in flight towards a target (mlflow, store) now: \
-                 the adaptive limit (concurrency.mlflow_requests, concurrency.store_requests).",
+                 the adaptive limit (mlflow.requests_in_flight, store.requests_in_flight).",
                 &["target"],
             ),
             requests_in_flight: r.gauge_vec(
@@ -546,12 +546,12 @@ impl Metrics {
         self.0.upstream.record(target, answered, unix_now());
     }
 
-    /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.
     /// A request to `target` timed out or was answered as overloaded.
     pub fn overload(&self, target: Target) {
         self.0.overloads.with_label_values(&[target.as_str()]).inc();
     }
 
+    /// Counts one in-process retry against `target` (`mlflow` or `store`) for `reason`.
     pub fn retry(&self, target: &str, reason: &str) {
         self.0.retries.with_label_values(&[target, reason]).inc();
     }
