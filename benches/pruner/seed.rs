@@ -10,9 +10,15 @@ use crate::mlflow_fixtures::{ExperimentFixture, Mlflow, ModelSource, RunSpec};
 use crate::store_fixtures::put_object;
 
 pub const BUCKET: &str = "mlflow";
-/// MLflow requests in flight while seeding: enough for a tracking server with several workers
-/// on PostgreSQL; a sqlite one queues them on its one writer.
-const MLFLOW_CONCURRENCY: usize = 16;
+/// MLflow requests in flight while seeding: 16 for the stack's tracking server on PostgreSQL
+/// (4 server workers); 8 on sqlite, whose one server worker has a pool of 15 connections and
+/// answers a request that waited 30 s for one with a 400.
+fn mlflow_concurrency() -> usize {
+    match std::env::var("MODEL_PRUNER_TEST_MLFLOW_BACKEND").as_deref() {
+        Ok("postgresql") => 16,
+        _ => 8,
+    }
+}
 
 /// A seeded experiment: its runs, best first by `accuracy`.
 pub struct Seeded {
@@ -54,7 +60,7 @@ pub async fn experiment_tagged(
     });
     let fixtures: Vec<_> = futures::stream::iter(specs)
         .map(|spec| experiment.run(spec))
-        .buffered(MLFLOW_CONCURRENCY)
+        .buffered(mlflow_concurrency())
         .try_collect()
         .await
         .with_context(|| format!("seeding runs of {}", experiment.name))?;
@@ -170,7 +176,7 @@ pub async fn registry(
                 .register_model_version(&name, ModelSource::Uri(&source))
                 .await
         })
-        .buffer_unordered(MLFLOW_CONCURRENCY)
+        .buffer_unordered(mlflow_concurrency())
         .try_collect::<Vec<_>>()
         .await
         .context("seeding registry versions")?;
