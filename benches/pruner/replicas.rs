@@ -6,9 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use serde_json::json;
 
-use crate::scenarios::{Requests, cleanup};
+use crate::scenarios::{Requests, cleanup, run_finished_round_robin};
 use crate::seed::{self, Seeded};
 use crate::worker::{Scrape, Worker, wait_handled_by};
 use crate::{Env, load_average};
@@ -97,16 +96,7 @@ async fn round(
             .await?,
         );
     }
-    let mut messages = Vec::with_capacity(experiments * runs);
-    let mut keys = Vec::with_capacity(experiments * runs);
-    for i in 0..runs {
-        for exp in &seeded {
-            let run_id = &exp.run_ids[i];
-            let body = json!({ "experiment_id": exp.experiment.id, "run_id": run_id });
-            messages.push(("run.finished", body.to_string()));
-            keys.push(run_id.clone());
-        }
-    }
+    let (messages, keys) = run_finished_round_robin(&seeded, runs);
     let load_before = load_average();
     let before = scrape_all(workers).await?;
     let delayed_before: usize = workers.iter().map(|w| w.delayed()).sum();

@@ -367,16 +367,7 @@ pub async fn burst(
     eprintln!("[bench] seeded in {seed_seconds:.1}s; publishing");
     let load_before = load_average();
 
-    let mut messages = Vec::with_capacity(experiments * runs);
-    let mut keys = Vec::with_capacity(experiments * runs);
-    for i in 0..runs {
-        for exp in &seeded {
-            let run_id = &exp.run_ids[i];
-            let body = json!({ "experiment_id": exp.experiment.id, "run_id": run_id });
-            messages.push(("run.finished", body.to_string()));
-            keys.push(run_id.clone());
-        }
-    }
+    let (messages, keys) = run_finished_round_robin(&seeded, runs);
     worker.reset_peak()?;
     let before = worker.scrape().await?;
     let cpu_before = worker.proc_stats()?.cpu_seconds;
@@ -428,6 +419,25 @@ pub async fn burst(
         cleanup(env, exp, &[]).await?;
     }
     Ok(result)
+}
+
+/// One `run.finished` per run, round-robin over the experiments (the first run of each, then
+/// the second, ...), with the run ids the worker's log acks them by.
+pub fn run_finished_round_robin(
+    seeded: &[Seeded],
+    runs: usize,
+) -> (Vec<(&'static str, String)>, Vec<String>) {
+    let mut messages = Vec::with_capacity(seeded.len() * runs);
+    let mut keys = Vec::with_capacity(seeded.len() * runs);
+    for i in 0..runs {
+        for exp in seeded {
+            let run_id = &exp.run_ids[i];
+            let body = json!({ "experiment_id": exp.experiment.id, "run_id": run_id });
+            messages.push(("run.finished", body.to_string()));
+            keys.push(run_id.clone());
+        }
+    }
+    (messages, keys)
 }
 
 /// Deletes the experiment (soft) and what is left of its objects and of `roots`.
