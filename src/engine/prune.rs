@@ -351,7 +351,27 @@ impl Engine {
         // settings are likely wrong for all of it. Once a pass has pruned a run, an empty
         // folder is a stray run's own, reported without failing every later event.
         if !empty.is_empty() && !deleted_any && !plan.pruned_before {
-            return Err(self.all_empty(experiment_id, planned, &empty).await);
+            // An empty run nothing was asked of yet gets its look first: one the look keeps
+            // (registered, kept, running) is protected, not a sign of a wrong layout.
+            let unlooked: Vec<usize> = empty
+                .iter()
+                .copied()
+                .filter(|&run| looks[run] == Look::Pending)
+                .collect();
+            let verdicts = self
+                .confirm(plan, &unlooked, &HashMap::new(), Depth::Full)
+                .await?;
+            for (run, verdict) in verdicts {
+                if let Some(decision) = verdict {
+                    looks[run] = Look::Withdrawn;
+                    info!(run_id = %planned[run].run_id, reason = %decision, "kept after a last look");
+                    withdrawn.push((planned[run].run_id.clone(), decision));
+                }
+            }
+            empty.retain(|&run| looks[run] != Look::Withdrawn);
+            if !empty.is_empty() {
+                return Err(self.all_empty(experiment_id, planned, &empty).await);
+            }
         }
         for &run in &empty {
             let folder = planned[run]

@@ -181,6 +181,51 @@ async fn weights_run(w: &World, exp: &ExperimentFixture, i: usize, acc: f64) -> 
 }
 
 #[tokio::test]
+async fn a_registered_run_with_an_empty_folder_is_protected_not_a_wrong_layout() {
+    let w = World::new();
+    let exp = w.experiment().await;
+    let best = w
+        .model_run(
+            &exp,
+            Layout::Classic,
+            RunSpec::new("best").metric(METRIC, 0.9),
+            2,
+        )
+        .await;
+    // Flagged as uploaded, nothing under its model folder, and registered: the only run
+    // planned, in an experiment never pruned.
+    let registered = w
+        .model_run(
+            &exp,
+            Layout::Classic,
+            RunSpec::new("registered").metric(METRIC, 0.1),
+            0,
+        )
+        .await;
+    w.mlflow
+        .register_model_version(
+            &unique_name("empty-registered"),
+            ModelSource::Run(&registered.run.run_id, "model"),
+        )
+        .await
+        .unwrap();
+
+    let report = handle(&w.engine(), Event::ExperimentPrune(sweep(&exp, keep(1))))
+        .await
+        .expect("a kept run is no sign of a wrong layout");
+
+    assert_eq!(
+        report.ranking.count("protected"),
+        1,
+        "{:#?}",
+        report.ranking
+    );
+    assert!(report.pruned.is_empty());
+    assert!(!w.marked(&registered).await);
+    assert_eq!(w.objects(&best).await, 2);
+}
+
+#[tokio::test]
 async fn model_folders_that_hold_nothing_are_reported_and_never_marked() {
     let w = World::new();
     let exp = w.experiment().await;
