@@ -6,7 +6,7 @@
 //! tracking server. The limit and the requests in flight are exported per system.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
@@ -100,15 +100,10 @@ impl Limiter {
 }
 
 impl Permit<'_> {
-    /// How long the request has been in flight.
-    pub fn elapsed(&self) -> Duration {
-        self.sent.elapsed()
-    }
-
     /// The request to `operation` got an answer (success, or an error that says nothing about
     /// load).
     pub fn answered(self, operation: &'static str) {
-        let latency = self.elapsed();
+        let latency = self.sent.elapsed();
         self.ended(Outcome::Answered { operation, latency });
     }
 
@@ -166,6 +161,7 @@ impl Drop for Permit<'_> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     fn limiter(initial: usize, max: usize) -> Arc<Limiter> {
         let settings = AdaptiveLimit {

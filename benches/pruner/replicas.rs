@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::scenarios::{Requests, cleanup, run_finished_round_robin};
-use crate::seed::{self, Seeded};
+use crate::seed;
 use crate::worker::{Scrape, Worker, wait_handled_by};
 use crate::{Env, load_average};
 
@@ -81,21 +81,8 @@ async fn round(
     keep_top: usize,
 ) -> anyhow::Result<ReplicasRow> {
     let keep = keep_top.to_string();
-    let mut seeded: Vec<Seeded> = Vec::with_capacity(experiments);
-    for _ in 0..experiments {
-        seeded.push(
-            seed::experiment_tagged(
-                &env.mlflow,
-                &env.s3,
-                "bench-replicas",
-                &[("model_pruner.keep_top", &keep)],
-                runs,
-                1,
-                env.upload_concurrency,
-            )
-            .await?,
-        );
-    }
+    let tags = [("model_pruner.keep_top", keep.as_str())];
+    let seeded = seed::experiments(env, "bench-replicas", &tags, experiments, runs, 1).await?;
     let (messages, keys) = run_finished_round_robin(&seeded, runs);
     let load_before = load_average();
     let before = scrape_all(workers).await?;

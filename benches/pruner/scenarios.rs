@@ -347,22 +347,7 @@ pub async fn burst(
 ) -> anyhow::Result<BurstResult> {
     eprintln!("[bench] burst {experiments} experiments x {runs} runs: seeding");
     let seeding = Instant::now();
-    // One experiment at a time: MLflow's connection pool (15 with the sqlite backend) is the
-    // limit, not the bench.
-    let mut seeded: Vec<Seeded> = Vec::with_capacity(experiments);
-    for _ in 0..experiments {
-        seeded.push(
-            seed::experiment(
-                &env.mlflow,
-                &env.s3,
-                "bench-burst",
-                runs,
-                files,
-                env.upload_concurrency,
-            )
-            .await?,
-        );
-    }
+    let seeded = seed::experiments(env, "bench-burst", &[], experiments, runs, files).await?;
     let seed_seconds = seeding.elapsed().as_secs_f64();
     eprintln!("[bench] seeded in {seed_seconds:.1}s; publishing");
     let load_before = load_average();

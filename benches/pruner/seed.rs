@@ -42,6 +42,34 @@ pub async fn experiment(
     experiment_tagged(mlflow, s3, name, &[], runs, files, upload_concurrency).await
 }
 
+/// `count` experiments of [`experiment_tagged`], one at a time: the tracking server's
+/// connection pool (15 with the sqlite backend) is the limit, not the bench.
+pub async fn experiments(
+    env: &crate::Env,
+    name: &str,
+    tags: &[(&str, &str)],
+    count: usize,
+    runs: usize,
+    files: usize,
+) -> anyhow::Result<Vec<Seeded>> {
+    let mut seeded = Vec::with_capacity(count);
+    for _ in 0..count {
+        seeded.push(
+            experiment_tagged(
+                &env.mlflow,
+                &env.s3,
+                name,
+                tags,
+                runs,
+                files,
+                env.upload_concurrency,
+            )
+            .await?,
+        );
+    }
+    Ok(seeded)
+}
+
 /// [`experiment`] with experiment tags.
 pub async fn experiment_tagged(
     mlflow: &Mlflow,

@@ -47,10 +47,6 @@ impl<V> Fields<V> {
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.0.iter().map(|(k, _)| k)
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
-        self.0.iter().map(|(k, v)| (k, v))
-    }
 }
 
 impl<V> FromIterator<(String, V)> for Fields<V> {
