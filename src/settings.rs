@@ -326,7 +326,7 @@ pub enum LogFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("invalid settings: {0}")]
-    Invalid(#[from] config::ConfigError),
+    Invalid(config::ConfigError),
     /// As `Invalid`, naming the sources beyond the built-in defaults that could hold the error.
     #[error("invalid settings: {error} (look at: {sources})")]
     InvalidFrom {

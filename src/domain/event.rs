@@ -48,10 +48,12 @@ pub enum Event {
 pub enum EventError {
     #[error("unknown routing key {0:?} (expected run.finished or experiment.prune)")]
     UnknownRoutingKey(String),
-    #[error("invalid {routing_key} message: {source}")]
+    /// The parser's message is part of this one (not an error `source`), so a chain printed
+    /// with `{:#}` says it once.
+    #[error("invalid {routing_key} message: {cause}")]
     Json {
         routing_key: &'static str,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("invalid {routing_key} message: {field} must not be empty")]
     Empty {
@@ -117,10 +119,7 @@ fn json<T: for<'de> Deserialize<'de>>(
     routing_key: &'static str,
     body: &[u8],
 ) -> Result<T, EventError> {
-    serde_json::from_slice(body).map_err(|source| EventError::Json {
-        routing_key,
-        source,
-    })
+    serde_json::from_slice(body).map_err(|cause| EventError::Json { routing_key, cause })
 }
 
 #[cfg(test)]
@@ -197,6 +196,12 @@ mod tests {
     fn malformed_json_is_an_error() {
         let err = Event::parse(RUN_FINISHED, b"{not json").unwrap_err();
         assert!(matches!(err, EventError::Json { .. }));
+        assert!(err.to_string().contains("key must be a string"), "{err}");
+        let source = std::error::Error::source(&err);
+        assert!(
+            source.is_none(),
+            "the parser's message is said once: {source:?}"
+        );
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Engine {
             tokio::try_join!(self.registry_versions(searches), fresh, experiment).map_err(
                 |source| PruneError::Mlflow {
                     experiment_id: experiment_id.to_owned(),
-                    source,
+                    cause: source,
                 },
             )?;
         let policy_change = match policy::resolve(plan.overrides, &experiment.tags, &self.defaults)

@@ -8,6 +8,9 @@ use crate::mlflow::MlflowError;
 use crate::store::StoreError;
 
 /// A ranking-and-pruning pass that did not complete.
+///
+/// Each cause is part of the message (a field named `cause`, not an error `source`), so a
+/// chain printed with `{:#}` says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
     #[error("experiment {experiment_id} does not exist in MLflow")]
@@ -17,15 +20,15 @@ pub enum PruneError {
         experiment_id: String,
         run_ids: Vec<String>,
     },
-    #[error("experiment {experiment_id}: {source}")]
+    #[error("experiment {experiment_id}: {cause}")]
     Policy {
         experiment_id: String,
-        source: PolicyError,
+        cause: PolicyError,
     },
-    #[error("experiment {experiment_id}: {source}{hint}")]
+    #[error("experiment {experiment_id}: {cause}{hint}")]
     Ranking {
         experiment_id: String,
-        source: RankingError,
+        cause: RankingError,
         /// What would help, e.g. the metrics the runs do log; empty or starting with `; `.
         hint: String,
     },
@@ -40,24 +43,24 @@ pub enum PruneError {
         max: u32,
     },
     #[error(
-        "experiment {experiment_id}, run {run_id}: refused to delete: {source}; nothing deleted"
+        "experiment {experiment_id}, run {run_id}: refused to delete: {cause}; nothing deleted"
     )]
     Location {
         experiment_id: String,
         run_id: String,
-        source: LocationError,
+        cause: LocationError,
     },
-    #[error("experiment {experiment_id}: {source}")]
+    #[error("experiment {experiment_id}: {cause}")]
     Mlflow {
         experiment_id: String,
-        source: MlflowError,
+        cause: MlflowError,
     },
-    #[error("experiment {experiment_id}, run(s) {}: {source}", run_ids.join(", "))]
+    #[error("experiment {experiment_id}, run(s) {}: {cause}", run_ids.join(", "))]
     Store {
         experiment_id: String,
         /// The runs whose files the failed request was about.
         run_ids: Vec<String>,
-        source: StoreError,
+        cause: StoreError,
     },
     #[error(
         "experiment {experiment_id}: every planned model folder holds no file (run(s) {}, e.g. \
@@ -88,14 +91,14 @@ impl PruneError {
     /// An MLflow write refused for a reason of the run's own (see
     /// [`MlflowError::is_about_the_run`]).
     pub fn is_about_the_run(&self) -> bool {
-        matches!(self, PruneError::Mlflow { source, .. } if source.is_about_the_run())
+        matches!(self, PruneError::Mlflow { cause, .. } if cause.is_about_the_run())
     }
 
     /// Transient errors are worth retrying; everything else is permanent.
     pub fn class(&self) -> ErrorClass {
         match self {
-            PruneError::Mlflow { source, .. } => source.class(),
-            PruneError::Store { source, .. } => source.class(),
+            PruneError::Mlflow { cause, .. } => cause.class(),
+            PruneError::Store { cause, .. } => cause.class(),
             _ => ErrorClass::Permanent,
         }
     }
@@ -128,5 +131,27 @@ impl PruneError {
             PruneError::ExperimentNotEmpty { .. } => "experiment_not_empty",
             PruneError::EmptyFolders { .. } => "empty_folders",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_cause_is_printed_once_in_the_message_not_again_as_a_source() {
+        let cause = LocationError::UnsupportedScheme {
+            uri: "file:///m".into(),
+        };
+        let said = cause.to_string();
+        let err = PruneError::Location {
+            experiment_id: "7".into(),
+            run_id: "r1".into(),
+            cause,
+        };
+        assert!(err.to_string().contains(&said), "{err}");
+        assert!(err.source().is_none(), "{:#}", anyhow::Error::new(err));
     }
 }

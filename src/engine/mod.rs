@@ -168,13 +168,13 @@ impl Engine {
         let mut plan = match planner.plan(req, policy.clone(), runs, &logged_models, now_ms()) {
             Err(PruneError::Ranking {
                 experiment_id,
-                source: source @ RankingError::NoMetric { .. },
+                cause: source @ RankingError::NoMetric { .. },
                 ..
             }) => {
                 let hint = self.logged_metrics(&experiment_id).await;
                 return Err(PruneError::Ranking {
                     experiment_id,
-                    source,
+                    cause: source,
                     hint,
                 });
             }
@@ -302,7 +302,7 @@ impl Engine {
                 } else {
                     PruneError::Mlflow {
                         experiment_id: experiment_id.to_owned(),
-                        source,
+                        cause: source,
                     }
                 }
             })
@@ -328,7 +328,7 @@ impl Engine {
             .await
             .map_err(|source| PruneError::Mlflow {
                 experiment_id: experiment_id.to_owned(),
-                source,
+                cause: source,
             })
     }
 
@@ -344,7 +344,7 @@ impl Engine {
             .await
             .map_err(|source| PruneError::Mlflow {
                 experiment_id: experiment_id.to_owned(),
-                source,
+                cause: source,
             })
     }
 
@@ -363,7 +363,7 @@ impl Engine {
                 .await
                 .map_err(|source| PruneError::Mlflow {
                     experiment_id: report.experiment_id.clone(),
-                    source,
+                    cause: source,
                 })?,
         );
         if !remaining.is_empty() {
@@ -383,7 +383,7 @@ impl Engine {
             Err(e) if e.is_not_found() => {}
             other => other.map_err(|source| PruneError::Mlflow {
                 experiment_id: report.experiment_id.clone(),
-                source,
+                cause: source,
             })?,
         }
         info!("experiment deleted");

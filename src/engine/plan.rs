@@ -44,7 +44,7 @@ impl Planner<'_> {
         policy::resolve(&req.policy, &experiment.tags, self.defaults).map_err(|source| {
             PruneError::Policy {
                 experiment_id: req.experiment_id.clone(),
-                source,
+                cause: source,
             }
         })
     }
@@ -75,7 +75,7 @@ impl Planner<'_> {
         let ranking = ranking::rank(std::mem::take(&mut inventory.facts), &policy, now).map_err(
             |source| PruneError::Ranking {
                 experiment_id: experiment_id.to_owned(),
-                source,
+                cause: source,
                 hint: String::new(),
             },
         )?;
@@ -148,7 +148,7 @@ impl Planner<'_> {
                     let location = location.map_err(|source| PruneError::Location {
                         experiment_id: experiment_id.to_owned(),
                         run_id: run_id.clone(),
-                        source,
+                        cause: source,
                     })?;
                     locations.push((location, model_id));
                 }

@@ -508,7 +508,7 @@ impl Engine {
             .await
             .map_err(|source| PruneError::Mlflow {
                 experiment_id: experiment_id.to_owned(),
-                source,
+                cause: source,
             });
         (index, recorded)
     }
@@ -537,7 +537,7 @@ impl Engine {
                     .map(|run| planned[run].run_id.clone())
                     .into_iter()
                     .collect(),
-                source,
+                cause: source,
             })?;
         Ok((walk, page))
     }
@@ -562,7 +562,7 @@ impl Engine {
             .map_err(|source| PruneError::Store {
                 experiment_id: experiment_id.to_owned(),
                 run_ids: batch.runs().map(|r| planned[r].run_id.clone()).collect(),
-                source,
+                cause: source,
             })?;
         Ok(batch)
     }
@@ -597,7 +597,7 @@ impl Engine {
         ];
         let mlflow_err = |source| PruneError::Mlflow {
             experiment_id: experiment_id.to_owned(),
-            source,
+            cause: source,
         };
         for model_id in plan.locations.iter().filter_map(|(_, id)| id.as_deref()) {
             self.retry
