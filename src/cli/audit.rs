@@ -65,7 +65,8 @@ impl AuditArgs {
     }
 }
 
-/// Runs `audit`; errors are reported here and exit 2.
+/// Runs `audit`: exit 0 consistent, [`NEEDS_ATTENTION`] when findings remain, and as every
+/// command, 1 when the audit itself failed and 2 for bad settings or usage.
 pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
     if let Err(failure) = args.target.policy.check(&settings.policy) {
         return failure.exit(args.json);
@@ -73,12 +74,16 @@ pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
     match audit(settings, &args).await {
         Ok(code) => code,
         Err(e) => Failure {
-            code: 2,
+            code: 1,
             message: format!("audit failed: {e:#}"),
         }
         .exit(args.json),
     }
 }
+
+/// The exit code of an audit that worked and found what needs attention: apart from 1 (the
+/// audit failed) so a script can tell them apart.
+pub const NEEDS_ATTENTION: u8 = 3;
 
 async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
     let experiment_id = &args.target.id(settings).await?;
@@ -218,7 +223,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     Ok(if consistent {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(NEEDS_ATTENTION)
     })
 }
 

@@ -80,7 +80,7 @@ enum Command {
         dry_run: bool,
     },
     /// Check an experiment's stored files against MLflow and its policy; exit 0 consistent,
-    /// 1 needs attention, 2 the audit failed.
+    /// 3 needs attention, 1 the audit failed, 2 bad settings or usage.
     ///
     /// Reports files left by unfinished deletions, unprotected models stored beyond the top N
     /// and objects that belong to no known run or model; --fix publishes the experiment.prune

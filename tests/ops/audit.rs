@@ -59,7 +59,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     let s = app.settings();
     let audit = ["audit", "--experiment-id", exp.id.as_str(), "--json"];
     let (code, stdout, err) = outcome(&run_cli(s, &audit).await);
-    assert_eq!(code, 1, "{stdout}{err}");
+    assert_eq!(code, 3, "{stdout}{err}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         kinds(&report),
@@ -95,7 +95,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
     app.start(same_queues(app.settings()));
     let fix = ["audit", "--experiment-id", exp.id.as_str(), "--fix"];
     let (code, stdout, err) = outcome(&run_cli(app.settings(), &fix).await);
-    assert_eq!(code, 1, "{stdout}{err}");
+    assert_eq!(code, 3, "{stdout}{err}");
     assert!(
         stdout.contains("fix: published experiment.prune"),
         "{stdout}"
@@ -104,7 +104,7 @@ async fn audit_reports_planted_inconsistencies_and_fix_prunes_beyond_the_top_n()
         .wait_pruned(&runs, &[0], Duration::from_secs(60))
         .await;
     let (code, stdout, _) = outcome(&run_cli(app.settings(), &audit).await);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         kinds(&report),
@@ -142,7 +142,7 @@ async fn orphans_not_tied_to_this_server_are_never_offered_for_removal() {
     let s = settings();
     let audit = ["audit", "--experiment-id", exp.id.as_str()];
     let (code, stdout, err) = outcome(&run_cli(&s, &audit).await);
-    assert_eq!(code, 1, "{stdout}{err}");
+    assert_eq!(code, 3, "{stdout}{err}");
     assert!(stdout.contains("unverified orphan"), "{stdout}");
     assert!(stdout.contains("store.artifacts_destination"), "{stdout}");
     assert!(
@@ -202,5 +202,5 @@ async fn orphans_not_tied_to_this_server_are_never_offered_for_removal() {
 async fn audit_of_an_unknown_experiment_is_an_error() {
     let s = settings();
     let (code, _, err) = outcome(&run_cli(&s, &["audit", "--experiment-id", "987654321"]).await);
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "the audit failed: {err}");
 }
