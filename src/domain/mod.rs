@@ -3,6 +3,7 @@
 
 pub mod adaptive;
 pub mod audit;
+pub mod backoff;
 pub mod classify;
 pub mod event;
 pub mod location;

@@ -1,12 +1,13 @@
-//! In-process retries of single MLflow and store calls: exponential backoff with full jitter,
-//! only for transient errors, a few attempts within seconds. Longer waits are the worker's job.
+//! In-process retries of single MLflow and store calls: exponential backoff with full jitter
+//! ([`Backoff`]), only for transient errors, a few attempts within seconds. Longer waits are the
+//! worker's job. `tokio-retry` runs the attempts; the waits are the project's one backoff.
 
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_retry::RetryIf;
-use tokio_retry::strategy::{ExponentialBackoff, jitter};
 
+use crate::domain::backoff::{Backoff, Jitter};
 use crate::domain::classify::{Classified, ErrorClass};
 use crate::metrics::Metrics;
 use crate::settings::RetrySettings;
@@ -33,12 +34,8 @@ impl RetryPolicy {
 
     /// The waits between attempts: initial, 2x, 4x, ... capped, each with full jitter.
     fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
-        // ExponentialBackoff yields factor * base^n for n = 1, 2, ...
-        let half = (self.initial_backoff.as_millis() as u64 / 2).max(1);
-        ExponentialBackoff::from_millis(2)
-            .factor(half)
-            .max_delay(self.max_backoff)
-            .map(jitter)
+        Backoff::new(self.initial_backoff, self.max_backoff, Jitter::Full)
+            .waits()
             .take(self.attempts.saturating_sub(1) as usize)
     }
 

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::broker::Topology;
+use crate::domain::backoff::{Backoff, Jitter};
 use crate::engine::{Engine, PruneError};
 use crate::metrics::{self, Metrics, Refused};
 use crate::settings::Settings;
@@ -76,7 +77,7 @@ pub async fn run(
         metrics,
         follow_ups: Default::default(),
     };
-    let mut backoff = Backoff::default();
+    let mut reconnects = Reconnects::default();
     while !shutdown.is_cancelled() {
         ctx.health.beat();
         let started = tokio::time::Instant::now();
@@ -101,9 +102,9 @@ pub async fn run(
             }
             Err(e) => {
                 if matches!(e, SessionError::Lost(_)) {
-                    backoff.session_ended(started.elapsed());
+                    reconnects.session_ended(started.elapsed());
                 }
-                let wait = backoff.next_delay();
+                let wait = reconnects.next_delay();
                 if e.broker().is_access_refused() {
                     ctx.health
                         .set_refused(Refused::Session, Some(e.to_string()));
@@ -203,35 +204,30 @@ pub fn shutdown_signal() -> CancellationToken {
     token
 }
 
-/// Exponential reconnect delays with jitter (half to full delay), so a fleet of workers does
-/// not reconnect in step.
-#[derive(Debug)]
-struct Backoff {
-    next: Duration,
+/// The reconnect waits: doubling with jitter (half to full), so a fleet of workers does not
+/// reconnect in step.
+const RECONNECT: Backoff = Backoff::new(FIRST_RECONNECT_DELAY, MAX_RECONNECT_DELAY, Jitter::Half);
+
+/// Sessions that ended in a row without staying up, which sets the next reconnect's wait.
+#[derive(Debug, Default)]
+struct Reconnects {
+    failures: u32,
 }
 
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: FIRST_RECONNECT_DELAY,
-        }
-    }
-}
-
-impl Backoff {
+impl Reconnects {
     /// A session that consumed for `lived` ended: start again from the first delay only if it
     /// stayed up long enough to call the connection healthy, so a session that dies right after
     /// it starts (a broker accepting connections then closing them) keeps backing off.
     fn session_ended(&mut self, lived: Duration) {
         if lived >= HEALTHY_SESSION {
-            *self = Backoff::default();
+            self.failures = 0;
         }
     }
 
     fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (delay * 2).min(MAX_RECONNECT_DELAY);
-        delay.mul_f64(rand::random_range(0.5..=1.0))
+        let delay = RECONNECT.next(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        delay
     }
 }
 
@@ -241,29 +237,29 @@ mod tests {
 
     #[test]
     fn only_a_session_that_stayed_up_resets_the_backoff() {
-        let mut b = Backoff::default();
+        let mut r = Reconnects::default();
         for _ in 0..4 {
-            b.next_delay();
+            r.next_delay();
         }
-        let backed_off = b.next;
-        b.session_ended(Duration::from_millis(200));
+        r.session_ended(Duration::from_millis(200));
         assert_eq!(
-            b.next, backed_off,
+            r.failures, 4,
             "a session that died at once keeps backing off"
         );
-        b.session_ended(HEALTHY_SESSION);
-        assert_eq!(b.next, FIRST_RECONNECT_DELAY);
+        r.session_ended(HEALTHY_SESSION);
+        assert_eq!(r.failures, 0);
+        assert!(r.next_delay() <= FIRST_RECONNECT_DELAY);
     }
 
     #[test]
     fn reconnect_delays_double_up_to_the_cap_with_jitter() {
-        let mut b = Backoff::default();
+        let mut r = Reconnects::default();
         let mut ceiling = FIRST_RECONNECT_DELAY;
         for _ in 0..12 {
-            let d = b.next_delay();
+            let d = r.next_delay();
             assert!(d <= ceiling && d >= ceiling / 2, "{d:?} vs {ceiling:?}");
             ceiling = (ceiling * 2).min(MAX_RECONNECT_DELAY);
         }
-        assert_eq!(b.next, MAX_RECONNECT_DELAY);
+        assert_eq!(ceiling, MAX_RECONNECT_DELAY);
     }
 }
