@@ -8,12 +8,13 @@
 //! which never publishes.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt};
+use lapin::message::Delivery;
 use lapin::options::BasicCancelOptions;
 use tokio::task::{Id, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -23,7 +24,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use super::follow_up::{self, FollowUps};
 use super::outcome::{Failure, RetryRules, decide};
 use super::scheduler::{Job, PassBatch, Scheduler};
-use super::settle::{Received, Settler, Subject};
+use super::settle::{Received, Settler, SettlerContext, Subject};
 use crate::broker::{Broker, BrokerError, Topology, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::domain::ranking::Rule;
@@ -115,153 +116,42 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
     ctx.health.set_refused(Refused::Session, None);
 
     let mut publisher_events = publisher.events();
-    let settler = Arc::new(Settler {
-        broker: Arc::new(publisher),
-        topology: ctx.topology.clone(),
-        host: ctx.host.clone(),
-        failed_republications: Default::default(),
-        ack_deadline: ctx.broker.ack_deadline,
-        topology_gone: Default::default(),
-        follow_ups: ctx.follow_ups.clone(),
-        metrics: ctx.metrics.clone(),
-        health: ctx.health.clone(),
-    });
-    let deadline = ctx.broker.ack_deadline;
-    let mut scheduler: Scheduler<Received> = Scheduler::new(ctx.max_in_flight);
-    // The experiment each task holds (none for an invalid message or a hand-back), to free it
-    // when done.
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut holding: HashMap<Id, Option<String>> = HashMap::new();
+    let publisher = Arc::new(publisher);
+    let mut session = Consuming::new(ctx, publisher.clone());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
     let ended = loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
             () = shutdown.cancelled() => break Ok(()),
-            Some(done) = tasks.join_next_with_id() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => {
-                        error!(error = %e, "a pass task failed; its deliveries stay unacked");
-                        e.id()
-                    }
-                };
-                if let Some(Some(experiment)) = holding.remove(&id) {
-                    scheduler.finish(&experiment);
-                }
+            Some(done) = session.tasks.join_next() => {
+                session.task_done(done);
+                ControlFlow::Continue(())
             }
-            _ = tick.tick() => {
-                ctx.health.beat();
-                // lapin reports an error only to a listener that existed when it happened.
-                if !settler.broker.is_connected() {
-                    break Err(BrokerError::Closed { connection: "publishing" });
-                }
-                if settler.topology_gone.load(Ordering::Relaxed) {
-                    break Err(BrokerError::TopologyGone);
-                }
-                let now = Instant::now();
-                for job in scheduler.take_waiting(|j| now >= j.delivery.received_at + deadline) {
-                    give_back(&mut tasks, &mut holding, &settler, ctx.rules, job);
-                }
-            }
-            Some(event) = publisher_events.next() => match event {
-                lapin::Event::Error(source) => {
-                    break Err(BrokerError::Amqp { op: "publishing connection", cause: source });
-                }
-                lapin::Event::ConnectionBlocked(reason) => warn!(
-                    reason,
-                    "RabbitMQ blocked the publishing connection (resource alarm): copies (delay, \
-                     dead letter, hand-back) wait for it within their deadline, then their \
-                     deliveries go back to the work queue"
-                ),
-                lapin::Event::ConnectionUnblocked => {
-                    info!("RabbitMQ unblocked the publishing connection");
-                }
-                _ => {}
-            },
+            _ = tick.tick() => session.tick(),
+            Some(event) = publisher_events.next() => session.publisher_event(event),
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let received = Received::new(delivery, &ctx.topology, &ctx.metrics);
-                    if headers::unreadable(&received.delivery.properties) {
-                        let settler = settler.clone();
-                        let task = tasks.spawn(async move { settler.reject_unreadable(received).await });
-                        holding.insert(task.id(), None);
-                        continue;
-                    }
-                    let size = received.delivery.data.len();
-                    if size > ctx.broker.max_message_bytes {
-                        let failure = Failure::too_large(size, ctx.broker.max_message_bytes);
-                        let outcome = decide(Err(failure), received.attempt, ctx.rules);
-                        let settler = settler.clone();
-                        let task = tasks.spawn(async move {
-                            settler.settle(received, outcome, Subject::default()).await;
-                        });
-                        holding.insert(task.id(), None);
-                        continue;
-                    }
-                    if let Some(at) = received.follow_up_at.filter(|at| {
-                        received.routing_key == EXPERIMENT_PRUNE
-                            && follow_up::travels_on(*at, now_ms())
-                    }) {
-                        let (settler, engine) = (settler.clone(), ctx.engine.clone());
-                        let task = tasks.spawn(async move { settler.snooze(&engine, received, at).await });
-                        holding.insert(task.id(), None);
-                        continue;
-                    }
-                    match Event::parse(&received.routing_key, &received.delivery.data) {
-                        Ok(event) => scheduler.push(Job { event, delivery: received }),
-                        Err(e) => {
-                            let outcome =
-                                decide(Err(Failure::invalid_message(&e)), received.attempt, ctx.rules);
-                            let settler = settler.clone();
-                            let task = tasks.spawn(async move {
-                                settler.settle(received, outcome, Subject::default()).await;
-                            });
-                            holding.insert(task.id(), None);
-                        }
-                    }
+                    session.delivery(delivery);
+                    ControlFlow::Continue(())
                 }
-                Some(Err(cause)) => break Err(BrokerError::Amqp { op: "consume", cause }),
-                None => break Err(BrokerError::ConsumerCancelled { queue: queue.to_owned() }),
+                Some(Err(cause)) => ControlFlow::Break(BrokerError::Amqp { op: "consume", cause }),
+                None => ControlFlow::Break(BrokerError::ConsumerCancelled { queue: queue.to_owned() }),
             },
+        };
+        if let ControlFlow::Break(lost) = step {
+            break Err(lost);
         }
-        while let Some(mut batch) = scheduler.next_batch() {
-            let experiment = batch.request.experiment_id.clone();
-            let now = Instant::now();
-            let (late, fresh): (Vec<_>, Vec<_>) = batch.jobs.into_iter().partition(|j| {
-                j.delivery.hand_backs < MAX_HAND_BACKS
-                    && too_late_to_start(j.delivery.received_at, now, deadline)
-            });
-            for job in late {
-                give_back(&mut tasks, &mut holding, &settler, ctx.rules, job);
-            }
-            if fresh.is_empty() {
-                scheduler.finish(&experiment);
-                continue;
-            }
-            batch
-                .request
-                .run_ids
-                .retain(|id| fresh.iter().any(|j| j.event.run_id() == Some(id.as_str())));
-            batch.jobs = fresh;
-            let task = tasks.spawn(run_batch(
-                ctx.engine.clone(),
-                settler.clone(),
-                ctx.rules,
-                deadline,
-                batch,
-            ));
-            holding.insert(task.id(), Some(experiment));
-        }
+        session.start_passes();
     };
     ctx.health.set_consuming(false);
 
     match &ended {
         Ok(()) => {
             info!(
-                in_flight = scheduler.in_flight(),
-                waiting = scheduler.waiting(),
+                in_flight = session.scheduler.in_flight(),
+                waiting = session.scheduler.waiting(),
                 "shutting down: no new deliveries; waiting ones go back to the queue"
             );
             // Bounded: a broker that stops answering must not hold the shutdown past the
@@ -275,20 +165,246 @@ pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), Sess
         }
         Err(e) => warn!(
             error = %e,
-            in_flight = scheduler.in_flight(),
+            in_flight = session.scheduler.in_flight(),
             "connection lost: finishing passes in flight; their deliveries will be redelivered"
         ),
     }
-    drain(&mut tasks, ctx.shutdown_grace, &ctx.health).await;
-    drop(scheduler);
+    session.drain().await;
     if ended.is_ok() {
-        for (broker, what) in [(&*settler.broker, "publishing"), (&consuming, "consuming")] {
+        for (broker, what) in [(&*publisher, "publishing"), (&consuming, "consuming")] {
             if let Err(e) = broker.close().await {
                 warn!(error = %e, "closing the {what} connection failed");
             }
         }
     }
     ended.map_err(SessionError::Lost)
+}
+
+/// The tasks of a session: passes, and settlements of deliveries that start none. Each
+/// pass task holds its experiment in the scheduler until it ends.
+#[derive(Default)]
+struct Tasks {
+    running: JoinSet<()>,
+    holding: HashMap<Id, String>,
+}
+
+impl Tasks {
+    /// Runs `task`; while it runs, `experiment` (if any) is held in the scheduler.
+    fn spawn(
+        &mut self,
+        task: impl Future<Output = ()> + Send + 'static,
+        experiment: Option<String>,
+    ) {
+        let id = self.running.spawn(task).id();
+        if let Some(experiment) = experiment {
+            self.holding.insert(id, experiment);
+        }
+    }
+
+    /// The next task to end, and the experiment it held.
+    async fn join_next(&mut self) -> Option<Option<String>> {
+        let done = self.running.join_next_with_id().await?;
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                error!(error = %e, "a pass task failed; its deliveries stay unacked");
+                e.id()
+            }
+        };
+        Some(self.holding.remove(&id))
+    }
+}
+
+/// A session while it consumes: one method per event of its loop.
+struct Consuming<'c> {
+    ctx: &'c Context,
+    settler: Arc<Settler>,
+    scheduler: Scheduler<Received>,
+    tasks: Tasks,
+}
+
+impl<'c> Consuming<'c> {
+    fn new(ctx: &'c Context, publisher: Arc<Broker>) -> Self {
+        let settler = Settler::new(
+            publisher,
+            SettlerContext {
+                topology: ctx.topology.clone(),
+                host: ctx.host.clone(),
+                ack_deadline: ctx.broker.ack_deadline,
+                follow_ups: ctx.follow_ups.clone(),
+                metrics: ctx.metrics.clone(),
+                health: ctx.health.clone(),
+            },
+        );
+        Consuming {
+            ctx,
+            settler: Arc::new(settler),
+            scheduler: Scheduler::new(ctx.max_in_flight),
+            tasks: Tasks::default(),
+        }
+    }
+
+    /// A task ended: the experiment it held may start its next pass.
+    fn task_done(&mut self, held: Option<String>) {
+        if let Some(experiment) = held {
+            self.scheduler.finish(&experiment);
+        }
+    }
+
+    /// Beats for `/healthz`, ends the session if copies can no longer go out, and gives back
+    /// the deliveries that waited for a pass up to the ack deadline.
+    fn tick(&mut self) -> ControlFlow<BrokerError> {
+        self.ctx.health.beat();
+        if let Err(e) = self.settler.usable() {
+            return ControlFlow::Break(e);
+        }
+        let (now, deadline) = (Instant::now(), self.ctx.broker.ack_deadline);
+        for job in self
+            .scheduler
+            .take_waiting(|j| now >= j.delivery.received_at + deadline)
+        {
+            self.give_back(job);
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// An event of the publishing connection: an error ends the session; a block by a
+    /// resource alarm is logged (copies wait for it within their deadline).
+    fn publisher_event(&mut self, event: lapin::Event) -> ControlFlow<BrokerError> {
+        match event {
+            lapin::Event::Error(cause) => {
+                return ControlFlow::Break(BrokerError::Amqp {
+                    op: "publishing connection",
+                    cause,
+                });
+            }
+            lapin::Event::ConnectionBlocked(reason) => warn!(
+                reason,
+                "RabbitMQ blocked the publishing connection (resource alarm): copies (delay, \
+                 dead letter, hand-back) wait for it within their deadline, then their \
+                 deliveries go back to the work queue"
+            ),
+            lapin::Event::ConnectionUnblocked => {
+                info!("RabbitMQ unblocked the publishing connection");
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// A delivery: settled at once if it cannot start a pass (unreadable, too large, a
+    /// follow-up not due, not an event), else queued for its experiment's next pass.
+    fn delivery(&mut self, delivery: Delivery) {
+        let received = Received::new(delivery, &self.ctx.topology, &self.ctx.metrics);
+        let settler = self.settler.clone();
+        if headers::unreadable(&received.delivery.properties) {
+            return self.tasks.spawn(
+                async move { settler.reject_unreadable(received).await },
+                None,
+            );
+        }
+        let (size, max) = (
+            received.delivery.data.len(),
+            self.ctx.broker.max_message_bytes,
+        );
+        if size > max {
+            return self.fail_at_once(received, Failure::too_large(size, max));
+        }
+        if let Some(at) = received.follow_up_at.filter(|at| {
+            received.routing_key == EXPERIMENT_PRUNE && follow_up::travels_on(*at, now_ms())
+        }) {
+            let engine = self.ctx.engine.clone();
+            return self.tasks.spawn(
+                async move { settler.snooze(&engine, received, at).await },
+                None,
+            );
+        }
+        match Event::parse(&received.routing_key, &received.delivery.data) {
+            Ok(event) => self.scheduler.push(Job {
+                event,
+                delivery: received,
+            }),
+            Err(e) => self.fail_at_once(received, Failure::invalid_message(&e)),
+        }
+    }
+
+    /// Settles a delivery that failed before any pass.
+    fn fail_at_once(&mut self, received: Received, failure: Failure) {
+        let outcome = decide(Err(failure), received.attempt, self.ctx.rules);
+        let settler = self.settler.clone();
+        self.tasks.spawn(
+            async move { settler.settle(received, outcome, Subject::default()).await },
+            None,
+        );
+    }
+
+    /// Starts a pass for every experiment the scheduler lets go, giving back the deliveries
+    /// too late to start one.
+    fn start_passes(&mut self) {
+        let deadline = self.ctx.broker.ack_deadline;
+        while let Some(mut batch) = self.scheduler.next_batch() {
+            let experiment = batch.request.experiment_id.clone();
+            let now = Instant::now();
+            let (late, fresh): (Vec<_>, Vec<_>) = batch.jobs.into_iter().partition(|j| {
+                j.delivery.hand_backs < MAX_HAND_BACKS
+                    && too_late_to_start(j.delivery.received_at, now, deadline)
+            });
+            for job in late {
+                self.give_back(job);
+            }
+            if fresh.is_empty() {
+                self.scheduler.finish(&experiment);
+                continue;
+            }
+            batch
+                .request
+                .run_ids
+                .retain(|id| fresh.iter().any(|j| j.event.run_id() == Some(id.as_str())));
+            batch.jobs = fresh;
+            let pass = run_batch(
+                self.ctx.engine.clone(),
+                self.settler.clone(),
+                self.ctx.rules,
+                deadline,
+                batch,
+            );
+            self.tasks.spawn(pass, Some(experiment));
+        }
+    }
+
+    /// Gives `job` back unstarted, in a task of its own: through the first delay queue, same
+    /// attempt; or, once it was handed back [`MAX_HAND_BACKS`] times in a row (the worker is
+    /// overloaded), as a transient failure that costs an attempt, so it cannot circulate for
+    /// ever.
+    fn give_back(&mut self, job: Job<Received>) {
+        let (settler, rules) = (self.settler.clone(), self.ctx.rules);
+        self.tasks.spawn(
+            async move {
+                let subject = Subject {
+                    experiment_id: Some(job.event.experiment_id()),
+                    run_id: job.event.run_id(),
+                };
+                if job.delivery.hand_backs < MAX_HAND_BACKS {
+                    return settler.hand_back(job.delivery, subject).await;
+                }
+                let failure = Failure::held_too_long(job.event.experiment_id(), MAX_HAND_BACKS);
+                let outcome = decide(Err(failure), job.delivery.attempt, rules);
+                settler.settle(job.delivery, outcome, subject).await;
+            },
+            None,
+        );
+    }
+
+    /// Lets the tasks in flight finish within the shutdown grace; the waiting deliveries are
+    /// dropped unacked, so the broker redelivers them.
+    async fn drain(self) {
+        drain(
+            &mut { self.tasks }.running,
+            self.ctx.shutdown_grace,
+            &self.ctx.health,
+        )
+        .await;
+    }
 }
 
 /// Lets the passes in flight finish within `grace`; aborts the rest (their deliveries stay
@@ -323,32 +439,6 @@ async fn drain(tasks: &mut JoinSet<()>, grace: Duration, health: &Health) {
 /// back (same attempt) rather than into a pass cut short on its account.
 fn too_late_to_start(received_at: Instant, now: Instant, deadline: Duration) -> bool {
     now + deadline / 2 > received_at + deadline
-}
-
-/// Gives `job` back unstarted, in a task of its own: through the first delay queue, same
-/// attempt; or, once it was handed back [`MAX_HAND_BACKS`] times in a row (the worker is
-/// overloaded), as a transient failure that costs an attempt, so it cannot circulate for ever.
-fn give_back(
-    tasks: &mut JoinSet<()>,
-    holding: &mut HashMap<Id, Option<String>>,
-    settler: &Arc<Settler>,
-    rules: RetryRules,
-    job: Job<Received>,
-) {
-    let settler = settler.clone();
-    let task = tasks.spawn(async move {
-        let subject = Subject {
-            experiment_id: Some(job.event.experiment_id()),
-            run_id: job.event.run_id(),
-        };
-        if job.delivery.hand_backs < MAX_HAND_BACKS {
-            return settler.hand_back(job.delivery, subject).await;
-        }
-        let failure = Failure::held_too_long(job.event.experiment_id(), MAX_HAND_BACKS);
-        let outcome = decide(Err(failure), job.delivery.attempt, rules);
-        settler.settle(job.delivery, outcome, subject).await;
-    });
-    holding.insert(task.id(), None);
 }
 
 /// How a pass ended.
@@ -387,13 +477,13 @@ async fn run_batch(
         match &ended {
             Ended::Finished(result) => {
                 settler
-                    .metrics
+                    .metrics()
                     .pass_finished(run_counts(result), jobs.len(), took)
             }
             Ended::Panicked(panic) => {
                 error!(panic = %panic, "the pass panicked: its events are retried after a delay");
                 settler
-                    .metrics
+                    .metrics()
                     .pass_interrupted("panicked", jobs.len(), took);
             }
             Ended::TimedOut => {
@@ -403,7 +493,7 @@ async fn run_batch(
                      are retried after a delay"
                 );
                 settler
-                    .metrics
+                    .metrics()
                     .pass_interrupted("timed_out", jobs.len(), took);
             }
         }
@@ -512,7 +602,7 @@ fn job_result(
 mod tests {
     use super::*;
     use crate::worker::outcome::Outcome;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Tasks that each finish after their delay, counting those that did.
     fn tasks(delays: &[u64], done: &Arc<AtomicUsize>) -> JoinSet<()> {

@@ -19,6 +19,7 @@ use crate::domain::ranking::rfc3339;
 use super::follow_up::{self, Claim, FollowUps};
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
+use crate::domain::backoff::{Backoff, Jitter};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
 use crate::domain::policy::PolicyOverrides;
 use crate::engine::{Engine, now_ms};
@@ -72,20 +73,31 @@ pub struct Subject<'a> {
 
 /// Settles deliveries on one broker connection.
 pub struct Settler {
-    pub broker: Arc<Broker>,
-    pub topology: Topology,
-    pub host: String,
+    broker: Arc<Broker>,
+    topology: Topology,
+    host: String,
     /// Re-publications that failed in a row, for the backoff before handing a delivery back.
-    pub failed_republications: AtomicU32,
+    failed_republications: AtomicU32,
     /// `broker.ack_deadline`: how long a copy may wait for RabbitMQ to unblock publishing.
-    pub ack_deadline: Duration,
+    ack_deadline: Duration,
     /// A copy to one of the worker's own queues was unroutable (the queue was deleted): the
     /// session ends, and the next one declares the topology again.
-    pub topology_gone: AtomicBool,
+    topology_gone: AtomicBool,
     /// Follow-up passes scheduled and not due yet; outlives the session.
+    follow_ups: Arc<Mutex<FollowUps>>,
+    metrics: Metrics,
+    /// Told when RabbitMQ refuses the user a copy, and when a copy goes through again.
+    health: Arc<Health>,
+}
+
+/// What a [`Settler`] is built from besides its connection.
+pub struct SettlerContext {
+    pub topology: Topology,
+    pub host: String,
+    /// `broker.ack_deadline`.
+    pub ack_deadline: Duration,
     pub follow_ups: Arc<Mutex<FollowUps>>,
     pub metrics: Metrics,
-    /// Told when RabbitMQ refuses the user a copy, and when a copy goes through again.
     pub health: Arc<Health>,
 }
 
@@ -103,20 +115,60 @@ pub enum FollowUpError {
 /// Time kept back from the ack deadline for a copy's confirm, the backoff and the nack.
 const SETTLE_MARGIN: Duration = Duration::from_secs(15);
 
-/// First wait before a delivery whose re-publication failed goes back to the queue.
-const FIRST_REQUEUE_DELAY: Duration = Duration::from_secs(1);
-/// Longest such wait; well under RabbitMQ's acknowledgement timeout.
-const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(10);
-
-/// The wait before handing back a delivery after the `failures`-th re-publication failure in a
-/// row (1-based): doubles from a second up to ten, so a broker that keeps refusing the
-/// copies is not hammered with redeliveries, each of which reruns a pass.
-fn requeue_delay(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (FIRST_REQUEUE_DELAY * 2u32.pow(doublings)).min(MAX_REQUEUE_DELAY)
-}
+/// The wait before a delivery whose re-publication failed goes back to the queue, by the
+/// failures in a row: doubles from a second up to ten (well under RabbitMQ's acknowledgement
+/// timeout), so a broker that keeps refusing the copies is not hammered with redeliveries, each
+/// of which reruns a pass.
+const REQUEUE: Backoff = Backoff::new(
+    Duration::from_secs(1),
+    Duration::from_secs(10),
+    Jitter::None,
+);
 
 impl Settler {
+    /// A settler publishing its copies on `broker`.
+    pub fn new(broker: Arc<Broker>, ctx: SettlerContext) -> Self {
+        let SettlerContext {
+            topology,
+            host,
+            ack_deadline,
+            follow_ups,
+            metrics,
+            health,
+        } = ctx;
+        Settler {
+            broker,
+            topology,
+            host,
+            failed_republications: AtomicU32::new(0),
+            ack_deadline,
+            topology_gone: AtomicBool::new(false),
+            follow_ups,
+            metrics,
+            health,
+        }
+    }
+
+    /// Whether copies can still go out: an error once the publishing connection closed or a
+    /// copy found one of the worker's own queues gone (the next session declares them again).
+    pub fn usable(&self) -> Result<(), BrokerError> {
+        // lapin reports an error only to a listener that existed when it happened.
+        if !self.broker.is_connected() {
+            return Err(BrokerError::Closed {
+                connection: "publishing",
+            });
+        }
+        if self.topology_gone.load(Ordering::Relaxed) {
+            return Err(BrokerError::TopologyGone);
+        }
+        Ok(())
+    }
+
+    /// What the worker counts.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Applies `outcome` to `received` and logs it. Errors are logged, never returned: a
     /// delivery that cannot be settled stays with the broker, which redelivers it.
     pub async fn settle(&self, received: Received, outcome: Outcome, subject: Subject<'_>) {
@@ -446,8 +498,8 @@ impl Settler {
             self.failed_republications.store(0, Ordering::Relaxed);
             return true;
         };
-        let failures = self.failed_republications.fetch_add(1, Ordering::Relaxed) + 1;
-        let wait = requeue_delay(failures);
+        let failures = self.failed_republications.fetch_add(1, Ordering::Relaxed);
+        let wait = REQUEUE.next(failures);
         error!(
             experiment_id = subject.experiment_id.unwrap_or(""),
             run_id = subject.run_id.unwrap_or(""),
@@ -580,8 +632,8 @@ mod tests {
 
     #[test]
     fn requeues_after_failed_republications_back_off_up_to_ten_seconds() {
-        let delays: Vec<u64> = [1, 2, 3, 4, 6, 7, 100]
-            .map(|n| requeue_delay(n).as_secs())
+        let delays: Vec<u64> = [0, 1, 2, 3, 5, 6, 99]
+            .map(|failures_before| REQUEUE.next(failures_before).as_secs())
             .to_vec();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10, 10]);
     }
