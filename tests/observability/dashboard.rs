@@ -22,6 +22,7 @@ use tokio::process::{Child, Command};
 
 use crate::scrape::settings;
 use crate::support::app::{self, TestApp};
+use crate::support::eventually::eventually_every;
 use crate::support::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::world::{Layout, World, keep, run_finished, sweep};
 
@@ -111,22 +112,21 @@ impl Prometheus {
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let ready = prometheus
-                .http
-                .get(format!("{}/-/ready", prometheus.base))
-                .send()
-                .await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return prometheus;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "Prometheus did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        eventually_every(
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            "Prometheus did not start",
+            async || {
+                let ready = prometheus
+                    .http
+                    .get(format!("{}/-/ready", prometheus.base))
+                    .send()
+                    .await;
+                ready.is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+        prometheus
     }
 
     async fn api(&self, path: &str, query: &[(&str, String)]) -> Value {
@@ -178,18 +178,16 @@ impl Prometheus {
 
     /// Waits until the target of `job` has been scraped successfully.
     async fn wait_scraped(&self, job: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = self.query(&format!("up{{job=\"{job}\"}} == 1")).await;
-            if !up.is_empty() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{job} never scraped"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        eventually_every(
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            &format!("{job} never scraped"),
+            async || {
+                let up = self.query(&format!("up{{job=\"{job}\"}} == 1")).await;
+                !up.is_empty()
+            },
+        )
+        .await;
     }
 }
 
@@ -341,34 +339,37 @@ async fn every_panel_draws_and_only_the_dead_letter_alert_fires_under_real_traff
         .await
         .expect("model-pruner report runs");
     assert!(report.status.success(), "{report:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while prometheus
-        .query("model_pruner_report_stored_bytes > 0")
-        .await
-        .is_empty()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the report's gauges were never scraped"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "the report's gauges were never scraped",
+        async || {
+            !prometheus
+                .query("model_pruner_report_stored_bytes > 0")
+                .await
+                .is_empty()
+        },
+    )
+    .await;
 
     // The dead-letter alert goes pending within a few evaluations; the others must not.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let alerts = loop {
-        let alerts = prometheus.active_alerts().await;
-        if alerts.iter().any(|(name, _)| name == EXPECTED_ALERT) {
-            // A few more evaluations with everything in.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            break prometheus.active_alerts().await;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{EXPECTED_ALERT} never went pending: {alerts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        &format!("{EXPECTED_ALERT} never went pending"),
+        async || {
+            let alerts = prometheus.active_alerts().await;
+            if alerts.iter().any(|(name, _)| name == EXPECTED_ALERT) {
+                Ok(())
+            } else {
+                Err(format!("{alerts:?}"))
+            }
+        },
+    )
+    .await;
+    // A few more evaluations with everything in.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alerts = prometheus.active_alerts().await;
     let names: BTreeSet<&str> = alerts.iter().map(|(name, _)| name.as_str()).collect();
     if names != BTreeSet::from([EXPECTED_ALERT]) {
         let mut counts = Vec::new();

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::scrape::{DEADLINE, Endpoint, settings};
 use crate::support::app::{TestApp, start_worker};
+use crate::support::eventually::eventually;
 use crate::support::management::Management;
 
 #[tokio::test]
@@ -68,15 +69,19 @@ async fn a_broker_address_that_never_speaks_amqp_is_given_up_and_tried_again() {
     let endpoint = Endpoint::at(worker.address);
     let worker = worker.task;
 
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while accepted.load(Ordering::SeqCst) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker hangs on its first connection ({} accepted)",
-            accepted.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        DEADLINE,
+        "the worker hangs on its first connection",
+        async || {
+            let n = accepted.load(Ordering::SeqCst);
+            if n >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} accepted"))
+            }
+        },
+    )
+    .await;
     let (status, body) = endpoint.get("/healthz").await.expect("/healthz answers");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, body) = endpoint.get("/readyz").await.expect("/readyz answers");

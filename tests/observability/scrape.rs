@@ -9,6 +9,7 @@ use std::time::Duration;
 use model_pruner::settings::Settings;
 
 use crate::support::app;
+use crate::support::eventually::eventually_every;
 
 /// Settings with unique names and a loopback port of the worker's own for `/metrics`;
 /// `MODEL_PRUNER__*` from the environment apply.
@@ -46,21 +47,17 @@ impl Endpoint {
 
     /// Polls `path` until `done` holds for its status and body; panics after [`DEADLINE`].
     pub async fn wait(&self, path: &str, what: &str, done: impl Fn(u16, &str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let mut last = None;
-        loop {
+        let mut last: Option<(u16, String)> = None;
+        eventually_every(DEADLINE, Duration::from_millis(20), what, async || {
             if let Some((status, body)) = self.get(path).await {
                 if done(status, &body) {
-                    return body;
+                    return Ok(body);
                 }
                 last = Some((status, body));
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{what}: not within {DEADLINE:?}; last answer of {path}: {last:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Err(format!("{path} answered {last:?}"))
+        })
+        .await
     }
 
     pub async fn metrics(&self) -> Samples {

@@ -10,6 +10,7 @@ use model_pruner::domain::policy::PolicyOverrides;
 use serde_json::Value;
 
 use crate::helpers::{TestApp, bodies, cli, header, outcome, run_cli, same_queues, settings};
+use crate::support::eventually::eventually;
 use crate::support::world::{Layout, World};
 
 fn letter(experiment: &str, run: usize) -> String {
@@ -120,11 +121,10 @@ async fn an_interrupted_replay_loses_nothing() {
     child.wait().await.unwrap();
 
     // The broker requeues what the killed connection held; wait for every message to be back.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app.queue_len(dlq).await + app.queue_len(work).await < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "messages lost");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(20), "messages lost", async || {
+        app.queue_len(dlq).await + app.queue_len(work).await >= 10
+    })
+    .await;
     let left = run_ids(&bodies(&app.drain(dlq).await));
     let moved = run_ids(&bodies(&app.drain(work).await));
     assert!(

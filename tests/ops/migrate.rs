@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use model_pruner::broker::{BINDINGS, Broker, Topology, headers};
 
 use crate::helpers::{TestApp, cli, outcome, run_cli, settings};
+use crate::support::eventually::eventually;
 use crate::support::management::Management;
 use crate::support::pika::{self, RawMessage};
 
@@ -278,11 +279,10 @@ async fn an_unbounded_dead_letter_queue_is_migrated_and_each_letter_says_what_it
             expiration: Some("1"),
         },
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while broker.ready_messages(&t.dead_letter_queue).await.unwrap() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "letter not expired");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(20), "letter not expired", async || {
+        broker.ready_messages(&t.dead_letter_queue).await.unwrap() >= 2
+    })
+    .await;
 
     let (code, stdout, stderr) = outcome(&run_cli(&s, &["migrate-queues"]).await);
     assert_eq!(code, 0, "{stdout}{stderr}");

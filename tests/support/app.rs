@@ -15,6 +15,8 @@ use model_pruner::settings::Settings;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::eventually::{eventually, eventually_every};
+
 /// Settings with unique broker names `<prefix>-<random>`, one retry delay of `retry_delay`, a
 /// single in-process attempt, short timeouts and a free metrics port (`127.0.0.1:0`), so
 /// parallel tests share nothing; `MODEL_PRUNER__*` from the environment apply.
@@ -256,39 +258,42 @@ impl TestApp {
 
     /// Waits until `queue` holds `n` ready messages.
     pub async fn wait_len(&self, queue: &str, n: u32, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let len = self.queue_len(queue).await;
-            if len == n {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{queue} holds {len} messages, not {n}, after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            timeout,
+            &format!("{queue} does not hold {n} messages"),
+            async || {
+                let len = self.queue_len(queue).await;
+                if len == n {
+                    Ok(())
+                } else {
+                    Err(format!("{queue} holds {len}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Waits until `queue` has `n` consumers.
     pub async fn wait_consumers(&self, queue: &str, n: u32, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let (_, consumers) = self
-                .broker
-                .lookup(queue)
-                .await
-                .expect("passive queue.declare")
-                .unwrap_or_else(|| panic!("{queue} does not exist"));
-            if consumers == n {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{queue} has {consumers} consumers, not {n}, after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_every(
+            timeout,
+            Duration::from_millis(20),
+            &format!("{queue} does not have {n} consumers"),
+            async || {
+                let (_, consumers) = self
+                    .broker
+                    .lookup(queue)
+                    .await
+                    .expect("passive queue.declare")
+                    .unwrap_or_else(|| panic!("{queue} does not exist"));
+                if consumers == n {
+                    Ok(())
+                } else {
+                    Err(format!("{queue} has {consumers}"))
+                }
+            },
+        )
+        .await;
     }
 
     /// Stops the workers, asserting they stop cleanly within 30 s, then cleans up.

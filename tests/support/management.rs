@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::support::eventually::eventually_every;
+
 pub struct Management {
     http: reqwest::Client,
     base: url::Url,
@@ -80,18 +82,18 @@ impl Management {
     /// after its next statistics tick, ~5 s); `None` if the API does not answer, failing if
     /// none is listed within `timeout`.
     pub async fn wait_connections(&self, needle: &str, timeout: Duration) -> Option<Vec<String>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let names = self.connections(needle).await?;
-            if !names.is_empty() {
-                return Some(names);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "connection {needle:?} not listed"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        eventually_every(
+            timeout,
+            Duration::from_millis(250),
+            &format!("connection {needle:?} not listed"),
+            async || match self.connections(needle).await {
+                // The API does not answer: no use waiting.
+                None => Some(None),
+                Some(names) if names.is_empty() => None,
+                names => Some(names),
+            },
+        )
+        .await
     }
 
     /// Has the broker close connection `name`, giving `reason`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use model_pruner::settings::Settings;
 
 use crate::helpers::{TestApp, prune, settings, wait_drained};
+use crate::support::eventually::eventually_every;
 use crate::support::proxy::{Action, DELETE_OBJECTS, Proxy};
 use crate::support::world::{Layout, World};
 
@@ -82,14 +83,13 @@ async fn a_prune_cut_by_sigkill_is_redelivered_and_completed_by_the_next_worker(
     let mut worker = spawn_worker(&s, &proxy.url());
     app.publish("experiment.prune", &prune(&exp, 2, true)).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while proxy.count(DELETE_OBJECTS) < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the prune did not start deleting"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        "the prune did not start deleting",
+        async || proxy.count(DELETE_OBJECTS) >= 3,
+    )
+    .await;
     worker.kill().expect("SIGKILL the worker");
     worker.wait().expect("reap the worker");
 

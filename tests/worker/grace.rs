@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::helpers::{TestApp, counted, run_finished, settings, wait_drained};
+use crate::support::eventually::{eventually, eventually_every};
 use crate::support::mlflow_fixtures::{ExperimentFixture, RunSpec, now_ms};
 use crate::support::world::{Layout, METRIC, ModelRun, World};
 
@@ -67,14 +68,13 @@ async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_end
         .await;
 
     // The first pass prunes the old loser and leaves the two fresh ones in their window.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !world.marked(&poor).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the old loser was not pruned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        "the old loser was not pruned",
+        async || world.marked(&poor).await,
+    )
+    .await;
     assert!(
         now_ms() < now + GRACE_MS,
         "the first pass came after the window; nothing left to check"
@@ -91,14 +91,13 @@ async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_end
         .unwrap();
 
     // No further event: the follow-up prunes the other once its window has ended.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !world.marked(&fresh).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run in grace was never pruned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "the run in grace was never pruned",
+        async || world.marked(&fresh).await,
+    )
+    .await;
     assert_eq!(world.objects(&fresh).await, 0);
     let tags = world.mlflow.run_tags(&fresh.run.run_id).await.unwrap();
     let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
@@ -171,14 +170,13 @@ async fn a_window_longer_than_every_delay_is_waited_out_in_legs_without_passes()
     let app = TestApp::spawn(settings()).await;
     app.publish("run.finished", &run_finished(&exp, &fresh, 1))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !world.marked(&fresh).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run in grace was never pruned"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "the run in grace was never pruned",
+        async || world.marked(&fresh).await,
+    )
+    .await;
     let tags = world.mlflow.run_tags(&fresh.run.run_id).await.unwrap();
     let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
     let after_end = (deleted_at.unix_timestamp_nanos() / 1_000_000) as i64 - now;
@@ -215,14 +213,13 @@ async fn a_run_too_recent_for_older_than_is_pruned_by_a_follow_up_once_it_comes_
     let app = TestApp::spawn(settings()).await;
     app.publish("run.finished", &run_finished(&exp, &young, 1))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !world.marked(&young).await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the run held back by older_than was never revisited"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        "the run held back by older_than was never revisited",
+        async || world.marked(&young).await,
+    )
+    .await;
     let tags = world.mlflow.run_tags(&young.run.run_id).await.unwrap();
     let deleted_at = OffsetDateTime::parse(&tags["model_pruner.deleted_at"], &Rfc3339).unwrap();
     let after_end = (deleted_at.unix_timestamp_nanos() / 1_000_000) as i64 - now;
@@ -247,21 +244,22 @@ async fn legs(app: &TestApp) -> u32 {
 
 /// Waits until the delay queues hold exactly one leg in several samples in a row.
 async fn one_chain_left(app: &TestApp, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut in_a_row = 0;
-    while in_a_row < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} follow-up legs in flight, not one",
-            legs(app).await
-        );
-        in_a_row = if legs(app).await == 1 {
-            in_a_row + 1
-        } else {
-            0
-        };
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    eventually_every(
+        timeout,
+        Duration::from_millis(300),
+        "not one follow-up leg in flight",
+        async || {
+            let n = legs(app).await;
+            in_a_row = if n == 1 { in_a_row + 1 } else { 0 };
+            if in_a_row >= 5 {
+                Ok(())
+            } else {
+                Err(format!("{n} follow-up legs in flight"))
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -280,11 +278,10 @@ async fn follow_ups_collapse_to_one_chain_across_replicas_and_restarts() {
     first
         .publish("run.finished", &run_finished(&exp, &fresh, 1))
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while follow_ups_scheduled(&first) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no follow-up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "no follow-up", async || {
+        follow_ups_scheduled(&first) >= 1.0
+    })
+    .await;
     first.stop(Duration::from_secs(30)).await.unwrap();
     let tags = world.mlflow.get_experiment(&exp.id).await.unwrap();
     let claim = tags["experiment"]["tags"]
@@ -307,11 +304,10 @@ async fn follow_ups_collapse_to_one_chain_across_replicas_and_restarts() {
         .publish("run.finished", &run_finished(&exp, &fresh, 1))
         .await;
     let passes = ("outcome", "ok");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while counted(&second, "model_pruner_passes_total", Some(passes)) < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "no pass");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(Duration::from_secs(30), "no pass", async || {
+        counted(&second, "model_pruner_passes_total", Some(passes)) >= 1.0
+    })
+    .await;
     assert_eq!(follow_ups_scheduled(&second), 0.0);
     one_chain_left(&second, Duration::from_secs(20)).await;
 
@@ -333,19 +329,18 @@ async fn follow_ups_collapse_to_one_chain_across_replicas_and_restarts() {
         .await
         .unwrap();
     let superseded = ("outcome", "superseded");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counted(
-        &second,
-        "model_pruner_messages_finished_total",
-        Some(superseded),
-    ) < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the duplicate chain was not stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the duplicate chain was not stopped",
+        async || {
+            counted(
+                &second,
+                "model_pruner_messages_finished_total",
+                Some(superseded),
+            ) >= 1.0
+        },
+    )
+    .await;
     one_chain_left(&second, Duration::from_secs(20)).await;
     let tags = world.mlflow.get_experiment(&exp.id).await.unwrap();
     assert!(

@@ -7,6 +7,7 @@ use model_pruner::domain::event::{Event, ExperimentPrune};
 use model_pruner::settings::Settings;
 
 pub use crate::support::app::{TestApp, attempts, header};
+use crate::support::eventually::eventually_every;
 use crate::support::management::Management;
 use crate::support::mlflow_fixtures::ExperimentFixture;
 use crate::support::world::{keep, sweep};
@@ -46,24 +47,23 @@ const STATS_INTERVAL: Duration = Duration::from_secs(6);
 pub async fn wait_drained(app: &TestApp, timeout: Duration) {
     let management = Management::from_env();
     let work = app.topology.work_queue.clone();
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut empty_since = None;
-    loop {
-        let now = tokio::time::Instant::now();
-        assert!(
-            now < deadline,
-            "work queue {work} not drained in {timeout:?}"
-        );
-        if app.queue_len(&work).await > 0 {
-            empty_since = None;
-        } else {
-            let since = *empty_since.get_or_insert(now);
-            if now - since >= STATS_INTERVAL && management.queue_messages(&work).await == Some(0) {
-                return;
+    eventually_every(
+        timeout,
+        Duration::from_millis(250),
+        &format!("work queue {work} not drained"),
+        async || {
+            let now = tokio::time::Instant::now();
+            if app.queue_len(&work).await > 0 {
+                empty_since = None;
+                false
+            } else {
+                let since = *empty_since.get_or_insert(now);
+                now - since >= STATS_INTERVAL && management.queue_messages(&work).await == Some(0)
             }
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        },
+    )
+    .await;
 }
 
 /// The sum of the series of counter `name` of the app's worker that carry `label`, if given.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use model_pruner::settings::Settings;
 
 use crate::helpers::{TestApp, attempts, counted, header, settings};
+use crate::support::eventually::eventually;
 use crate::support::management::Management;
 use crate::support::mlflow_fixtures::{RunSpec, now_ms};
 use crate::support::world::{Layout, METRIC, World, keep, run_finished};
@@ -102,14 +103,12 @@ async fn a_worker_with_exactly_the_documented_permissions_dead_letters_retries_a
     app.start(s);
     let event = run_finished(&exp, &fresh, keep(1)).to_body();
     app.publish("run.finished", &event).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while counted(&app, "model_pruner_follow_ups_scheduled_total", None) < 1.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no follow-up scheduled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        "no follow-up scheduled",
+        async || counted(&app, "model_pruner_follow_ups_scheduled_total", None) >= 1.0,
+    )
+    .await;
     let readyz = format!("http://{}/readyz", app.address());
     let body = reqwest::get(&readyz).await.unwrap().text().await.unwrap();
     assert!(body.contains("broker: ok"), "{body}");

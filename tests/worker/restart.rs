@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, run_finished, same_queues, settings};
 use crate::support::app::start_worker;
+use crate::support::eventually::eventually_every;
 use crate::support::world::{Layout, World};
 
 /// The Debian package's scripts; `/usr/sbin`'s wrappers `su` to the rabbitmq user when run
@@ -113,22 +114,23 @@ async fn ready(settings: &Settings, queue: &str) -> u32 {
 /// Waits until `queue` has had no ready messages for 3 s (redeliveries and retries from the
 /// delay queue come back within that).
 async fn wait_empty(settings: &Settings, queue: &str, timeout: Duration) {
-    let deadline = tokio::time::Instant::now() + timeout;
     let mut empty_since = None;
-    loop {
-        let now = tokio::time::Instant::now();
-        let len = ready(settings, queue).await;
-        if len > 0 {
-            empty_since = None;
-        } else if now - *empty_since.get_or_insert(now) >= Duration::from_secs(3) {
-            return;
-        }
-        assert!(
-            now < deadline,
-            "{queue} still holds {len} messages after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually_every(
+        timeout,
+        Duration::from_millis(250),
+        &format!("{queue} still holds messages"),
+        async || {
+            let now = tokio::time::Instant::now();
+            let len = ready(settings, queue).await;
+            if len > 0 {
+                empty_since = None;
+            } else if now - *empty_since.get_or_insert(now) >= Duration::from_secs(3) {
+                return Ok(());
+            }
+            Err(format!("{len} messages"))
+        },
+    )
+    .await;
 }
 
 /// A single RabbitMQ node of the test's own: random name, free ports on 127.0.0.1, no plugins,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{TestApp, attempts, counted, header, settings};
 use crate::support::app::start_worker;
+use crate::support::eventually::eventually;
 use crate::support::proxy::{Action, Proxy};
 
 #[tokio::test]
@@ -204,19 +205,18 @@ async fn a_full_dead_letter_queue_holds_letters_back_in_the_work_queue_and_count
     app.publish("run.finished", b"{first").await;
     app.wait_len(dlq, 1, Duration::from_secs(10)).await;
     app.publish("run.finished", b"{second").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while counted(
-        &app,
-        "model_pruner_copies_refused_total",
-        Some(("queue", "dead_letter")),
-    ) < 1.0
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the refused dead letter was not counted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(20),
+        "the refused dead letter was not counted",
+        async || {
+            counted(
+                &app,
+                "model_pruner_copies_refused_total",
+                Some(("queue", "dead_letter")),
+            ) >= 1.0
+        },
+    )
+    .await;
     assert_eq!(app.queue_len(dlq).await, 1, "the bound holds");
 
     // Room again: the held message arrives, nothing was dropped.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::helpers::{TestApp, settings};
+use crate::support::eventually::{eventually, eventually_every};
 
 /// An "MLflow" that accepts connections and never answers; returns its URL and accept count.
 async fn silent_server() -> (String, Arc<AtomicUsize>) {
@@ -54,11 +55,13 @@ async fn shutdown_after_the_grace_period_leaves_unprocessed_messages_in_the_queu
         app.publish("experiment.prune", body.as_bytes()).await;
     }
     // Wait until the first pass hangs on "MLflow".
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while accepted.load(Ordering::SeqCst) == checked {
-        assert!(tokio::time::Instant::now() < deadline, "no pass started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        "no pass started",
+        async || accepted.load(Ordering::SeqCst) != checked,
+    )
+    .await;
 
     let started = tokio::time::Instant::now();
     app.stop(Duration::from_secs(10))
@@ -74,18 +77,19 @@ async fn shutdown_after_the_grace_period_leaves_unprocessed_messages_in_the_queu
         "did not wait past the grace period: {took:?}"
     );
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let n = app.queue_len(&work).await;
-        if n == 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} messages back in the queue, not 3"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(5),
+        "not 3 messages back in the queue",
+        async || {
+            let n = app.queue_len(&work).await;
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} messages back in the queue"))
+            }
+        },
+    )
+    .await;
     let dlq = app.topology.dead_letter_queue.clone();
     assert_eq!(app.queue_len(&dlq).await, 0);
     app.cleanup().await;

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, settings};
 use crate::support::app::start_worker;
+use crate::support::eventually::eventually_every;
 use crate::support::management::Management;
 
 #[tokio::test]
@@ -60,18 +61,16 @@ async fn worker_stops_with_an_error_when_the_broker_refuses_the_topology() {
 
 /// `queue` from the management API, which lists a queue a moment after it is declared.
 async fn listed(management: &Management, queue: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(q) = management.queue(queue).await {
-            return q;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+    eventually_every(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        &format!(
             "{queue} is not listed by the management API at {}",
             management.base()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        ),
+        async || management.queue(queue).await,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -135,18 +134,20 @@ async fn an_expired_delay_is_kept_while_the_work_queue_cannot_take_it() {
     // The delay expires while nothing can take the message: RabbitMQ's default strategy
     // drops it; at least once, the queue keeps it until the work queue confirms a copy.
     tokio::time::sleep(delay.delay + Duration::from_secs(1)).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let q = management.queue(&delay.name).await.expect("listed");
-        let (messages, dlx) = (q["messages"].as_u64(), q["messages_dlx"].as_u64());
-        if messages == Some(1) && dlx == Some(1) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the expired message is not held for dead-lettering: {q}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually_every(
+        Duration::from_secs(20),
+        Duration::from_millis(500),
+        "the expired message is not held for dead-lettering",
+        async || {
+            let q = management.queue(&delay.name).await.expect("listed");
+            let (messages, dlx) = (q["messages"].as_u64(), q["messages_dlx"].as_u64());
+            if messages == Some(1) && dlx == Some(1) {
+                Ok(())
+            } else {
+                Err(q.to_string())
+            }
+        },
+    )
+    .await;
     app.cleanup().await;
 }
