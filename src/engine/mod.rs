@@ -11,8 +11,9 @@
 //!   and retire the experiment when asked).
 //! - `plan.rs`: the plan step, pure: policy, foreign runs, ranking, every folder resolved, the
 //!   safety valve and what keeps an experiment from being retired.
-//! - `confirm.rs`, `guard.rs`: the last look before files go: the planned runs read again and
-//!   the registry versions pointing at them looked up (I/O), and what still stands (pure).
+//! - `last_look/`: the last look before files go: the planned runs read again and the registry
+//!   versions pointing at them looked up (`mod.rs`, I/O), and the [`Verdict`] on each planned
+//!   deletion (`rules.rs`, pure).
 //! - `prune.rs`: the deletion pipeline: list folders, delete keys in batches, mark runs.
 //! - `walk.rs`, `batch.rs`: its pure parts: which keys each listing takes, how keys of several
 //!   runs are packed into batches and when a run's files are all gone.
@@ -22,10 +23,9 @@
 
 mod batch;
 mod check;
-mod confirm;
 mod error;
-mod guard;
 pub mod inventory;
+mod last_look;
 mod plan;
 mod prune;
 mod report;
@@ -52,8 +52,8 @@ use crate::mlflow::{
 };
 use crate::settings::Settings;
 use crate::store::ObjectStore;
-use confirm::{Depth, Planned};
 use inventory::InventoryOptions;
+use last_look::{Depth, Planned};
 
 /// What kind of pass to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,7 +211,7 @@ impl Engine {
                 overrides: &req.policy,
                 policy: &policy,
             };
-            let verdicts = self.confirm(&first, &all, &HashMap::new(), depth).await?;
+            let verdicts = self.last_look(&first, &all, &HashMap::new(), depth).await?;
             plan.withdraw(verdicts);
             valve(&plan)?;
         }
@@ -439,24 +439,24 @@ impl Engine {
             .map(|r| r.run.run_id.as_str())
             .collect();
         let mut blockers = Vec::new();
-        let mut patterns = match guard::folder_patterns(&experiment.artifact_location, &self.rules)
-        {
-            Some(patterns) => patterns,
-            None => {
-                blockers.push(format!(
-                    "artifact location {} (cannot be matched against registry sources)",
-                    experiment.artifact_location
-                ));
-                Default::default()
-            }
-        };
+        let mut patterns =
+            match last_look::folder_patterns(&experiment.artifact_location, &self.rules) {
+                Some(patterns) => patterns,
+                None => {
+                    blockers.push(format!(
+                        "artifact location {} (cannot be matched against registry sources)",
+                        experiment.artifact_location
+                    ));
+                    Default::default()
+                }
+            };
         patterns.extend(
             logged_models
                 .iter()
                 .map(|m| format!("models:/{}%", m.model_id)),
         );
         let mut searches: Vec<VersionFilter> = ids
-            .chunks(confirm::RUN_IDS_PER_VERSION_SEARCH)
+            .chunks(last_look::RUN_IDS_PER_VERSION_SEARCH)
             .map(VersionFilter::RunIds)
             .collect();
         searches.extend(patterns.iter().map(|p| VersionFilter::SourceLike(p)));

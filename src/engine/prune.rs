@@ -16,14 +16,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::StreamExt as _;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::info;
 
 use super::batch::{Batcher, DeleteBatch};
-use super::confirm::{Depth, Planned};
+use super::last_look::{Depth, Planned, Settled, Verdict, Verdicts};
 use super::walk::{self, ListingWalk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun, UnmarkedRun};
 use crate::domain::marks::{
@@ -39,8 +40,8 @@ enum Look {
     Pending,
     /// Waiting for, or in, a look.
     Asked,
-    Confirmed,
-    Withdrawn,
+    /// Looked at: the verdict, as later looks weigh it.
+    Done(Settled),
 }
 
 /// Whether the start of a run's deletion is recorded in MLflow (tag `model_pruner.deleting`).
@@ -71,26 +72,47 @@ pub(super) struct Pruned {
     pub unmarked: Vec<UnmarkedRun>,
 }
 
-impl Engine {
-    /// Deletes every file of the planned runs, then marks each run and its logged models.
-    /// Before the first key of a run is sent (or the run is marked, if it has none), the run
-    /// gets a last look ([`Engine::confirm`]): a run found protected, unfinished or sharing a
-    /// model with a run that stays keeps every file; then the start of its deletion is recorded.
-    /// A mark MLflow refuses (a 4xx) is that run's problem: reported in
-    /// [`Pruned::unmarked`], the other runs go on. On any other error the pass stops; runs
-    /// already marked stay marked, and runs already started are completed by the next pass.
-    pub(super) async fn prune(&self, plan: &Planned<'_>) -> Result<Pruned, PruneError> {
-        let (experiment_id, planned) = (plan.experiment_id, plan.runs);
-        let width = self.parallel_deletions.max(1);
-        let mut batcher = Batcher::new(
-            self.store.batch_size(),
-            planned.iter().map(|p| p.locations.len()),
-        );
-        let folders = planned
-            .iter()
-            .enumerate()
-            .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
-        let mut walks: VecDeque<ListingWalk> = walk::plan(folders, width).into();
+/// A request of the pipeline on its way, boxed so that each stage's are held in one set.
+type Request<'p, T> = BoxFuture<'p, T>;
+
+/// The pipeline's requests in flight, by stage.
+struct InFlight<'p> {
+    lists: FuturesUnordered<Request<'p, Result<(ListingWalk, Page), PruneError>>>,
+    looks: FuturesUnordered<Request<'p, Result<Verdicts, PruneError>>>,
+    records: FuturesUnordered<Request<'p, (usize, Result<(), PruneError>)>>,
+    deletes: FuturesUnordered<Request<'p, Result<DeleteBatch, PruneError>>>,
+    marks: FuturesUnordered<Request<'p, (usize, Result<PrunedRun, PruneError>)>>,
+}
+
+impl InFlight<'_> {
+    fn new() -> Self {
+        InFlight {
+            lists: FuturesUnordered::new(),
+            looks: FuturesUnordered::new(),
+            records: FuturesUnordered::new(),
+            deletes: FuturesUnordered::new(),
+            marks: FuturesUnordered::new(),
+        }
+    }
+}
+
+/// How the planned runs are tied by the logged models they share.
+struct Links<'p> {
+    /// Each run's place in the plan, by id.
+    index: HashMap<&'p str, usize>,
+    /// The runs that carry a model a run shares (name it among their sharers).
+    carriers_of: HashMap<&'p str, Vec<usize>>,
+    /// The other runs of the pass that output a logged model a run carries (plans it): the
+    /// shared model's keys go only once every such run is recorded as being deleted, so that
+    /// none of them can look whole while the model is partly gone. Only that way: a sharer's
+    /// batch holds its own files, not the shared model's, and must never record the carrier,
+    /// which a look may keep (a deletion record on a kept run would have the next pass resume
+    /// it, unranked).
+    linked: Vec<Vec<usize>>,
+}
+
+impl<'p> Links<'p> {
+    fn new(planned: &'p [PlannedDeletion]) -> Self {
         let index: HashMap<&str, usize> = planned
             .iter()
             .enumerate()
@@ -102,13 +124,7 @@ impl Engine {
                 carriers_of.entry(other.as_str()).or_default().push(at);
             }
         }
-        // The other runs of the pass that output a logged model a run carries (plans it): the
-        // shared model's keys go only once every such run is recorded as being deleted, so
-        // that none of them can look whole while the model is partly gone. Only that way: a
-        // sharer's batch holds its own files, not the shared model's, and must never record
-        // the carrier, which a look may keep (a deletion record on a kept run would have the
-        // next pass resume it, unranked).
-        let linked: Vec<Vec<usize>> = planned
+        let linked = planned
             .iter()
             .map(|p| {
                 p.shared_with
@@ -118,9 +134,63 @@ impl Engine {
                     .collect()
             })
             .collect();
-        let with_linked = |run: usize| std::iter::once(run).chain(linked[run].iter().copied());
-        let mut looks = vec![Look::Pending; planned.len()];
-        let mut intents: Vec<Intent> = planned
+        Links {
+            index,
+            carriers_of,
+            linked,
+        }
+    }
+
+    /// `run` and the runs linked to it.
+    fn with_linked(&self, run: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::once(run).chain(self.linked[run].iter().copied())
+    }
+}
+
+/// The deletion pipeline between two answers: where each planned run stands, and the work
+/// queued at each stage (listing, last look, recording, deleting, marking). [`Pipeline::start`]
+/// sends what may go; each other method takes one kind of answer.
+struct Pipeline<'p> {
+    engine: &'p Engine,
+    plan: &'p Planned<'p>,
+    /// Requests in flight per stage.
+    width: usize,
+    links: Links<'p>,
+    batcher: Batcher,
+    walks: VecDeque<ListingWalk>,
+    looks: Vec<Look>,
+    /// Runs asked for a look and not in one yet.
+    asked: Vec<usize>,
+    intents: Vec<Intent>,
+    to_record: VecDeque<usize>,
+    /// Batches waiting for their runs' looks.
+    held: Vec<DeleteBatch>,
+    /// Batches whose runs all stand, in the order they go.
+    batches: VecDeque<DeleteBatch>,
+    /// Runs whose files are all gone (or that had none), waiting for their look.
+    unconfirmed_marks: Vec<(usize, Usage)>,
+    to_mark: VecDeque<(usize, Usage)>,
+    /// Runs whose folders held no file.
+    empty: Vec<usize>,
+    pruned: Vec<(usize, PrunedRun)>,
+    withdrawn: Vec<(String, Decision)>,
+    unmarked: Vec<UnmarkedRun>,
+}
+
+impl<'p> Pipeline<'p> {
+    fn new(engine: &'p Engine, plan: &'p Planned<'p>) -> Self {
+        let planned = plan.runs;
+        let width = engine.parallel_deletions.max(1);
+        let mut batcher = Batcher::new(
+            engine.store.batch_size(),
+            planned.iter().map(|p| p.locations.len()),
+        );
+        let folders = planned
+            .iter()
+            .enumerate()
+            .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
+        let walks = walk::plan(folders, width).into();
+        let intents = planned
             .iter()
             .map(|p| {
                 if p.resume {
@@ -130,222 +200,322 @@ impl Engine {
                 }
             })
             .collect();
-        let mut recording = FuturesUnordered::new();
-        let mut to_record: VecDeque<usize> = VecDeque::new();
-        let mut empty: Vec<usize> = Vec::new();
-        // Runs with a batch sent (answered or not): their files may be partly gone.
-        let sent: Vec<AtomicBool> = (0..planned.len()).map(|_| AtomicBool::new(false)).collect();
-        let mut unmarked: Vec<UnmarkedRun> = Vec::new();
-        let mut asked: Vec<usize> = Vec::new();
-        let mut confirming = FuturesUnordered::new();
-        let mut held: Vec<DeleteBatch> = Vec::new();
-        let mut lists = FuturesUnordered::new();
-        let mut batches: VecDeque<DeleteBatch> = VecDeque::new();
-        let mut deletes = FuturesUnordered::new();
-        let mut unconfirmed_marks: Vec<(usize, Usage)> = batcher.complete_without_folders();
-        let mut to_mark: VecDeque<(usize, Usage)> = VecDeque::new();
-        let mut marks = FuturesUnordered::new();
-        let mut pruned: Vec<(usize, PrunedRun)> = Vec::with_capacity(planned.len());
-        let mut withdrawn: Vec<(String, Decision)> = Vec::new();
-        // Asks for a look at `run` and at every run of the pass linked to it through shared
-        // models, transitively, so that a chain of sharers is looked at together.
-        let ask = |run: usize, looks: &mut [Look], asked: &mut Vec<usize>| {
-            let mut next = vec![run];
-            while let Some(at) = next.pop() {
-                if looks[at] != Look::Pending {
-                    continue;
-                }
-                looks[at] = Look::Asked;
-                asked.push(at);
-                let sharers = planned[at].shared_with.values().flatten();
-                next.extend(sharers.filter_map(|id| index.get(id.as_str()).copied()));
-                // And the carriers that name this run as a sharer.
-                next.extend(
-                    carriers_of
-                        .get(planned[at].run_id.as_str())
-                        .into_iter()
-                        .flatten(),
-                );
-            }
+        let unconfirmed_marks = batcher.complete_without_folders();
+        let mut pipeline = Pipeline {
+            engine,
+            plan,
+            width,
+            links: Links::new(planned),
+            batcher,
+            walks,
+            looks: vec![Look::Pending; planned.len()],
+            asked: Vec::new(),
+            intents,
+            to_record: VecDeque::new(),
+            held: Vec::new(),
+            batches: VecDeque::new(),
+            unconfirmed_marks: Vec::new(),
+            to_mark: VecDeque::new(),
+            empty: Vec::new(),
+            pruned: Vec::with_capacity(planned.len()),
+            withdrawn: Vec::new(),
+            unmarked: Vec::new(),
         };
         for &(run, _) in &unconfirmed_marks {
-            ask(run, &mut looks, &mut asked);
+            pipeline.ask(run);
         }
-        // Every failure of the pass goes through here.
-        macro_rules! fail {
-            ($error:expr) => {{
-                let error = $error;
-                // Recordings in flight land (or not) before the unsent ones are taken back.
-                while let Some((run, recorded)) = recording.next().await {
+        pipeline.unconfirmed_marks = unconfirmed_marks;
+        pipeline
+    }
+
+    /// Asks for a look at `run` and at every run of the pass linked to it through shared
+    /// models, transitively, so that a chain of sharers is looked at together.
+    fn ask(&mut self, run: usize) {
+        let planned = self.plan.runs;
+        let mut next = vec![run];
+        while let Some(at) = next.pop() {
+            if self.looks[at] != Look::Pending {
+                continue;
+            }
+            self.looks[at] = Look::Asked;
+            self.asked.push(at);
+            let sharers = planned[at].shared_with.values().flatten();
+            next.extend(sharers.filter_map(|id| self.links.index.get(id.as_str()).copied()));
+            // And the carriers that name this run as a sharer.
+            next.extend(
+                self.links
+                    .carriers_of
+                    .get(planned[at].run_id.as_str())
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+    }
+
+    fn stands(&self, run: usize) -> bool {
+        self.looks[run] == Look::Done(Settled::Stands)
+    }
+
+    /// Sends every request that may go now, up to `width` per stage: listings while few
+    /// batches wait, looks, recordings of the runs whose batches are next, the batches whose
+    /// runs are all recorded, and marks.
+    fn start(&mut self, sent: &'p [AtomicBool], flight: &mut InFlight<'p>) {
+        let (engine, plan, width) = (self.engine, self.plan, self.width);
+        let (experiment_id, planned) = (plan.experiment_id, plan.runs);
+        while flight.lists.len() < width
+            && self.batches.len() + self.held.len() < width
+            && let Some(walk) = self.walks.pop_front()
+        {
+            flight
+                .lists
+                .push(engine.list_page(experiment_id, planned, walk).boxed());
+        }
+        let listed = self.walks.is_empty() && flight.lists.is_empty();
+        if listed {
+            // Nothing more will be listed: send the partly filled batches too.
+            for batch in self.batcher.flush() {
+                batch.runs().for_each(|run| self.ask(run));
+                self.held.push(batch);
+            }
+        }
+        let idle = flight.deletes.is_empty() && self.batches.is_empty();
+        while flight.looks.len() < LOOKS_IN_FLIGHT
+            && !self.asked.is_empty()
+            && (self.asked.len() >= LOOK_GROUP || idle || listed)
+        {
+            let group = std::mem::take(&mut self.asked);
+            let settled: HashMap<&str, Settled> = self
+                .looks
+                .iter()
+                .enumerate()
+                .filter_map(|(at, look)| match look {
+                    Look::Done(settled) => Some((planned[at].run_id.as_str(), *settled)),
+                    Look::Pending | Look::Asked => None,
+                })
+                .collect();
+            let look = async move { engine.last_look(plan, &group, &settled, Depth::Full).await };
+            flight.looks.push(look.boxed());
+        }
+        // Batches whose runs all stand wait to be sent; marks likewise.
+        let (ready, waiting): (Vec<DeleteBatch>, Vec<DeleteBatch>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|batch| batch.runs().all(|run| self.stands(run)));
+        self.batches.extend(ready);
+        self.held = waiting;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unconfirmed_marks)
+            .into_iter()
+            .partition(|(run, _)| self.stands(*run));
+        self.to_mark.extend(ready);
+        self.unconfirmed_marks = waiting;
+
+        // The batches next in line have the start of their runs' deletion recorded, and go
+        // once it is: a run is recorded just before its first key goes, not earlier.
+        let next = self.batches.iter().take(width).flat_map(DeleteBatch::runs);
+        for run in next.flat_map(|run| self.links.with_linked(run)) {
+            if self.intents[run] == Intent::Unrecorded {
+                self.intents[run] = Intent::Recording;
+                self.to_record.push_back(run);
+            }
+        }
+        while flight.records.len() < width
+            && let Some(run) = self.to_record.pop_front()
+        {
+            let record = engine.record_start(experiment_id, run, &planned[run]);
+            flight.records.push(record.boxed());
+        }
+        while flight.deletes.len() < width
+            && self.batches.front().is_some_and(|b| {
+                b.runs()
+                    .flat_map(|run| self.links.with_linked(run))
+                    .all(|run| self.intents[run] == Intent::Recorded)
+            })
+            && let Some(batch) = self.batches.pop_front()
+        {
+            let delete = engine.delete_batch(experiment_id, planned, batch, sent);
+            flight.deletes.push(delete.boxed());
+        }
+        while flight.marks.len() < width
+            && let Some((run, freed)) = self.to_mark.pop_front()
+        {
+            let mark = engine.mark_run(experiment_id, run, &planned[run], freed);
+            flight.marks.push(mark.boxed());
+        }
+    }
+
+    /// A page of a walk: its keys join batches, and the runs whose folders it finished wait
+    /// for their look before they are marked.
+    fn listed(&mut self, mut walk: ListingWalk, page: Page) {
+        let step = walk.page(page.objects, page.more);
+        for (run, objects) in step.taken {
+            // Asked as soon as its keys are listed, so the look runs while its batch fills
+            // rather than after.
+            self.ask(run);
+            for batch in self.batcher.add(run, walk.bucket(), objects) {
+                batch.runs().for_each(|run| self.ask(run));
+                self.held.push(batch);
+            }
+        }
+        for run in step.finished {
+            let Some(done) = self.batcher.listing_done(run) else {
+                continue;
+            };
+            if done.1.objects == 0 && !self.plan.runs[done.0].resume {
+                // Not one file in any of its folders: nothing to mark as deleted.
+                self.empty.push(done.0);
+                continue;
+            }
+            self.ask(done.0);
+            self.unconfirmed_marks.push(done);
+        }
+        if walk.request().is_some() {
+            // Back in line: its next page waits, like a new walk, while `width` batches wait
+            // to be sent.
+            self.walks.push_front(walk);
+        }
+    }
+
+    /// A look's verdicts: a withdrawn run keeps every file.
+    fn looked(&mut self, verdicts: Verdicts) {
+        for (run, verdict) in verdicts {
+            self.looks[run] = Look::Done(verdict.settled());
+            if let Verdict::Withdrawn(decision) = verdict {
+                self.batcher.withdraw(run, &mut self.held);
+                self.withdraw(run, decision);
+            }
+        }
+    }
+
+    fn withdraw(&mut self, run: usize, decision: Decision) {
+        let run_id = &self.plan.runs[run].run_id;
+        info!(%run_id, reason = %decision, "kept after a last look");
+        self.withdrawn.push((run_id.clone(), decision));
+    }
+
+    /// The start of a run's deletion recorded, or refused: a refusal of the run's own (gone, no
+    /// longer active) keeps it, nothing of it deleted; any other failure fails the pass.
+    fn recorded(&mut self, run: usize, recorded: Result<(), PruneError>) -> Result<(), PruneError> {
+        let e = match recorded {
+            Ok(()) => {
+                self.intents[run] = Intent::Recorded;
+                return Ok(());
+            }
+            Err(e) if !e.is_about_the_run() || !self.links.linked[run].is_empty() => return Err(e),
+            Err(e) => e,
+        };
+        self.looks[run] = Look::Done(Settled::Withdrawn);
+        self.intents[run] = Intent::Unrecorded;
+        self.batcher.withdraw(run, &mut self.held);
+        let mut queued: Vec<DeleteBatch> = self.batches.drain(..).collect();
+        self.batcher.withdraw(run, &mut queued);
+        self.batches.extend(queued);
+        let run_id = &self.plan.runs[run].run_id;
+        tracing::warn!(%run_id, error = %e, "kept: the start of its deletion could not be recorded");
+        let reason = SkipReason::NotRecorded {
+            error: e.to_string(),
+        };
+        self.withdrawn
+            .push((run_id.clone(), Decision::Skipped { reason }));
+        Ok(())
+    }
+
+    /// A batch deleted: the runs whose last key it held are marked next.
+    fn deleted(&mut self, batch: &DeleteBatch) {
+        self.to_mark.extend(self.batcher.deleted(batch));
+    }
+
+    /// A run marked, or its mark refused: a refusal of the run's own leaves it for the next
+    /// pass to complete; any other failure fails the pass.
+    fn marked(
+        &mut self,
+        run: usize,
+        marked: Result<PrunedRun, PruneError>,
+    ) -> Result<(), PruneError> {
+        match marked {
+            Ok(done) => self.pruned.push((run, done)),
+            Err(e) if !e.is_about_the_run() => return Err(e),
+            Err(e) => {
+                let run_id = &self.plan.runs[run].run_id;
+                tracing::error!(%run_id, error = %e, "files deleted but MLflow refused the mark: the next pass completes it");
+                self.engine.metrics.run_left("unmarked");
+                self.unmarked.push(UnmarkedRun {
+                    run_id: run_id.clone(),
+                    error: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Deletes every file of the planned runs, then marks each run and its logged models.
+    /// Before the first key of a run is sent (or the run is marked, if it has none), the run
+    /// gets a last look ([`Engine::last_look`]): a run found protected, unfinished or sharing a
+    /// model with a run that stays keeps every file; then the start of its deletion is recorded.
+    /// A mark MLflow refuses (a 4xx) is that run's problem: reported in
+    /// [`Pruned::unmarked`], the other runs go on. On any other error the pass stops; runs
+    /// already marked stay marked, and runs already started are completed by the next pass.
+    pub(super) async fn prune<'p>(&'p self, plan: &'p Planned<'p>) -> Result<Pruned, PruneError> {
+        // Runs with a batch sent (answered or not): their files may be partly gone.
+        let sent: Vec<AtomicBool> = (0..plan.runs.len())
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        let mut pipeline = Pipeline::new(self, plan);
+        let mut flight = InFlight::new();
+        loop {
+            pipeline.start(&sent, &mut flight);
+            let answered = tokio::select! {
+                Some(listed) = flight.lists.next() => {
+                    listed.map(|(walk, page)| pipeline.listed(walk, page))
+                }
+                Some(verdicts) = flight.looks.next() => verdicts.map(|v| pipeline.looked(v)),
+                Some((run, recorded)) = flight.records.next() => pipeline.recorded(run, recorded),
+                Some(deleted) = flight.deletes.next() => deleted.map(|batch| pipeline.deleted(&batch)),
+                Some((run, marked)) = flight.marks.next() => pipeline.marked(run, marked),
+                else => break,
+            };
+            if let Err(error) = answered {
+                // Recordings in flight land (or not) before the unsent ones are taken back; the
+                // other requests are dropped (a batch counts as sent from its first poll).
+                let mut records = std::mem::take(&mut flight.records);
+                drop(flight);
+                while let Some((run, recorded)) = records.next().await {
                     if recorded.is_ok() {
-                        intents[run] = Intent::Recorded;
+                        pipeline.intents[run] = Intent::Recorded;
                     }
                 }
                 return Err(self
-                    .unrecord(experiment_id, planned, &intents, &sent, error)
+                    .unrecord(
+                        plan.experiment_id,
+                        plan.runs,
+                        &pipeline.intents,
+                        &sent,
+                        error,
+                    )
                     .await);
-            }};
-        }
-
-        loop {
-            while lists.len() < width
-                && batches.len() + held.len() < width
-                && let Some(walk) = walks.pop_front()
-            {
-                lists.push(self.list_page(experiment_id, planned, walk));
-            }
-            if walks.is_empty() && lists.is_empty() {
-                // Nothing more will be listed: send the partly filled batches too.
-                for batch in batcher.flush() {
-                    batch
-                        .runs()
-                        .for_each(|run| ask(run, &mut looks, &mut asked));
-                    held.push(batch);
-                }
-            }
-            let idle = deletes.is_empty() && batches.is_empty();
-            let listed = walks.is_empty() && lists.is_empty();
-            while confirming.len() < LOOKS_IN_FLIGHT
-                && !asked.is_empty()
-                && (asked.len() >= LOOK_GROUP || idle || listed)
-            {
-                let group = std::mem::take(&mut asked);
-                let settled: HashMap<&str, bool> = looks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, look)| matches!(look, Look::Confirmed | Look::Withdrawn))
-                    .map(|(at, look)| (planned[at].run_id.as_str(), *look == Look::Confirmed))
-                    .collect();
-                confirming
-                    .push(async move { self.confirm(plan, &group, &settled, Depth::Full).await });
-            }
-            // Batches whose runs all passed their look wait to be sent; marks likewise.
-            let (ready, waiting): (Vec<DeleteBatch>, Vec<DeleteBatch>) = std::mem::take(&mut held)
-                .into_iter()
-                .partition(|batch| batch.runs().all(|run| looks[run] == Look::Confirmed));
-            batches.extend(ready);
-            held = waiting;
-            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut unconfirmed_marks)
-                .into_iter()
-                .partition(|(run, _)| looks[*run] == Look::Confirmed);
-            to_mark.extend(ready);
-            unconfirmed_marks = waiting;
-
-            // The batches next in line have the start of their runs' deletion recorded, and
-            // go once it is: a run is recorded just before its first key goes, not earlier.
-            let next = batches.iter().take(width).flat_map(DeleteBatch::runs);
-            for run in next.flat_map(with_linked) {
-                if intents[run] == Intent::Unrecorded {
-                    intents[run] = Intent::Recording;
-                    to_record.push_back(run);
-                }
-            }
-            while recording.len() < width
-                && let Some(run) = to_record.pop_front()
-            {
-                recording.push(self.record_start(experiment_id, run, &planned[run]));
-            }
-            while deletes.len() < width
-                && batches.front().is_some_and(|b| {
-                    b.runs()
-                        .flat_map(with_linked)
-                        .all(|run| intents[run] == Intent::Recorded)
-                })
-                && let Some(batch) = batches.pop_front()
-            {
-                deletes.push(self.delete_batch(experiment_id, planned, batch, &sent));
-            }
-            while marks.len() < width
-                && let Some((run, freed)) = to_mark.pop_front()
-            {
-                marks.push(self.mark_run(experiment_id, run, &planned[run], freed));
-            }
-            tokio::select! {
-                Some(listed) = lists.next() => {
-                    let (mut walk, page) = match listed {
-                        Ok(listed) => listed,
-                        Err(e) => fail!(e),
-                    };
-                    let step = walk.page(page.objects, page.more);
-                    for (run, objects) in step.taken {
-                        // Asked as soon as its keys are listed, so the look runs while its
-                        // batch fills rather than after.
-                        ask(run, &mut looks, &mut asked);
-                        for batch in batcher.add(run, walk.bucket(), objects) {
-                            batch.runs().for_each(|run| ask(run, &mut looks, &mut asked));
-                            held.push(batch);
-                        }
-                    }
-                    for done in step.finished.into_iter().filter_map(|run| batcher.listing_done(run)) {
-                        if done.1.objects == 0 && !planned[done.0].resume {
-                            // Not one file in any of its folders: nothing to mark as deleted.
-                            empty.push(done.0);
-                            continue;
-                        }
-                        ask(done.0, &mut looks, &mut asked);
-                        unconfirmed_marks.push(done);
-                    }
-                    if walk.request().is_some() {
-                        // Back in line: its next page waits, like a new walk, while `width`
-                        // batches wait to be sent.
-                        walks.push_front(walk);
-                    }
-                }
-                Some(verdicts) = confirming.next() => {
-                    let verdicts = match verdicts {
-                        Ok(verdicts) => verdicts,
-                        Err(e) => fail!(e),
-                    };
-                    for (run, verdict) in verdicts {
-                        match verdict {
-                            None => looks[run] = Look::Confirmed,
-                            Some(decision) => {
-                                looks[run] = Look::Withdrawn;
-                                batcher.withdraw(run, &mut held);
-                                info!(run_id = %planned[run].run_id, reason = %decision, "kept after a last look");
-                                withdrawn.push((planned[run].run_id.clone(), decision));
-                            }
-                        }
-                    }
-                }
-                Some((run, recorded)) = recording.next() => match recorded {
-                    Ok(()) => intents[run] = Intent::Recorded,
-                    Err(e) if !e.is_about_the_run() || !linked[run].is_empty() => fail!(e),
-                    Err(e) => {
-                        // MLflow refuses to tag the run (gone, no longer active): nothing of
-                        // it was deleted, it stays.
-                        looks[run] = Look::Withdrawn;
-                        intents[run] = Intent::Unrecorded;
-                        batcher.withdraw(run, &mut held);
-                        let mut queued: Vec<DeleteBatch> = batches.drain(..).collect();
-                        batcher.withdraw(run, &mut queued);
-                        batches.extend(queued);
-                        let reason = SkipReason::NotRecorded { error: e.to_string() };
-                        tracing::warn!(run_id = %planned[run].run_id, error = %e, "kept: the start of its deletion could not be recorded");
-                        withdrawn.push((planned[run].run_id.clone(), Decision::Skipped { reason }));
-                    }
-                },
-                Some(deleted) = deletes.next() => match deleted {
-                    Ok(batch) => to_mark.extend(batcher.deleted(&batch)),
-                    Err(e) => fail!(e),
-                },
-                Some((run, marked)) = marks.next() => match marked {
-                    Ok(done) => pruned.push((run, done)),
-                    Err(e) if !e.is_about_the_run() => fail!(e),
-                    Err(e) => {
-                        tracing::error!(run_id = %planned[run].run_id, error = %e, "files deleted but MLflow refused the mark: the next pass completes it");
-                        self.metrics.run_left("unmarked");
-                        unmarked.push(UnmarkedRun {
-                            run_id: planned[run].run_id.clone(),
-                            error: e.to_string(),
-                        });
-                    }
-                },
-                else => break,
             }
         }
+        drop(flight);
+        self.finish(pipeline).await
+    }
+
+    /// What the pipeline did, once nothing is in flight: the runs whose folders held nothing
+    /// are reported (or, when every planned folder was empty in an experiment never pruned
+    /// before, fail the pass).
+    async fn finish(&self, pipeline: Pipeline<'_>) -> Result<Pruned, PruneError> {
+        let Pipeline {
+            plan,
+            mut looks,
+            mut empty,
+            mut pruned,
+            mut withdrawn,
+            unmarked,
+            ..
+        } = pipeline;
+        let (experiment_id, planned) = (plan.experiment_id, plan.runs);
+        let withdrawn_run = |look: Look| look == Look::Done(Settled::Withdrawn);
         // Runs whose folders held nothing, unless a look kept them for a reason of its own.
-        empty.retain(|&run| looks[run] != Look::Withdrawn);
+        empty.retain(|&run| !withdrawn_run(looks[run]));
         let deleted_any = pruned.iter().any(|(_, run)| run.objects > 0) || !unmarked.is_empty();
         // Every planned folder empty in an experiment never pruned before: the layout or the
         // settings are likely wrong for all of it. Once a pass has pruned a run, an empty
@@ -359,16 +529,16 @@ impl Engine {
                 .filter(|&run| looks[run] == Look::Pending)
                 .collect();
             let verdicts = self
-                .confirm(plan, &unlooked, &HashMap::new(), Depth::Full)
+                .last_look(plan, &unlooked, &HashMap::new(), Depth::Full)
                 .await?;
             for (run, verdict) in verdicts {
-                if let Some(decision) = verdict {
-                    looks[run] = Look::Withdrawn;
+                if let Verdict::Withdrawn(decision) = verdict {
+                    looks[run] = Look::Done(Settled::Withdrawn);
                     info!(run_id = %planned[run].run_id, reason = %decision, "kept after a last look");
                     withdrawn.push((planned[run].run_id.clone(), decision));
                 }
             }
-            empty.retain(|&run| looks[run] != Look::Withdrawn);
+            empty.retain(|&run| !withdrawn_run(looks[run]));
             if !empty.is_empty() {
                 return Err(self.all_empty(experiment_id, planned, &empty).await);
             }

@@ -1,5 +1,5 @@
-//! The lookups of the last look before files go ([`guard`](super::guard) decides): the planned
-//! runs (and the other runs of their shared models) read again by id, and the registry versions
+//! The last look before files go: the lookups here, the rules that decide in [`rules`]. The
+//! planned runs (and the other runs of their shared models) read again by id, and the registry versions
 //! that may point at them, found by targeted searches (`run_id IN (...)`, `source_path LIKE` the
 //! experiment's artifact root in its `s3://` and `mlflow-artifacts:` forms, and `models:/<id>`
 //! for each logged model) rather than a read of the whole registry: what a pass reads grows with
@@ -12,12 +12,45 @@ use std::collections::{BTreeSet, HashMap};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
-use super::guard::{self, Fresh, Keeper};
 use super::inventory::{InventoryOptions, ModelSources};
 use super::{Engine, PlannedDeletion, PruneError};
 use crate::domain::policy::{self, PolicyOverrides, RetentionPolicy};
 use crate::domain::ranking::Decision;
 use crate::mlflow::{MlflowError, ModelVersion, Run, RunFields, VersionFilter};
+
+mod rules;
+
+pub(super) use rules::{Fresh, Keeper, Share, folder_patterns, share};
+
+/// What the last look says of one planned deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Read again just now, nothing keeps the run: its files may go.
+    Stands,
+    /// The run stays after all, with the decision that replaces `Delete`.
+    Withdrawn(Decision),
+}
+
+impl Verdict {
+    /// The verdict without its decision, as later looks weigh it.
+    pub fn settled(&self) -> Settled {
+        match self {
+            Verdict::Stands => Settled::Stands,
+            Verdict::Withdrawn(_) => Settled::Withdrawn,
+        }
+    }
+}
+
+/// A look's verdicts, each with its run's place in the plan.
+pub type Verdicts = Vec<(usize, Verdict)>;
+
+/// A verdict an earlier look of the pass gave, as a later look weighs it (a sharer of a carried
+/// model must be standing or gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Stands,
+    Withdrawn,
+}
 
 /// Run ids per `model-versions/search` by `run_id IN (...)`: keeps the GET's URL short.
 pub(super) const RUN_IDS_PER_VERSION_SEARCH: usize = 50;
@@ -50,16 +83,17 @@ pub(super) struct Planned<'a> {
 }
 
 impl Engine {
-    /// The last look at runs `group` of the plan (see [`guard::check`]); reads the group's runs
+    /// The last look at runs `group` of the plan (see [`rules::check`]); reads the group's runs
     /// and the other runs of their shared models again, the experiment, and the registry
-    /// versions that may point at them.
-    pub(super) async fn confirm(
+    /// versions that may point at them. `settled` holds the runs of the pass an earlier look
+    /// decided on.
+    pub(super) async fn last_look(
         &self,
         plan: &Planned<'_>,
         group: &[usize],
-        settled: &HashMap<&str, bool>,
+        settled: &HashMap<&str, Settled>,
         depth: Depth,
-    ) -> Result<Vec<(usize, Option<Decision>)>, PruneError> {
+    ) -> Result<Verdicts, PruneError> {
         if group.is_empty() {
             return Ok(Vec::new());
         }
@@ -73,7 +107,7 @@ impl Engine {
         let reread: Vec<&str> = ids
             .iter()
             .copied()
-            .chain(guard::keepers_to_read(planned, group, plan.keepers))
+            .chain(rules::keepers_to_read(planned, group, plan.keepers))
             .collect::<BTreeSet<&str>>()
             .into_iter()
             .collect();
@@ -94,7 +128,7 @@ impl Engine {
                         .map(|(id, uri)| (uri.as_str(), id.as_str()));
                     std::iter::once((s.artifact_uri.as_str(), run_id)).chain(models)
                 });
-                let mut patterns = guard::source_patterns(folders, &self.rules);
+                let mut patterns = rules::source_patterns(folders, &self.rules);
                 // `models:/<id>` sources of versions that carry neither run_id nor model_id.
                 patterns.extend(runs().filter_map(|p| sources.get(&p.run_id)).flat_map(|s| {
                     s.logged_models
@@ -147,7 +181,7 @@ impl Engine {
             ?depth,
             "looked at the planned runs and their registry versions again"
         );
-        Ok(guard::check(
+        Ok(rules::check(
             planned,
             group,
             settled,
