@@ -27,7 +27,7 @@ use crate::store::ObjectStore;
 
 /// Arguments of `audit`.
 #[derive(Debug, Args)]
-pub struct AuditArgs {
+pub(super) struct AuditArgs {
     #[command(flatten)]
     target: ExperimentArgs,
     /// Print JSON instead of text.
@@ -60,14 +60,14 @@ struct Report {
 
 impl AuditArgs {
     /// `--json`: errors are written as JSON too.
-    pub fn json(&self) -> bool {
+    pub(super) fn json(&self) -> bool {
         self.json
     }
 }
 
 /// Runs `audit`: exit 0 consistent, [`NEEDS_ATTENTION`] when findings remain, and as every
 /// command, 1 when the audit itself failed and 2 for bad settings or usage.
-pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
+pub(super) async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
     if let Err(failure) = args.target.policy.check(&settings.policy) {
         return failure.exit(args.json);
     }
@@ -83,7 +83,7 @@ pub async fn run(settings: &Settings, args: AuditArgs) -> ExitCode {
 
 /// The exit code of an audit that worked and found what needs attention: apart from 1 (the
 /// audit failed) so a script can tell them apart.
-pub const NEEDS_ATTENTION: u8 = 3;
+pub(super) const NEEDS_ATTENTION: u8 = 3;
 
 async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode> {
     let experiment_id = &args.target.id(settings).await?;

@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// A progress bar on stderr when it is a terminal, nothing otherwise: `{done}/{total} {what}`,
 /// the rate, the time left and the bar's message.
-pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+pub(super) fn progress_bar(total: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -21,7 +21,7 @@ pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
 
 /// A metric value to six significant digits, without trailing zeros (`0.09` for
 /// `0.08999999999999997`); very large or small values in scientific notation.
-pub fn metric(value: f64) -> String {
+pub(super) fn metric(value: f64) -> String {
     if !value.is_finite() || value == 0.0 {
         return value.to_string();
     }
@@ -40,7 +40,7 @@ pub fn metric(value: f64) -> String {
 }
 
 /// A byte count in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub fn bytes(n: u64) -> String {
+pub(super) fn bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if n < 1024 {
         return format!("{n} B");
@@ -55,7 +55,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Rows as left-aligned columns two spaces apart, each line trimmed, with a newline each.
-pub fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
+pub(super) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
     let count = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..count)
         .map(|i| {
@@ -81,7 +81,7 @@ pub fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
 }
 
 /// `1 model`, `2 models`: `noun` with an `s` unless `n` is one.
-pub fn count(n: impl Into<u64>, noun: &str) -> String {
+pub(super) fn count(n: impl Into<u64>, noun: &str) -> String {
     let n = n.into();
     if n == 1 {
         format!("1 {noun}")

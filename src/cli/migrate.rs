@@ -69,7 +69,7 @@ enum Copy<'a> {
     },
 }
 
-pub async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
     let topology = Topology::from_settings(settings);
     let broker = Broker::connect(&settings.broker, "model-pruner migrate-queues")
         .await

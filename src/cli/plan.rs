@@ -19,13 +19,13 @@ use crate::store::Usage;
 
 /// A spinner on stderr while a pass runs, when stderr is a terminal and the output is not
 /// JSON: requests so far and the models deleted and marked, from the pass's `metrics`.
-pub struct Watch {
+pub(super) struct Watch {
     bar: ProgressBar,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watch {
-    pub fn start(metrics: &Metrics, json: bool) -> Watch {
+    pub(super) fn start(metrics: &Metrics, json: bool) -> Watch {
         if json || !std::io::stderr().is_terminal() {
             return Watch {
                 bar: ProgressBar::hidden(),
@@ -57,14 +57,14 @@ impl Watch {
     }
 
     /// Stops and clears the spinner.
-    pub fn done(self) {
+    pub(super) fn done(self) {
         self.task.abort();
         self.bar.finish_and_clear();
     }
 }
 
 /// Objects and bytes under every planned location, for a dry run's summary.
-pub async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Result<Usage> {
+pub(super) async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Result<Usage> {
     let mut total = Usage::default();
     for (location, _) in report.planned.iter().flat_map(|p| &p.locations) {
         let usage = engine
@@ -80,7 +80,7 @@ pub async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Result<Usa
 
 /// When every planned folder is empty, what that means: a pass would stop (kind
 /// `empty_folders`) and delete nothing, because the models are not where the settings say.
-pub fn nothing_stored(report: &PassReport, usage: &Usage, settings: &Settings) -> Option<String> {
+pub(super) fn nothing_stored(report: &PassReport, usage: &Usage, settings: &Settings) -> Option<String> {
     let folders = report.planned.iter().flat_map(|p| &p.locations).count();
     if folders == 0 || usage.objects > 0 || report.planned.iter().all(|p| p.resume) {
         return None;
@@ -102,7 +102,7 @@ pub fn nothing_stored(report: &PassReport, usage: &Usage, settings: &Settings) -
 }
 
 /// Prints the report on stdout.
-pub fn print(report: &PassReport, freed: &Usage, as_json: bool) -> anyhow::Result<()> {
+pub(super) fn print(report: &PassReport, freed: &Usage, as_json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if as_json {
         // The report's own fields, each run with its outcome, and what was (or would be) freed.
@@ -126,7 +126,7 @@ pub fn print(report: &PassReport, freed: &Usage, as_json: bool) -> anyhow::Resul
 
 /// Shows a dry run's plan on stderr and asks on the terminal whether to go ahead; true for
 /// `y` or `yes`.
-pub async fn confirm(
+pub(super) async fn confirm(
     preview: &PassReport,
     usage: &Usage,
     delete_experiment: bool,

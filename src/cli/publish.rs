@@ -20,7 +20,7 @@ use crate::settings::Settings;
 
 /// The events `publish` sends.
 #[derive(Debug, Subcommand)]
-pub enum PublishCommand {
+pub(super) enum PublishCommand {
     /// Announce that a training run ended: a worker ranks its experiment and prunes.
     ///
     /// Published persistent and mandatory, with publisher confirms. Exit 0 once the broker
@@ -85,7 +85,7 @@ impl PublishCommand {
 }
 
 /// Runs `publish`: 0 published, 1 not published, 2 an event that breaks the contract.
-pub async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result<ExitCode> {
     if let Err(failure) = command.policy().check(&settings.policy) {
         return Ok(failure.exit(false));
     }
@@ -108,7 +108,7 @@ pub async fn run(settings: &Settings, command: PublishCommand) -> anyhow::Result
 
 /// Publishes `event` persistent and mandatory with confirms; fails if the exchange does not
 /// exist, no queue is bound to the event's routing key, or the broker refuses it.
-pub async fn publish_event(settings: &Settings, event: &Event) -> anyhow::Result<()> {
+pub(super) async fn publish_event(settings: &Settings, event: &Event) -> anyhow::Result<()> {
     let broker = Broker::connect(&settings.broker, "model-pruner publish")
         .await
         .context("connecting to RabbitMQ")?;
@@ -118,7 +118,7 @@ pub async fn publish_event(settings: &Settings, event: &Event) -> anyhow::Result
 }
 
 /// [`publish_event`] on an open connection, for commands that publish many events.
-pub async fn publish_on(broker: &Broker, settings: &Settings, event: &Event) -> anyhow::Result<()> {
+pub(super) async fn publish_on(broker: &Broker, settings: &Settings, event: &Event) -> anyhow::Result<()> {
     let exchange = settings.broker.exchange.as_str();
     // Passive: checks the exchange exists without creating it. A missing exchange would
     // otherwise surface as a channel error in the middle of the publish.

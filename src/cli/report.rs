@@ -30,7 +30,7 @@ use crate::store::Usage;
 
 /// Arguments of `report`.
 #[derive(Debug, Args)]
-pub struct ReportArgs {
+pub(super) struct ReportArgs {
     /// Only experiments matching this MLflow experiment-search filter, e.g. "tags.team = 'nlp'"
     /// (default: every active experiment).
     #[arg(long, default_value = "")]
@@ -54,7 +54,7 @@ pub struct ReportArgs {
 
 impl ReportArgs {
     /// `--json`: errors are written as JSON too.
-    pub fn json(&self) -> bool {
+    pub(super) fn json(&self) -> bool {
         self.json
     }
 }
@@ -115,7 +115,7 @@ struct Totals {
 }
 
 /// Runs `report`.
-pub async fn run(settings: &Settings, args: ReportArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(settings: &Settings, args: ReportArgs) -> anyhow::Result<ExitCode> {
     if let Err(failure) = args.policy.check(&settings.policy) {
         return Ok(failure.exit(args.json));
     }

@@ -17,7 +17,7 @@ use crate::settings::Settings;
 
 /// Arguments of `sweep`.
 #[derive(Debug, Args)]
-pub struct SweepArgs {
+pub(super) struct SweepArgs {
     /// The experiments matching this MLflow experiment-search filter, e.g. "tags.team = 'nlp'".
     #[arg(long, required_unless_present = "all", conflicts_with = "all")]
     filter: Option<String>,
@@ -39,7 +39,7 @@ pub struct SweepArgs {
 }
 
 /// Runs `sweep`: 0 all published, 1 something failed (what was published stays published).
-pub async fn run(settings: &Settings, args: SweepArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(settings: &Settings, args: SweepArgs) -> anyhow::Result<ExitCode> {
     if let Err(failure) = args.policy.check(&settings.policy) {
         return Ok(failure.exit(false));
     }

@@ -12,7 +12,7 @@ use crate::store::{ObjectInfo, Usage};
 
 /// Keys to delete in one request, all in one bucket, and the runs they belong to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeleteBatch {
+pub(super) struct DeleteBatch {
     pub bucket: String,
     pub objects: Vec<ObjectInfo>,
     /// The run (by index) of each object.
@@ -32,7 +32,7 @@ impl DeleteBatch {
     }
 
     /// The runs (by index) with keys in this batch.
-    pub fn runs(&self) -> impl Iterator<Item = usize> + '_ {
+    pub(super) fn runs(&self) -> impl Iterator<Item = usize> + '_ {
         self.members.iter().map(|(run, _)| *run)
     }
 
@@ -45,7 +45,7 @@ impl DeleteBatch {
         self.members.retain(|(member, _)| *member != run);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.objects.is_empty()
     }
 }
@@ -64,7 +64,7 @@ struct RunProgress {
 
 /// The batching state of one pass. Runs are numbered by their index in the pass's plan.
 #[derive(Debug)]
-pub struct Batcher {
+pub(super) struct Batcher {
     batch_size: usize,
     /// The batch being filled, per bucket.
     open: BTreeMap<String, DeleteBatch>,
@@ -73,7 +73,7 @@ pub struct Batcher {
 
 impl Batcher {
     /// `folders[i]` is the number of folders run `i` has to empty; `batch_size` is at least 1.
-    pub fn new(batch_size: usize, folders: impl IntoIterator<Item = usize>) -> Self {
+    pub(super) fn new(batch_size: usize, folders: impl IntoIterator<Item = usize>) -> Self {
         Batcher {
             batch_size: batch_size.max(1),
             open: BTreeMap::new(),
@@ -88,14 +88,14 @@ impl Batcher {
     }
 
     /// Runs with no folder at all: complete from the start.
-    pub fn complete_without_folders(&mut self) -> Vec<(usize, Usage)> {
+    pub(super) fn complete_without_folders(&mut self) -> Vec<(usize, Usage)> {
         (0..self.runs.len())
             .filter_map(|run| self.complete_if_done(run))
             .collect()
     }
 
     /// Files listed in one of `run`'s folders; returns the batches this filled up.
-    pub fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<DeleteBatch> {
+    pub(super) fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<DeleteBatch> {
         let mut full = Vec::new();
         if self.runs[run].withdrawn {
             return full;
@@ -132,7 +132,7 @@ impl Batcher {
 
     /// One of `run`'s folders is fully listed; returns the run if that was the last thing it
     /// waited for.
-    pub fn listing_done(&mut self, run: usize) -> Option<(usize, Usage)> {
+    pub(super) fn listing_done(&mut self, run: usize) -> Option<(usize, Usage)> {
         let progress = &mut self.runs[run];
         progress.listings_left = progress
             .listings_left
@@ -142,14 +142,14 @@ impl Batcher {
     }
 
     /// The partly filled batches, to send once nothing more will be listed for a while.
-    pub fn flush(&mut self) -> Vec<DeleteBatch> {
+    pub(super) fn flush(&mut self) -> Vec<DeleteBatch> {
         std::mem::take(&mut self.open).into_values().collect()
     }
 
     /// Takes `run` out of the pass, before any of its keys were sent: its keys leave the open
     /// batches and `batches` (batches taken from the batcher but not sent yet), those left
     /// empty are dropped, and later listings of its folders add nothing.
-    pub fn withdraw(&mut self, run: usize, batches: &mut Vec<DeleteBatch>) {
+    pub(super) fn withdraw(&mut self, run: usize, batches: &mut Vec<DeleteBatch>) {
         self.runs[run].withdrawn = true;
         self.runs[run].batches_pending = 0;
         for batch in self.open.values_mut().chain(batches.iter_mut()) {
@@ -160,7 +160,7 @@ impl Batcher {
     }
 
     /// A batch was deleted; returns the runs it completed, with what was freed for each.
-    pub fn deleted(&mut self, batch: &DeleteBatch) -> Vec<(usize, Usage)> {
+    pub(super) fn deleted(&mut self, batch: &DeleteBatch) -> Vec<(usize, Usage)> {
         batch
             .members
             .iter()

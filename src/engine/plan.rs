@@ -15,7 +15,7 @@ use crate::domain::ranking::{self, Decision, Ranking, Rule, SkipReason};
 use crate::mlflow::{Experiment, LoggedModel, Run};
 
 /// The rules a plan is made under.
-pub struct Planner<'a> {
+pub(super) struct Planner<'a> {
     pub defaults: &'a PolicyDefaults,
     pub rules: &'a LocationRules,
     pub model_uploaded_param: &'a str,
@@ -23,7 +23,7 @@ pub struct Planner<'a> {
 
 /// What a pass means to do, before the last look at each run.
 #[derive(Debug)]
-pub struct Plan {
+pub(super) struct Plan {
     pub policy: RetentionPolicy,
     pub ranking: Ranking,
     /// The runs whose models go, in rank order, every folder resolved.
@@ -36,7 +36,7 @@ pub struct Plan {
 impl Planner<'_> {
     /// The policy of the pass: the request's fields, then the experiment's tags, then the
     /// settings.
-    pub fn policy(
+    pub(super) fn policy(
         &self,
         req: &PassRequest,
         experiment: &Experiment,
@@ -50,7 +50,7 @@ impl Planner<'_> {
     }
 
     /// What reading the runs must ask MLflow for under `policy`.
-    pub fn options<'p>(&'p self, policy: &'p RetentionPolicy) -> InventoryOptions<'p> {
+    pub(super) fn options<'p>(&'p self, policy: &'p RetentionPolicy) -> InventoryOptions<'p> {
         InventoryOptions {
             metric: &policy.metric,
             model_uploaded_param: self.model_uploaded_param,
@@ -62,7 +62,7 @@ impl Planner<'_> {
     /// runs that fell out; `foreign_run_ids` come from [`foreign_runs`]. Fails, deleting
     /// nothing, when no candidate has the metric or is within the floor, or when a folder is
     /// refused.
-    pub fn plan(
+    pub(super) fn plan(
         &self,
         req: &PassRequest,
         policy: RetentionPolicy,
@@ -170,12 +170,12 @@ impl Planner<'_> {
 impl Plan {
     /// Whether a run of the experiment was pruned before: its layout and the settings have
     /// worked for it once.
-    pub fn pruned_before(&self) -> bool {
+    pub(super) fn pruned_before(&self) -> bool {
         self.ranking.runs.iter().any(|r| r.run.pruned)
     }
 
     /// The runs kept by rank or as latest, with what they were ranked on.
-    pub fn keepers(&self) -> Vec<Keeper> {
+    pub(super) fn keepers(&self) -> Vec<Keeper> {
         self.ranking
             .runs
             .iter()
@@ -188,7 +188,7 @@ impl Plan {
     }
 
     /// Takes the runs a look found must stay out of the deletions (`verdicts` in plan order).
-    pub fn withdraw(&mut self, verdicts: Verdicts) {
+    pub(super) fn withdraw(&mut self, verdicts: Verdicts) {
         // Removing from the end keeps the other indices valid.
         for (at, verdict) in verdicts.into_iter().rev() {
             if let Verdict::Withdrawn(decision) = verdict {
@@ -200,7 +200,7 @@ impl Plan {
 
     /// The safety valve: a pass other than a forced sweep deletes nothing when it would delete
     /// more than `max` models.
-    pub fn check_valve(
+    pub(super) fn check_valve(
         &self,
         experiment_id: &str,
         kind: PassKind,
@@ -220,7 +220,7 @@ impl Plan {
 
 /// The runs the request names that are not among `runs`. Fails when the request names runs and
 /// every one of them belongs to another experiment: nothing is to be done for it.
-pub fn foreign_runs(req: &PassRequest, runs: &[Run]) -> Result<Vec<String>, PruneError> {
+pub(super) fn foreign_runs(req: &PassRequest, runs: &[Run]) -> Result<Vec<String>, PruneError> {
     let known: HashSet<&str> = runs.iter().map(|r| r.run_id.as_str()).collect();
     let foreign: Vec<String> = req
         .run_ids
@@ -264,7 +264,7 @@ fn log_ranking(ranking: &Ranking, policy: &RetentionPolicy) {
 /// runs that have not ended, and every protected run whatever it stores: a retired experiment's
 /// runs count as deleted, and MLflow's garbage collection would take the files a registry
 /// version or a keep tag stands for.
-pub fn retirement_blockers(ranking: &Ranking) -> Vec<String> {
+pub(super) fn retirement_blockers(ranking: &Ranking) -> Vec<String> {
     ranking
         .runs
         .iter()

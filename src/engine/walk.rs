@@ -20,7 +20,7 @@ struct Folder {
 
 /// The next request of a walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request<'w> {
+pub(super) struct Request<'w> {
     pub bucket: &'w str,
     /// The common root of the walk's folders; never empty.
     pub prefix: &'w str,
@@ -29,7 +29,7 @@ pub struct Request<'w> {
 
 /// What one page brought.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Step {
+pub(super) struct Step {
     /// Keys taken, by run, in page order.
     pub taken: Vec<(usize, Vec<ObjectInfo>)>,
     /// Runs one of whose folders is now fully listed (a run appears once per folder).
@@ -38,7 +38,7 @@ pub struct Step {
 
 /// A walk over sorted folders of one bucket sharing a root.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListingWalk {
+pub(super) struct ListingWalk {
     bucket: String,
     root: String,
     folders: Vec<Folder>,
@@ -50,7 +50,7 @@ pub struct ListingWalk {
 
 impl ListingWalk {
     /// The next request; `None` once every folder is listed.
-    pub fn request(&self) -> Option<Request<'_>> {
+    pub(super) fn request(&self) -> Option<Request<'_>> {
         let folder = self.folders.get(self.next)?;
         // Every key under `a/b/` sorts after `a/b`: start just before the folder.
         let before = &folder.prefix[..folder.prefix.len() - last_char_len(&folder.prefix)];
@@ -66,18 +66,18 @@ impl ListingWalk {
     }
 
     /// The bucket of every folder of the walk.
-    pub fn bucket(&self) -> &str {
+    pub(super) fn bucket(&self) -> &str {
         &self.bucket
     }
 
     /// The run of the folder being listed, for error messages.
-    pub fn current_run(&self) -> Option<usize> {
+    pub(super) fn current_run(&self) -> Option<usize> {
         self.folders.get(self.next).map(|f| f.run)
     }
 
     /// Takes the keys of one page (in order, all after the request's `start_after`); `more`
     /// says whether the store has further keys under the root.
-    pub fn page(&mut self, objects: Vec<ObjectInfo>, more: bool) -> Step {
+    pub(super) fn page(&mut self, objects: Vec<ObjectInfo>, more: bool) -> Step {
         let mut step = Step::default();
         for object in objects {
             while let Some(folder) = self.folders.get(self.next)
@@ -110,7 +110,7 @@ impl ListingWalk {
 /// Groups the folders to empty into walks: folders of one bucket under the same first path
 /// segment share a walk, split into up to `width` walks that can run side by side. A folder
 /// inside (or equal to) another gets a walk of its own, so each key belongs to one folder.
-pub fn plan<'a>(
+pub(super) fn plan<'a>(
     locations: impl IntoIterator<Item = (usize, &'a ModelLocation)>,
     width: usize,
 ) -> Vec<ListingWalk> {

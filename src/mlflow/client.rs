@@ -70,7 +70,7 @@ pub(super) struct Call {
 }
 
 impl Call {
-    pub fn new(operation: &'static str, target: impl Into<String>) -> Self {
+    pub(super) fn new(operation: &'static str, target: impl Into<String>) -> Self {
         Call {
             operation,
             target: target.into(),

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 /// How long an answer about the server is trusted before it is asked again (a server upgraded
 /// from 2.x to 3.x gains logged models without the worker restarting).
-pub const REMEMBERED_FOR: Duration = Duration::from_secs(600);
+pub(super) const REMEMBERED_FOR: Duration = Duration::from_secs(600);
 
 /// Whether a server answering `/version` with `version` predates logged models (MLflow 3.0):
 /// a major version below 3. Anything unreadable is not.
-pub fn before_logged_models(version: &str) -> bool {
+pub(super) fn before_logged_models(version: &str) -> bool {
     version
         .trim()
         .split('.')
@@ -23,7 +23,7 @@ pub fn before_logged_models(version: &str) -> bool {
 
 /// The server's optional APIs as last seen, shared by every clone of a client.
 #[derive(Debug, Default)]
-pub struct Features {
+pub(super) struct Features {
     /// Whether `logged-models/search` exists, and when that was learnt.
     logged_models: Mutex<Option<(bool, Instant)>>,
 }
@@ -31,7 +31,7 @@ pub struct Features {
 impl Features {
     /// Whether the server has the logged-models API, if learnt less than [`REMEMBERED_FOR`]
     /// before `now`.
-    pub fn logged_models(&self, now: Instant) -> Option<bool> {
+    pub(super) fn logged_models(&self, now: Instant) -> Option<bool> {
         let seen = *self
             .logged_models
             .lock()
@@ -42,7 +42,7 @@ impl Features {
 
     /// Records what the server answered at `now`; true when that differs from what was known
     /// before (never known, or the other answer), so the caller logs it once.
-    pub fn learn_logged_models(&self, has: bool, now: Instant) -> bool {
+    pub(super) fn learn_logged_models(&self, has: bool, now: Instant) -> bool {
         let mut seen = self
             .logged_models
             .lock()

@@ -154,7 +154,7 @@ pub(crate) struct ModelOutput {
 
 impl WireRun {
     /// The run, with only the metrics, params and tags named in `fields`.
-    pub fn into_run(self, fields: &RunFields) -> Run {
+    pub(super) fn into_run(self, fields: &RunFields) -> Run {
         let r = self;
         let run_name = non_empty(r.info.run_name)
             .or_else(|| {

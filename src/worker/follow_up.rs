@@ -18,25 +18,25 @@ use std::collections::HashMap;
 use crate::domain::policy::{MAX_GRACE, PolicyOverrides};
 
 /// Margin added to the end of a grace window, so that the follow-up finds the run out of it.
-pub const MARGIN_MS: i64 = 1_000;
+pub(super) const MARGIN_MS: i64 = 1_000;
 
 /// How early a follow-up may arrive and still run its pass (clocks of several workers differ a
 /// little); an earlier one travels on.
-pub const EARLY_MS: i64 = 1_000;
+pub(super) const EARLY_MS: i64 = 1_000;
 
 /// Which follow-up: the experiment and the policy overrides of its pass.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key(String);
+pub(super) struct Key(String);
 
 impl Key {
-    pub fn new(experiment_id: &str, policy: &PolicyOverrides) -> Self {
+    pub(super) fn new(experiment_id: &str, policy: &PolicyOverrides) -> Self {
         let policy = serde_json::to_string(policy).expect("policy overrides serialise");
         Key(format!("{experiment_id} {policy}"))
     }
 
     /// The experiment tag that claims this follow-up's chain: one per policy overrides, named
     /// by a stable hash of them (FNV-1a) so the name stays short and valid for MLflow.
-    pub fn claim_tag(policy: &PolicyOverrides) -> String {
+    pub(super) fn claim_tag(policy: &PolicyOverrides) -> String {
         let policy = serde_json::to_string(policy).expect("policy overrides serialise");
         let hash = policy.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -46,19 +46,19 @@ impl Key {
 }
 
 /// Prefix of the experiment tags that claim follow-up chains.
-pub const CLAIM_TAG_PREFIX: &str = "model_pruner.follow_up.";
+pub(super) const CLAIM_TAG_PREFIX: &str = "model_pruner.follow_up.";
 
 /// A chain's claim on its experiment's follow-ups: when its next follow-up is due and which
 /// chain it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
+pub(super) struct Claim {
     pub due: i64,
     pub chain: String,
 }
 
 impl Claim {
     /// A new chain's claim.
-    pub fn new(due: i64) -> Self {
+    pub(super) fn new(due: i64) -> Self {
         Claim {
             due,
             chain: format!("{:016x}", rand::random::<u64>()),
@@ -66,7 +66,7 @@ impl Claim {
     }
 
     /// Reads a claim tag's value; anything else reads as no claim.
-    pub fn parse(value: &str) -> Option<Self> {
+    pub(super) fn parse(value: &str) -> Option<Self> {
         let (due, chain) = value.split_once(' ')?;
         let chain = chain.trim();
         let due = due.parse().ok()?;
@@ -77,13 +77,13 @@ impl Claim {
     }
 
     /// The claim tag's value.
-    pub fn value(&self) -> String {
+    pub(super) fn value(&self) -> String {
         format!("{} {}", self.due, self.chain)
     }
 
     /// A follow-up due at `at` is not needed at `now`: this claim's is still to run and comes
     /// no later (its pass schedules the next).
-    pub fn covers(&self, at: i64, now: i64) -> bool {
+    pub(super) fn covers(&self, at: i64, now: i64) -> bool {
         is_pending(self.due, now) && self.due <= at
     }
 
@@ -91,28 +91,28 @@ impl Claim {
     /// chain's, still to run and no later, so its pass stands in for this one's. A claim whose
     /// follow-up is due already stands in for nothing (its pass may have run before this chain
     /// was scheduled, or its claim came late).
-    pub fn supersedes(&self, chain: &str, due: i64, now: i64) -> bool {
+    pub(super) fn supersedes(&self, chain: &str, due: i64, now: i64) -> bool {
         self.chain != chain && is_pending(self.due, now) && self.due <= due
     }
 }
 
 /// The follow-ups this worker has scheduled and that are not due yet.
 #[derive(Debug, Default)]
-pub struct FollowUps {
+pub(super) struct FollowUps {
     due: HashMap<Key, i64>,
 }
 
 impl FollowUps {
     /// Whether a follow-up due at `at` (milliseconds since the epoch) is needed at `now`: not
     /// when the same one is pending and comes no later, since its pass schedules the next.
-    pub fn needed(&self, key: &Key, at: i64, now: i64) -> bool {
+    pub(super) fn needed(&self, key: &Key, at: i64, now: i64) -> bool {
         self.due
             .get(key)
             .is_none_or(|&pending| !is_pending(pending, now) || pending > at)
     }
 
     /// Records a follow-up the broker confirmed, and forgets those already due.
-    pub fn scheduled(&mut self, key: Key, at: i64, now: i64) {
+    pub(super) fn scheduled(&mut self, key: Key, at: i64, now: i64) {
         self.due.retain(|_, due| is_pending(*due, now));
         self.due.insert(key, at);
     }
@@ -121,7 +121,7 @@ impl FollowUps {
 /// When the follow-up of a pass whose next look is at `next_look` is due, at `now`: just after
 /// it, but no further ahead than the longest grace (an `older_than` of months is looked at
 /// again at that horizon, by a pass that schedules the rest).
-pub fn due(next_look: i64, now: i64) -> i64 {
+pub(super) fn due(next_look: i64, now: i64) -> i64 {
     let horizon = i64::try_from(MAX_GRACE.as_millis()).unwrap_or(i64::MAX);
     next_look
         .saturating_add(MARGIN_MS)
@@ -136,7 +136,7 @@ fn is_pending(due: i64, now: i64) -> bool {
 /// Whether a follow-up due at `at` travels on at `now` instead of running its pass: only while
 /// it is not due and within the longest grace there can be (a time beyond that is not one the
 /// worker wrote: the pass runs rather than the message circulating for ever).
-pub fn travels_on(at: i64, now: i64) -> bool {
+pub(super) fn travels_on(at: i64, now: i64) -> bool {
     let horizon = i64::try_from(MAX_GRACE.as_millis()).unwrap_or(i64::MAX) + MARGIN_MS;
     is_pending(at, now) && at <= now.saturating_add(horizon)
 }

@@ -38,7 +38,7 @@ const TICK: Duration = Duration::from_secs(1);
 const MAX_HAND_BACKS: u32 = 3;
 
 /// What a session needs; shared by every session of a worker.
-pub struct Context {
+pub(super) struct Context {
     pub broker: BrokerSettings,
     pub engine: Arc<Engine>,
     pub topology: Topology,
@@ -58,7 +58,7 @@ pub struct Context {
 
 /// Why a session ended other than by shutdown.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(super) enum SessionError {
     /// The broker refused the topology (arguments differ from an existing queue...).
     #[error("declaring the topology: {0}")]
     Declare(BrokerError),
@@ -72,7 +72,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// The broker operation that failed.
-    pub fn broker(&self) -> &BrokerError {
+    pub(super) fn broker(&self) -> &BrokerError {
         match self {
             SessionError::Declare(e) | SessionError::Connect(e) | SessionError::Lost(e) => e,
         }
@@ -80,7 +80,7 @@ impl SessionError {
 }
 
 /// Connects, consumes until `shutdown` (returns `Ok`) or until a connection fails.
-pub async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), SessionError> {
+pub(super) async fn run(ctx: &Context, shutdown: &CancellationToken) -> Result<(), SessionError> {
     let name = format!(
         "model-pruner worker {} on {}",
         ctx.identity, ctx.topology.work_queue

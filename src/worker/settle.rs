@@ -28,7 +28,7 @@ use crate::mlflow::MlflowError;
 
 /// A delivery with what the worker read from its headers.
 #[derive(Debug)]
-pub struct Received {
+pub(super) struct Received {
     pub delivery: Delivery,
     /// The routing key the message was published with (see [`headers::ROUTING_KEY`]).
     pub routing_key: String,
@@ -49,7 +49,7 @@ pub struct Received {
 impl Received {
     /// Reads the delivery as [`Topology::origin`] says it may be believed, counted in
     /// `metrics` from now until it is dropped.
-    pub fn new(delivery: Delivery, topology: &Topology, metrics: &Metrics) -> Self {
+    pub(super) fn new(delivery: Delivery, topology: &Topology, metrics: &Metrics) -> Self {
         let origin = topology.origin(&delivery);
         Received {
             metrics: metrics.received(&origin.routing_key),
@@ -66,13 +66,13 @@ impl Received {
 
 /// Ids for the log line of a settled delivery.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Subject<'a> {
+pub(super) struct Subject<'a> {
     pub experiment_id: Option<&'a str>,
     pub run_id: Option<&'a str>,
 }
 
 /// Settles deliveries on one broker connection.
-pub struct Settler {
+pub(super) struct Settler {
     broker: Arc<Broker>,
     topology: Topology,
     host: String,
@@ -91,7 +91,7 @@ pub struct Settler {
 }
 
 /// What a [`Settler`] is built from besides its connection.
-pub struct SettlerContext {
+pub(super) struct SettlerContext {
     pub topology: Topology,
     pub host: String,
     /// `broker.ack_deadline`.
@@ -103,7 +103,7 @@ pub struct SettlerContext {
 
 /// Why a follow-up could not be scheduled.
 #[derive(Debug, thiserror::Error)]
-pub enum FollowUpError {
+pub(super) enum FollowUpError {
     #[error("MLflow, reading or writing the experiment's follow-up claim tag: {0}")]
     Claim(MlflowError),
     #[error(transparent)]
@@ -127,7 +127,7 @@ const REQUEUE: Backoff = Backoff::new(
 
 impl Settler {
     /// A settler publishing its copies on `broker`.
-    pub fn new(broker: Arc<Broker>, ctx: SettlerContext) -> Self {
+    pub(super) fn new(broker: Arc<Broker>, ctx: SettlerContext) -> Self {
         let SettlerContext {
             topology,
             host,
@@ -151,7 +151,7 @@ impl Settler {
 
     /// Whether copies can still go out: an error once the publishing connection closed or a
     /// copy found one of the worker's own queues gone (the next session declares them again).
-    pub fn usable(&self) -> Result<(), BrokerError> {
+    pub(super) fn usable(&self) -> Result<(), BrokerError> {
         // lapin reports an error only to a listener that existed when it happened.
         if !self.broker.is_connected() {
             return Err(BrokerError::Closed {
@@ -165,13 +165,13 @@ impl Settler {
     }
 
     /// What the worker counts.
-    pub fn metrics(&self) -> &Metrics {
+    pub(super) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
     /// Applies `outcome` to `received` and logs it. Errors are logged, never returned: a
     /// delivery that cannot be settled stays with the broker, which redelivers it.
-    pub async fn settle(&self, received: Received, outcome: Outcome, subject: Subject<'_>) {
+    pub(super) async fn settle(&self, received: Received, outcome: Outcome, subject: Subject<'_>) {
         let experiment_id = subject.experiment_id.unwrap_or("");
         let run_id = subject.run_id.unwrap_or("");
         let routing_key = received.routing_key.as_str();
@@ -233,7 +233,7 @@ impl Settler {
     /// it: RabbitMQ dead-letters the original bytes into the dead-letter queue (at least once),
     /// where a copy the worker published would carry the U+FFFD it was read with. Never parsed,
     /// never retried; the messages behind it are not affected.
-    pub async fn reject_unreadable(&self, received: Received) {
+    pub(super) async fn reject_unreadable(&self, received: Received) {
         let reject = BasicNackOptions {
             requeue: false,
             ..BasicNackOptions::default()
@@ -261,7 +261,7 @@ impl Settler {
     /// Hands back a delivery held for `broker.ack_deadline`: a copy goes through the first
     /// delay queue with its routing key and attempt unchanged, then the delivery is acked, so
     /// RabbitMQ never times the consumer out and no delivery is counted against the limit.
-    pub async fn hand_back(&self, received: Received, subject: Subject<'_>) {
+    pub(super) async fn hand_back(&self, received: Received, subject: Subject<'_>) {
         let queue = self.topology.delay_queue(1).name.as_str();
         let original = received.delivery.properties.headers().as_ref();
         let h = headers::handed_back(
@@ -294,7 +294,7 @@ impl Settler {
     /// follow-up, so a claim never names a chain that does not exist. Returns whether one was
     /// published (confirmed). Takes at most twice `broker.confirm_timeout`, so that a pass
     /// ending at its deadline still settles its deliveries in time.
-    pub async fn follow_up(
+    pub(super) async fn follow_up(
         &self,
         engine: &Engine,
         experiment_id: &str,
@@ -361,7 +361,7 @@ impl Settler {
     /// or, when another chain due no later has claimed the experiment's follow-ups, acks it
     /// without sending it on: that chain's pass stands in for this one. When the claim cannot
     /// be read, it travels on.
-    pub async fn snooze(&self, engine: &Engine, received: Received, at: i64) {
+    pub(super) async fn snooze(&self, engine: &Engine, received: Received, at: i64) {
         let subject = Subject::default();
         let chain = received.follow_up_chain.clone();
         let target = Event::parse(EXPERIMENT_PRUNE, &received.delivery.data).ok();
@@ -556,7 +556,7 @@ fn settled(
 
 /// The original headers (minus those the broker manages) plus the worker's: attempts, the
 /// original routing key, the failure, its first and last time, and who handled it.
-pub fn failure_headers(
+pub(super) fn failure_headers(
     original: Option<&FieldTable>,
     routing_key: &str,
     failure: &Failure,

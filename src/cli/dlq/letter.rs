@@ -15,7 +15,7 @@ use crate::broker::{BINDINGS, Topology, headers};
 
 /// Which dead letters a command applies to; all of them when empty.
 #[derive(Debug, Clone, Default, Args)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Only messages whose body names this experiment.
     #[arg(long)]
     pub experiment_id: Option<String>,
@@ -26,7 +26,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, letter: &DeadLetter) -> bool {
+    pub(crate) fn matches(&self, letter: &DeadLetter) -> bool {
         let experiment = self
             .experiment_id
             .as_ref()
@@ -40,11 +40,11 @@ impl Filter {
 
 /// A rate limit in messages per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate(pub f64);
+pub(crate) struct Rate(pub f64);
 
 impl Rate {
     /// An interval ticking at this rate; a late tick is not made up for.
-    pub fn ticker(self) -> tokio::time::Interval {
+    pub(crate) fn ticker(self) -> tokio::time::Interval {
         let mut t = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / self.0));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         t
@@ -67,7 +67,7 @@ impl FromStr for Rate {
 /// exchange a message was delivered from), never by a header a publisher could have written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Source {
+pub(crate) enum Source {
     /// A copy the worker published after a failure: its `model-pruner-*` headers are the
     /// worker's.
     Worker,
@@ -83,7 +83,7 @@ pub enum Source {
 /// What one dead letter says about itself: its headers (only those the worker or the broker
 /// wrote) and the ids in its body.
 #[derive(Debug, Clone, Serialize)]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// 1-based position in the queue when the walk started.
     pub position: u64,
     pub source: Source,
@@ -111,7 +111,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub fn read(
+    pub(crate) fn read(
         position: u64,
         delivery: &Delivery,
         topology: &Topology,
@@ -190,7 +190,7 @@ impl DeadLetter {
     /// `migrate-queues`), where it arrives as the worker's own letter without `x-death`: a
     /// worker letter keeps its headers; any other keeps only what the broker said about it,
     /// written the way the worker writes it, and none a publisher wrote in the worker's name.
-    pub fn moved_headers(&self, original: Option<&FieldTable>) -> FieldTable {
+    pub(crate) fn moved_headers(&self, original: Option<&FieldTable>) -> FieldTable {
         let h = headers::republished(original);
         if self.source == Source::Worker {
             return h;
@@ -256,7 +256,7 @@ fn broker_reason(reason: &str, queue: &str) -> String {
     format!("RabbitMQ dead-lettered it out of {queue:?}: {why}")
 }
 
-pub fn table(letters: &[DeadLetter]) -> String {
+pub(super) fn table(letters: &[DeadLetter]) -> String {
     let dash = || "-".to_owned();
     let mut rows = vec![
         [

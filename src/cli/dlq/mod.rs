@@ -22,13 +22,13 @@ use time::OffsetDateTime;
 use crate::broker::{Broker, BrokerError, Topology};
 use crate::settings::Settings;
 use letter::table;
-pub use letter::{DeadLetter, Filter, Rate, Source};
-pub use walk::DlqWalk;
+pub(super) use letter::{DeadLetter, Filter, Rate, Source};
+pub(super) use walk::DlqWalk;
 use walk::republish;
 
 /// The `dlq` subcommands.
 #[derive(Debug, Subcommand)]
-pub enum DlqCommand {
+pub(super) enum DlqCommand {
     /// Show dead letters, oldest first, leaving them in place and in order.
     ///
     /// One line each: position, age since the last failure, routing key, experiment and run
@@ -81,13 +81,13 @@ pub enum DlqCommand {
 
 impl DlqCommand {
     /// `list --json`: errors are written as JSON too.
-    pub fn json(&self) -> bool {
+    pub(super) fn json(&self) -> bool {
         matches!(self, DlqCommand::List { json: true, .. })
     }
 }
 
 /// Runs a `dlq` subcommand.
-pub async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(settings: &Settings, command: DlqCommand) -> anyhow::Result<ExitCode> {
     let broker = Broker::connect(&settings.broker, "model-pruner dlq")
         .await
         .context("connecting to RabbitMQ")?;

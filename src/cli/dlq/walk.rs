@@ -16,7 +16,7 @@ use crate::settings::Settings;
 /// `keep_expiration` is false),
 /// persistent, without any `model-pruner-*` header (a fresh attempt count; on a letter the
 /// broker dead-lettered they are the publisher's), with confirms and the mandatory flag.
-pub async fn republish(
+pub(super) async fn republish(
     broker: &Broker,
     exchange: &str,
     routing_key: &str,
@@ -33,7 +33,7 @@ pub async fn republish(
 
 /// One pass over the messages a queue held when it started, each delivery held unacked until
 /// it is acked or [`DlqWalk::release`] requeues all held ones at once.
-pub struct DlqWalk<'a> {
+pub(crate) struct DlqWalk<'a> {
     pub broker: &'a Broker,
     pub channel: &'a Channel,
     pub queue: String,
@@ -48,7 +48,7 @@ pub struct DlqWalk<'a> {
 }
 
 impl<'a> DlqWalk<'a> {
-    pub async fn start(
+    pub(crate) async fn start(
         broker: &'a Broker,
         queue: &str,
         settings: &Settings,
@@ -68,7 +68,7 @@ impl<'a> DlqWalk<'a> {
     }
 
     /// The next message, unacked; `None` once the messages present at the start are visited.
-    pub async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
+    pub(crate) async fn next(&mut self) -> anyhow::Result<Option<Delivery>> {
         if self.seen >= self.total {
             return Ok(None);
         }
@@ -86,15 +86,15 @@ impl<'a> DlqWalk<'a> {
     }
 
     /// 1-based position of the last message returned by [`DlqWalk::next`].
-    pub fn position(&self) -> u64 {
+    pub(crate) fn position(&self) -> u64 {
         self.seen
     }
 
-    pub fn hold(&mut self, delivery: Delivery) {
+    pub(crate) fn hold(&mut self, delivery: Delivery) {
         self.last_held = Some(delivery);
     }
 
-    pub async fn ack(&self, delivery: &Delivery) -> anyhow::Result<()> {
+    pub(crate) async fn ack(&self, delivery: &Delivery) -> anyhow::Result<()> {
         bounded(
             self.timeout,
             "basic.ack",
@@ -108,7 +108,7 @@ impl<'a> DlqWalk<'a> {
 
     /// Requeues every held message with one multiple nack; RabbitMQ puts each back where it
     /// was in the classic queue.
-    pub async fn release(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn release(&mut self) -> anyhow::Result<()> {
         let Some(last) = self.last_held.take() else {
             return Ok(());
         };

@@ -24,7 +24,7 @@ pub(super) use rules::{Fresh, Keeper, Share, folder_patterns, share};
 
 /// What the last look says of one planned deletion.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(super) enum Verdict {
     /// Read again just now, nothing keeps the run: its files may go.
     Stands,
     /// The run stays after all, with the decision that replaces `Delete`.
@@ -33,7 +33,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// The verdict without its decision, as later looks weigh it.
-    pub fn settled(&self) -> Settled {
+    pub(super) fn settled(&self) -> Settled {
         match self {
             Verdict::Stands => Settled::Stands,
             Verdict::Withdrawn(_) => Settled::Withdrawn,
@@ -42,12 +42,12 @@ impl Verdict {
 }
 
 /// A look's verdicts, each with its run's place in the plan.
-pub type Verdicts = Vec<(usize, Verdict)>;
+pub(super) type Verdicts = Vec<(usize, Verdict)>;
 
 /// A verdict an earlier look of the pass gave, as a later look weighs it (a sharer of a carried
 /// model must be standing or gone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settled {
+pub(super) enum Settled {
     Stands,
     Withdrawn,
 }

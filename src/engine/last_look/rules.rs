@@ -32,7 +32,7 @@ use crate::mlflow::{ModelVersion, Run};
 
 /// What to do with one logged model of a run about to be pruned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Share {
+pub(crate) enum Share {
     /// This run deletes the model; `with` are the other runs it is linked to (all pruned).
     Carry { with: Vec<String> },
     /// Another run of the pass, later in the plan, deletes it.
@@ -44,7 +44,7 @@ pub enum Share {
 /// Decides, for a logged model linked to `linked` runs, what run `run_id` does with it.
 /// `deleting` maps the runs of the pass to their plan position; `pruned` holds runs already
 /// marked.
-pub fn share(
+pub(crate) fn share(
     run_id: &str,
     linked: &BTreeSet<String>,
     deleting: &HashMap<&str, usize>,
@@ -83,7 +83,7 @@ pub fn share(
 /// found grow with the versions of this experiment, not with the registry. A folder whose root
 /// cannot be told is searched by its owner's id instead. (`_` and `%` inside a path match more
 /// than themselves in `LIKE`: such a search reads more rows, never fewer.)
-pub fn source_patterns<'a>(
+pub(super) fn source_patterns<'a>(
     folders: impl IntoIterator<Item = (&'a str, &'a str)>,
     rules: &LocationRules,
 ) -> BTreeSet<String> {
@@ -110,7 +110,7 @@ pub fn source_patterns<'a>(
 
 /// The patterns of [`source_patterns`] for every version whose source lies in the folder `uri`
 /// itself (an experiment's artifact location); none when the folder cannot be resolved.
-pub fn folder_patterns(uri: &str, rules: &LocationRules) -> Option<BTreeSet<String>> {
+pub(crate) fn folder_patterns(uri: &str, rules: &LocationRules) -> Option<BTreeSet<String>> {
     let destination = rules.place(rules.artifacts_destination.as_str(), "").ok();
     let place = rules.place(uri, "").ok()?;
     let mut patterns = BTreeSet::new();
@@ -152,7 +152,7 @@ fn anchored(
 }
 
 /// Whether registry version `v` points at the models of run `run_id`.
-pub fn points_at(
+pub(super) fn points_at(
     v: &ModelVersion,
     run_id: &str,
     sources: &ModelSources,
@@ -189,13 +189,13 @@ pub fn points_at(
 /// A run the pass keeps in the top N (or among the latest), as ranked: a change to it (trashed,
 /// a worse value, another group) may free a slot a planned run now deserves.
 #[derive(Debug, Clone)]
-pub struct Keeper {
+pub(crate) struct Keeper {
     pub run_id: String,
     pub ranked_on: RankedOn,
 }
 
 /// What a look read afresh.
-pub struct Fresh<'a> {
+pub(crate) struct Fresh<'a> {
     /// The keepers of the pass (read afresh in `runs` when they share a group with the look).
     pub keepers: &'a [Keeper],
     /// The runs read again just now (the group and the other runs of their shared models).
@@ -213,7 +213,7 @@ pub struct Fresh<'a> {
 ///
 /// A run that carries a shared logged model stays, whole, when another run linked to the model
 /// stays: the next pass deletes its own files and leaves the model to the other run.
-pub fn check(
+pub(super) fn check(
     planned: &[PlannedDeletion],
     group: &[usize],
     settled: &HashMap<&str, Settled>,
@@ -320,7 +320,7 @@ fn keeper_change(
 
 /// The runs whose fresh reads a look needs beside the planned ones: the keepers of the groups
 /// of its ranked (not resumed) runs.
-pub fn keepers_to_read<'a>(
+pub(super) fn keepers_to_read<'a>(
     planned: &[PlannedDeletion],
     group: &[usize],
     keepers: &'a [Keeper],
@@ -338,7 +338,7 @@ pub fn keepers_to_read<'a>(
 }
 
 /// What changed in `run`, read again, among the inputs it `was` ranked on, if anything did.
-pub fn changed(was: &RankedOn, run: &Run, options: &InventoryOptions<'_>) -> Option<String> {
+pub(super) fn changed(was: &RankedOn, run: &Run, options: &InventoryOptions<'_>) -> Option<String> {
     let metric = run.metrics.get(options.metric).copied();
     let same_metric = match (was.metric, metric) {
         (Some(a), Some(b)) => a.total_cmp(&b).is_eq() || (a.is_nan() && b.is_nan()),
