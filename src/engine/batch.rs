@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use super::run_index::{PerRun, RunIndex};
 use crate::store::{ObjectInfo, Usage};
 
 /// Keys to delete in one request, all in one bucket, and the runs they belong to.
@@ -15,10 +16,10 @@ use crate::store::{ObjectInfo, Usage};
 pub(super) struct DeleteBatch {
     pub bucket: String,
     pub objects: Vec<ObjectInfo>,
-    /// The run (by index) of each object.
-    owners: Vec<usize>,
-    /// Runs (by index) with keys in this batch, and how much of each.
-    members: Vec<(usize, Usage)>,
+    /// The run of each object.
+    owners: Vec<RunIndex>,
+    /// Runs with keys in this batch, and how much of each.
+    members: Vec<(RunIndex, Usage)>,
 }
 
 impl DeleteBatch {
@@ -31,13 +32,13 @@ impl DeleteBatch {
         }
     }
 
-    /// The runs (by index) with keys in this batch.
-    pub(super) fn runs(&self) -> impl Iterator<Item = usize> + '_ {
+    /// The runs with keys in this batch.
+    pub(super) fn runs(&self) -> impl Iterator<Item = RunIndex> + '_ {
         self.members.iter().map(|(run, _)| *run)
     }
 
     /// Takes `run`'s keys out of the batch.
-    fn remove(&mut self, run: usize) {
+    fn remove(&mut self, run: RunIndex) {
         let mut owners = self.owners.iter();
         self.objects
             .retain(|_| owners.next().is_some_and(|owner| *owner != run));
@@ -62,17 +63,17 @@ struct RunProgress {
     withdrawn: bool,
 }
 
-/// The batching state of one pass. Runs are numbered by their index in the pass's plan.
+/// The batching state of one pass.
 #[derive(Debug)]
 pub(super) struct Batcher {
     batch_size: usize,
     /// The batch being filled, per bucket.
     open: BTreeMap<String, DeleteBatch>,
-    runs: Vec<RunProgress>,
+    runs: PerRun<RunProgress>,
 }
 
 impl Batcher {
-    /// `folders[i]` is the number of folders run `i` has to empty; `batch_size` is at least 1.
+    /// `folders` is the number of folders each run has to empty, in plan order; `batch_size` is at least 1.
     pub(super) fn new(batch_size: usize, folders: impl IntoIterator<Item = usize>) -> Self {
         Batcher {
             batch_size: batch_size.max(1),
@@ -88,14 +89,19 @@ impl Batcher {
     }
 
     /// Runs with no folder at all: complete from the start.
-    pub(super) fn complete_without_folders(&mut self) -> Vec<(usize, Usage)> {
-        (0..self.runs.len())
+    pub(super) fn complete_without_folders(&mut self) -> Vec<(RunIndex, Usage)> {
+        RunIndex::all(self.runs.len())
             .filter_map(|run| self.complete_if_done(run))
             .collect()
     }
 
     /// Files listed in one of `run`'s folders; returns the batches this filled up.
-    pub(super) fn add(&mut self, run: usize, bucket: &str, objects: Vec<ObjectInfo>) -> Vec<DeleteBatch> {
+    pub(super) fn add(
+        &mut self,
+        run: RunIndex,
+        bucket: &str,
+        objects: Vec<ObjectInfo>,
+    ) -> Vec<DeleteBatch> {
         let mut full = Vec::new();
         if self.runs[run].withdrawn {
             return full;
@@ -132,7 +138,7 @@ impl Batcher {
 
     /// One of `run`'s folders is fully listed; returns the run if that was the last thing it
     /// waited for.
-    pub(super) fn listing_done(&mut self, run: usize) -> Option<(usize, Usage)> {
+    pub(super) fn listing_done(&mut self, run: RunIndex) -> Option<(RunIndex, Usage)> {
         let progress = &mut self.runs[run];
         progress.listings_left = progress
             .listings_left
@@ -149,7 +155,7 @@ impl Batcher {
     /// Takes `run` out of the pass, before any of its keys were sent: its keys leave the open
     /// batches and `batches` (batches taken from the batcher but not sent yet), those left
     /// empty are dropped, and later listings of its folders add nothing.
-    pub(super) fn withdraw(&mut self, run: usize, batches: &mut Vec<DeleteBatch>) {
+    pub(super) fn withdraw(&mut self, run: RunIndex, batches: &mut Vec<DeleteBatch>) {
         self.runs[run].withdrawn = true;
         self.runs[run].batches_pending = 0;
         for batch in self.open.values_mut().chain(batches.iter_mut()) {
@@ -160,7 +166,7 @@ impl Batcher {
     }
 
     /// A batch was deleted; returns the runs it completed, with what was freed for each.
-    pub(super) fn deleted(&mut self, batch: &DeleteBatch) -> Vec<(usize, Usage)> {
+    pub(super) fn deleted(&mut self, batch: &DeleteBatch) -> Vec<(RunIndex, Usage)> {
         batch
             .members
             .iter()
@@ -177,7 +183,7 @@ impl Batcher {
     }
 
     /// Reports a run once, when all its folders are listed and all its keys deleted.
-    fn complete_if_done(&mut self, run: usize) -> Option<(usize, Usage)> {
+    fn complete_if_done(&mut self, run: RunIndex) -> Option<(RunIndex, Usage)> {
         let progress = &mut self.runs[run];
         let done = progress.listings_left == 0 && progress.batches_pending == 0;
         if !done || progress.complete || progress.withdrawn {
@@ -191,6 +197,10 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const fn r(at: usize) -> RunIndex {
+        RunIndex::new(at)
+    }
 
     fn files(run: usize, n: usize) -> Vec<ObjectInfo> {
         (0..n)
@@ -215,84 +225,93 @@ mod tests {
     #[test]
     fn a_withdrawn_run_leaves_held_and_open_batches_and_never_completes() {
         let mut b = Batcher::new(3, [1, 1]);
-        assert!(b.add(0, "mlflow", files(0, 2)).is_empty());
-        let mut held = b.add(1, "mlflow", files(1, 2));
+        assert!(b.add(r(0), "mlflow", files(0, 2)).is_empty());
+        let mut held = b.add(r(1), "mlflow", files(1, 2));
         assert_eq!(held.len(), 1);
-        assert_eq!(held[0].runs().collect::<Vec<_>>(), [0, 1]);
-        b.withdraw(1, &mut held);
+        assert_eq!(
+            held[0].runs().map(RunIndex::get).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        b.withdraw(r(1), &mut held);
         assert_eq!(
             keys(&held[0]),
             ["1/run0/artifacts/model/f0", "1/run0/artifacts/model/f1"]
         );
-        assert_eq!(held[0].runs().collect::<Vec<_>>(), [0]);
+        assert_eq!(held[0].runs().map(RunIndex::get).collect::<Vec<_>>(), [0]);
         assert!(b.flush().is_empty(), "run 1's last key left the open batch");
         assert!(
-            b.add(1, "mlflow", files(1, 5)).is_empty(),
+            b.add(r(1), "mlflow", files(1, 5)).is_empty(),
             "later listings add nothing"
         );
-        assert_eq!(b.listing_done(1), None);
-        assert_eq!(b.listing_done(0), None);
-        assert_eq!(b.deleted(&held[0]), [(0, usage(2))]);
+        assert_eq!(b.listing_done(r(1)), None);
+        assert_eq!(b.listing_done(r(0)), None);
+        assert_eq!(b.deleted(&held[0]), [(r(0), usage(2))]);
     }
 
     #[test]
     fn keys_of_several_runs_share_one_full_batch() {
         let mut b = Batcher::new(5, [1, 1, 1]);
-        assert!(b.add(0, "mlflow", files(0, 2)).is_empty());
-        assert_eq!(b.listing_done(0), None, "its keys are not deleted yet");
-        assert!(b.add(1, "mlflow", files(1, 2)).is_empty());
-        assert_eq!(b.listing_done(1), None);
-        let full = b.add(2, "mlflow", files(2, 2));
+        assert!(b.add(r(0), "mlflow", files(0, 2)).is_empty());
+        assert_eq!(b.listing_done(r(0)), None, "its keys are not deleted yet");
+        assert!(b.add(r(1), "mlflow", files(1, 2)).is_empty());
+        assert_eq!(b.listing_done(r(1)), None);
+        let full = b.add(r(2), "mlflow", files(2, 2));
         assert_eq!(full.len(), 1);
         assert_eq!(full[0].objects.len(), 5);
-        assert_eq!(full[0].runs().collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            full[0].runs().map(RunIndex::get).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
 
-        assert_eq!(b.deleted(&full[0]), [(0, usage(2)), (1, usage(2))]);
-        assert_eq!(b.listing_done(2), None, "one key of run 2 is still open");
+        assert_eq!(b.deleted(&full[0]), [(r(0), usage(2)), (r(1), usage(2))]);
+        assert_eq!(b.listing_done(r(2)), None, "one key of run 2 is still open");
         let rest = b.flush();
         assert_eq!(rest.len(), 1);
         assert_eq!(keys(&rest[0]), ["1/run2/artifacts/model/f1"]);
-        assert_eq!(b.deleted(&rest[0]), [(2, usage(2))]);
+        assert_eq!(b.deleted(&rest[0]), [(r(2), usage(2))]);
         assert!(b.flush().is_empty());
     }
 
     #[test]
     fn a_run_is_complete_only_when_every_folder_is_listed() {
         let mut b = Batcher::new(2, [2]);
-        let full = b.add(0, "mlflow", files(0, 2));
+        let full = b.add(r(0), "mlflow", files(0, 2));
         assert_eq!(b.deleted(&full[0]), [], "a second folder is still to list");
-        assert_eq!(b.listing_done(0), None);
-        assert_eq!(b.listing_done(0), Some((0, usage(2))));
+        assert_eq!(b.listing_done(r(0)), None);
+        assert_eq!(b.listing_done(r(0)), Some((r(0), usage(2))));
     }
 
     #[test]
     fn a_run_is_complete_only_when_every_batch_is_deleted() {
         let mut b = Batcher::new(3, [1]);
-        let full = b.add(0, "mlflow", files(0, 7));
+        let full = b.add(r(0), "mlflow", files(0, 7));
         assert_eq!(full.len(), 2);
-        assert_eq!(b.listing_done(0), None);
+        assert_eq!(b.listing_done(r(0)), None);
         let rest = b.flush();
         assert_eq!(rest[0].objects.len(), 1);
         assert_eq!(b.deleted(&rest[0]), []);
         assert_eq!(b.deleted(&full[1]), []);
-        assert_eq!(b.deleted(&full[0]), [(0, usage(7))], "any order");
+        assert_eq!(b.deleted(&full[0]), [(r(0), usage(7))], "any order");
     }
 
     #[test]
     fn empty_folders_complete_when_listed_and_runs_without_folders_at_once() {
         let mut b = Batcher::new(10, [0, 1, 0]);
-        assert_eq!(b.complete_without_folders(), [(0, usage(0)), (2, usage(0))]);
+        assert_eq!(
+            b.complete_without_folders(),
+            [(r(0), usage(0)), (r(2), usage(0))]
+        );
         assert_eq!(b.complete_without_folders(), [], "reported once");
-        assert!(b.add(1, "mlflow", vec![]).is_empty());
-        assert_eq!(b.listing_done(1), Some((1, usage(0))));
+        assert!(b.add(r(1), "mlflow", vec![]).is_empty());
+        assert_eq!(b.listing_done(r(1)), Some((r(1), usage(0))));
         assert!(b.flush().is_empty(), "no empty batch is sent");
     }
 
     #[test]
     fn buckets_never_share_a_batch() {
         let mut b = Batcher::new(10, [1, 1]);
-        b.add(0, "mlflow", files(0, 1));
-        b.add(1, "models", files(1, 1));
+        b.add(r(0), "mlflow", files(0, 1));
+        b.add(r(1), "models", files(1, 1));
         let mut rest = b.flush();
         rest.sort_by(|a, b| a.bucket.cmp(&b.bucket));
         assert_eq!(rest.len(), 2);
@@ -309,14 +328,17 @@ mod tests {
     #[test]
     fn interleaved_pages_count_each_run_once_per_batch() {
         let mut b = Batcher::new(100, [1, 1]);
-        b.add(0, "mlflow", files(0, 2));
-        b.add(1, "mlflow", files(1, 2));
-        b.add(0, "mlflow", files(0, 3));
-        b.listing_done(0);
-        b.listing_done(1);
+        b.add(r(0), "mlflow", files(0, 2));
+        b.add(r(1), "mlflow", files(1, 2));
+        b.add(r(0), "mlflow", files(0, 3));
+        b.listing_done(r(0));
+        b.listing_done(r(1));
         let rest = b.flush();
-        assert_eq!(rest[0].runs().collect::<Vec<_>>(), [0, 1]);
-        assert_eq!(b.deleted(&rest[0]), [(0, usage(5)), (1, usage(2))]);
+        assert_eq!(
+            rest[0].runs().map(RunIndex::get).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert_eq!(b.deleted(&rest[0]), [(r(0), usage(5)), (r(1), usage(2))]);
     }
 
     #[test]
@@ -324,18 +346,18 @@ mod tests {
         let mut b = Batcher::new(1000, [1, 1, 1]);
         let mut sent = Vec::new();
         for run in 0..3 {
-            sent.extend(b.add(run, "mlflow", files(run, 700)));
+            sent.extend(b.add(r(run), "mlflow", files(run, 700)));
         }
         sent.extend(b.flush());
         let sizes: Vec<usize> = sent.iter().map(|s| s.objects.len()).collect();
         assert_eq!(sizes, [1000, 1000, 100]);
-        let mut completed: Vec<_> = (0..3).filter_map(|run| b.listing_done(run)).collect();
+        let mut completed: Vec<_> = (0..3).filter_map(|run| b.listing_done(r(run))).collect();
         for batch in &sent {
             completed.extend(b.deleted(batch));
         }
         assert_eq!(
             completed,
-            [(0, usage(700)), (1, usage(700)), (2, usage(700))]
+            [(r(0), usage(700)), (r(1), usage(700)), (r(2), usage(700))]
         );
     }
 }

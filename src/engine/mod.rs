@@ -15,7 +15,8 @@
 //!   versions pointing at them looked up (`mod.rs`, I/O), and the [`Verdict`] on each planned
 //!   deletion (`rules.rs`, pure).
 //! - `prune.rs`: the deletion pipeline: list folders, delete keys in batches, mark runs.
-//! - `walk.rs`, `batch.rs`: its pure parts: which keys each listing takes, how keys of several
+//! - `walk.rs`, `batch.rs`, `run_index.rs`: its pure parts (with `RunIndex`, a
+//!   planned run's key in every stage): which keys each listing takes, how keys of several
 //!   runs are packed into batches and when a run's files are all gone.
 //! - `inventory.rs`: MLflow's answers turned into ranking facts and stored models.
 //! - `retry.rs`, `report.rs`, `error.rs`: in-process retries, the pass report, [`PruneError`].
@@ -30,6 +31,7 @@ mod plan;
 mod prune;
 mod report;
 mod retry;
+mod run_index;
 mod walk;
 
 use std::collections::HashMap;
@@ -62,7 +64,9 @@ pub enum PassKind {
     RunFinished,
     /// An explicit sweep of the experiment.
     Sweep {
+        /// Soft-delete the experiment in MLflow after pruning; fails if a run or version needs it.
         delete_experiment: bool,
+        /// Go past the safety valve (`policy.max_deletions_per_pass`).
         force: bool,
     },
 }
@@ -70,11 +74,15 @@ pub enum PassKind {
 /// One pass over one experiment, possibly covering several coalesced events.
 #[derive(Debug, Clone)]
 pub struct PassRequest {
+    /// MLflow id of the experiment to rank and prune.
     pub experiment_id: String,
+    /// The events' policy fields (coalesced events share them); they win over tags and settings.
     pub policy: PolicyOverrides,
     /// Runs named by the covered `run.finished` events; each must belong to the experiment.
     pub run_ids: Vec<String>,
+    /// What asked for the pass: it decides the safety valve and whether to retire the experiment.
     pub kind: PassKind,
+    /// Plan and report only, deleting and marking nothing; always false for `run.finished`.
     pub dry_run: bool,
 }
 
@@ -200,7 +208,8 @@ impl Engine {
             } else {
                 Depth::RunIds
             };
-            let all: Vec<usize> = (0..plan.planned.len()).collect();
+            let all: Vec<run_index::RunIndex> =
+                run_index::RunIndex::all(plan.planned.len()).collect();
             let first = Planned {
                 keepers: &keepers,
                 pruned_before,

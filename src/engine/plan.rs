@@ -192,8 +192,9 @@ impl Plan {
         // Removing from the end keeps the other indices valid.
         for (at, verdict) in verdicts.into_iter().rev() {
             if let Verdict::Withdrawn(decision) = verdict {
-                self.ranking.withdraw(&self.planned[at].run_id, decision);
-                self.planned.remove(at);
+                self.ranking
+                    .withdraw(&at.of(&self.planned).run_id, decision);
+                self.planned.remove(at.get());
             }
         }
     }

@@ -25,6 +25,7 @@ use tracing::info;
 
 use super::batch::{Batcher, DeleteBatch};
 use super::last_look::{Depth, Planned, Settled, Verdict, Verdicts};
+use super::run_index::{PerRun, RunIndex};
 use super::walk::{self, ListingWalk};
 use super::{Engine, PlannedDeletion, PruneError, PrunedRun, UnmarkedRun};
 use crate::domain::marks::{
@@ -79,9 +80,9 @@ type Request<'p, T> = BoxFuture<'p, T>;
 struct InFlight<'p> {
     lists: FuturesUnordered<Request<'p, Result<(ListingWalk, Page), PruneError>>>,
     looks: FuturesUnordered<Request<'p, Result<Verdicts, PruneError>>>,
-    records: FuturesUnordered<Request<'p, (usize, Result<(), PruneError>)>>,
+    records: FuturesUnordered<Request<'p, (RunIndex, Result<(), PruneError>)>>,
     deletes: FuturesUnordered<Request<'p, Result<DeleteBatch, PruneError>>>,
-    marks: FuturesUnordered<Request<'p, (usize, Result<PrunedRun, PruneError>)>>,
+    marks: FuturesUnordered<Request<'p, (RunIndex, Result<PrunedRun, PruneError>)>>,
 }
 
 impl InFlight<'_> {
@@ -99,27 +100,25 @@ impl InFlight<'_> {
 /// How the planned runs are tied by the logged models they share.
 struct Links<'p> {
     /// Each run's place in the plan, by id.
-    index: HashMap<&'p str, usize>,
+    index: HashMap<&'p str, RunIndex>,
     /// The runs that carry a model a run shares (name it among their sharers).
-    carriers_of: HashMap<&'p str, Vec<usize>>,
+    carriers_of: HashMap<&'p str, Vec<RunIndex>>,
     /// The other runs of the pass that output a logged model a run carries (plans it): the
     /// shared model's keys go only once every such run is recorded as being deleted, so that
     /// none of them can look whole while the model is partly gone. Only that way: a sharer's
     /// batch holds its own files, not the shared model's, and must never record the carrier,
     /// which a look may keep (a deletion record on a kept run would have the next pass resume
     /// it, unranked).
-    linked: Vec<Vec<usize>>,
+    linked: PerRun<Vec<RunIndex>>,
 }
 
 impl<'p> Links<'p> {
     fn new(planned: &'p [PlannedDeletion]) -> Self {
-        let index: HashMap<&str, usize> = planned
-            .iter()
-            .enumerate()
-            .map(|(at, p)| (p.run_id.as_str(), at))
-            .collect();
-        let mut carriers_of: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (at, p) in planned.iter().enumerate() {
+        let runs = || RunIndex::all(planned.len()).map(|at| (at, at.of(planned)));
+        let index: HashMap<&str, RunIndex> =
+            runs().map(|(at, p)| (p.run_id.as_str(), at)).collect();
+        let mut carriers_of: HashMap<&str, Vec<RunIndex>> = HashMap::new();
+        for (at, p) in runs() {
             for other in p.shared_with.values().flatten() {
                 carriers_of.entry(other.as_str()).or_default().push(at);
             }
@@ -142,7 +141,7 @@ impl<'p> Links<'p> {
     }
 
     /// `run` and the runs linked to it.
-    fn with_linked(&self, run: usize) -> impl Iterator<Item = usize> + '_ {
+    fn with_linked(&self, run: RunIndex) -> impl Iterator<Item = RunIndex> + '_ {
         std::iter::once(run).chain(self.linked[run].iter().copied())
     }
 }
@@ -158,21 +157,21 @@ struct Pipeline<'p> {
     links: Links<'p>,
     batcher: Batcher,
     walks: VecDeque<ListingWalk>,
-    looks: Vec<Look>,
+    looks: PerRun<Look>,
     /// Runs asked for a look and not in one yet.
-    asked: Vec<usize>,
-    intents: Vec<Intent>,
-    to_record: VecDeque<usize>,
+    asked: Vec<RunIndex>,
+    intents: PerRun<Intent>,
+    to_record: VecDeque<RunIndex>,
     /// Batches waiting for their runs' looks.
     held: Vec<DeleteBatch>,
     /// Batches whose runs all stand, in the order they go.
     batches: VecDeque<DeleteBatch>,
     /// Runs whose files are all gone (or that had none), waiting for their look.
-    unconfirmed_marks: Vec<(usize, Usage)>,
-    to_mark: VecDeque<(usize, Usage)>,
+    unconfirmed_marks: Vec<(RunIndex, Usage)>,
+    to_mark: VecDeque<(RunIndex, Usage)>,
     /// Runs whose folders held no file.
-    empty: Vec<usize>,
-    pruned: Vec<(usize, PrunedRun)>,
+    empty: Vec<RunIndex>,
+    pruned: Vec<(RunIndex, PrunedRun)>,
     withdrawn: Vec<(String, Decision)>,
     unmarked: Vec<UnmarkedRun>,
 }
@@ -185,10 +184,10 @@ impl<'p> Pipeline<'p> {
             engine.store.batch_size(),
             planned.iter().map(|p| p.locations.len()),
         );
-        let folders = planned
-            .iter()
-            .enumerate()
-            .flat_map(|(run, p)| p.locations.iter().map(move |(location, _)| (run, location)));
+        let folders = RunIndex::all(planned.len()).flat_map(|run| {
+            let locations = &run.of(planned).locations;
+            locations.iter().map(move |(location, _)| (run, location))
+        });
         let walks = walk::plan(folders, width).into();
         let intents = planned
             .iter()
@@ -208,7 +207,7 @@ impl<'p> Pipeline<'p> {
             links: Links::new(planned),
             batcher,
             walks,
-            looks: vec![Look::Pending; planned.len()],
+            looks: planned.iter().map(|_| Look::Pending).collect(),
             asked: Vec::new(),
             intents,
             to_record: VecDeque::new(),
@@ -230,7 +229,7 @@ impl<'p> Pipeline<'p> {
 
     /// Asks for a look at `run` and at every run of the pass linked to it through shared
     /// models, transitively, so that a chain of sharers is looked at together.
-    fn ask(&mut self, run: usize) {
+    fn ask(&mut self, run: RunIndex) {
         let planned = self.plan.runs;
         let mut next = vec![run];
         while let Some(at) = next.pop() {
@@ -239,27 +238,27 @@ impl<'p> Pipeline<'p> {
             }
             self.looks[at] = Look::Asked;
             self.asked.push(at);
-            let sharers = planned[at].shared_with.values().flatten();
+            let sharers = at.of(planned).shared_with.values().flatten();
             next.extend(sharers.filter_map(|id| self.links.index.get(id.as_str()).copied()));
             // And the carriers that name this run as a sharer.
             next.extend(
                 self.links
                     .carriers_of
-                    .get(planned[at].run_id.as_str())
+                    .get(at.of(planned).run_id.as_str())
                     .into_iter()
                     .flatten(),
             );
         }
     }
 
-    fn stands(&self, run: usize) -> bool {
+    fn stands(&self, run: RunIndex) -> bool {
         self.looks[run] == Look::Done(Settled::Stands)
     }
 
     /// Sends every request that may go now, up to `width` per stage: listings while few
     /// batches wait, looks, recordings of the runs whose batches are next, the batches whose
     /// runs are all recorded, and marks.
-    fn start(&mut self, sent: &'p [AtomicBool], flight: &mut InFlight<'p>) {
+    fn start(&mut self, sent: &'p PerRun<AtomicBool>, flight: &mut InFlight<'p>) {
         let (engine, plan, width) = (self.engine, self.plan, self.width);
         let (experiment_id, planned) = (plan.experiment_id, plan.runs);
         while flight.lists.len() < width
@@ -287,9 +286,8 @@ impl<'p> Pipeline<'p> {
             let settled: HashMap<&str, Settled> = self
                 .looks
                 .iter()
-                .enumerate()
                 .filter_map(|(at, look)| match look {
-                    Look::Done(settled) => Some((planned[at].run_id.as_str(), *settled)),
+                    Look::Done(settled) => Some((at.of(planned).run_id.as_str(), *settled)),
                     Look::Pending | Look::Asked => None,
                 })
                 .collect();
@@ -320,7 +318,7 @@ impl<'p> Pipeline<'p> {
         while flight.records.len() < width
             && let Some(run) = self.to_record.pop_front()
         {
-            let record = engine.record_start(experiment_id, run, &planned[run]);
+            let record = engine.record_start(experiment_id, run, run.of(planned));
             flight.records.push(record.boxed());
         }
         while flight.deletes.len() < width
@@ -337,7 +335,7 @@ impl<'p> Pipeline<'p> {
         while flight.marks.len() < width
             && let Some((run, freed)) = self.to_mark.pop_front()
         {
-            let mark = engine.mark_run(experiment_id, run, &planned[run], freed);
+            let mark = engine.mark_run(experiment_id, run, run.of(planned), freed);
             flight.marks.push(mark.boxed());
         }
     }
@@ -359,7 +357,7 @@ impl<'p> Pipeline<'p> {
             let Some(done) = self.batcher.listing_done(run) else {
                 continue;
             };
-            if done.1.objects == 0 && !self.plan.runs[done.0].resume {
+            if done.1.objects == 0 && !done.0.of(self.plan.runs).resume {
                 // Not one file in any of its folders: nothing to mark as deleted.
                 self.empty.push(done.0);
                 continue;
@@ -385,15 +383,19 @@ impl<'p> Pipeline<'p> {
         }
     }
 
-    fn withdraw(&mut self, run: usize, decision: Decision) {
-        let run_id = &self.plan.runs[run].run_id;
+    fn withdraw(&mut self, run: RunIndex, decision: Decision) {
+        let run_id = &run.of(self.plan.runs).run_id;
         info!(%run_id, reason = %decision, "kept after a last look");
         self.withdrawn.push((run_id.clone(), decision));
     }
 
     /// The start of a run's deletion recorded, or refused: a refusal of the run's own (gone, no
     /// longer active) keeps it, nothing of it deleted; any other failure fails the pass.
-    fn recorded(&mut self, run: usize, recorded: Result<(), PruneError>) -> Result<(), PruneError> {
+    fn recorded(
+        &mut self,
+        run: RunIndex,
+        recorded: Result<(), PruneError>,
+    ) -> Result<(), PruneError> {
         let e = match recorded {
             Ok(()) => {
                 self.intents[run] = Intent::Recorded;
@@ -408,7 +410,7 @@ impl<'p> Pipeline<'p> {
         let mut queued: Vec<DeleteBatch> = self.batches.drain(..).collect();
         self.batcher.withdraw(run, &mut queued);
         self.batches.extend(queued);
-        let run_id = &self.plan.runs[run].run_id;
+        let run_id = &run.of(self.plan.runs).run_id;
         tracing::warn!(%run_id, error = %e, "kept: the start of its deletion could not be recorded");
         let reason = SkipReason::NotRecorded {
             error: e.to_string(),
@@ -427,14 +429,14 @@ impl<'p> Pipeline<'p> {
     /// pass to complete; any other failure fails the pass.
     fn marked(
         &mut self,
-        run: usize,
+        run: RunIndex,
         marked: Result<PrunedRun, PruneError>,
     ) -> Result<(), PruneError> {
         match marked {
             Ok(done) => self.pruned.push((run, done)),
             Err(e) if !e.is_about_the_run() => return Err(e),
             Err(e) => {
-                let run_id = &self.plan.runs[run].run_id;
+                let run_id = &run.of(self.plan.runs).run_id;
                 tracing::error!(%run_id, error = %e, "files deleted but MLflow refused the mark: the next pass completes it");
                 self.engine.metrics.run_left("unmarked");
                 self.unmarked.push(UnmarkedRun {
@@ -457,9 +459,7 @@ impl Engine {
     /// already marked stay marked, and runs already started are completed by the next pass.
     pub(super) async fn prune<'p>(&'p self, plan: &'p Planned<'p>) -> Result<Pruned, PruneError> {
         // Runs with a batch sent (answered or not): their files may be partly gone.
-        let sent: Vec<AtomicBool> = (0..plan.runs.len())
-            .map(|_| AtomicBool::new(false))
-            .collect();
+        let sent: PerRun<AtomicBool> = plan.runs.iter().map(|_| AtomicBool::new(false)).collect();
         let mut pipeline = Pipeline::new(self, plan);
         let mut flight = InFlight::new();
         loop {
@@ -523,7 +523,7 @@ impl Engine {
         if !empty.is_empty() && !deleted_any && !plan.pruned_before {
             // An empty run nothing was asked of yet gets its look first: one the look keeps
             // (registered, kept, running) is protected, not a sign of a wrong layout.
-            let unlooked: Vec<usize> = empty
+            let unlooked: Vec<RunIndex> = empty
                 .iter()
                 .copied()
                 .filter(|&run| looks[run] == Look::Pending)
@@ -534,8 +534,9 @@ impl Engine {
             for (run, verdict) in verdicts {
                 if let Verdict::Withdrawn(decision) = verdict {
                     looks[run] = Look::Done(Settled::Withdrawn);
-                    info!(run_id = %planned[run].run_id, reason = %decision, "kept after a last look");
-                    withdrawn.push((planned[run].run_id.clone(), decision));
+                    let run_id = &run.of(planned).run_id;
+                    info!(%run_id, reason = %decision, "kept after a last look");
+                    withdrawn.push((run_id.clone(), decision));
                 }
             }
             empty.retain(|&run| !withdrawn_run(looks[run]));
@@ -544,14 +545,16 @@ impl Engine {
             }
         }
         for &run in &empty {
-            let folder = planned[run]
+            let folder = run
+                .of(planned)
                 .locations
                 .first()
                 .map(|(location, _)| location.to_string())
                 .unwrap_or_default();
-            tracing::warn!(run_id = %planned[run].run_id, %folder, "planned model folder holds no file: nothing deleted, not marked");
+            let run_id = &run.of(planned).run_id;
+            tracing::warn!(%run_id, %folder, "planned model folder holds no file: nothing deleted, not marked");
             let reason = SkipReason::EmptyFolder { folder };
-            withdrawn.push((planned[run].run_id.clone(), Decision::Skipped { reason }));
+            withdrawn.push((run_id.clone(), Decision::Skipped { reason }));
         }
         if pruned.len() + withdrawn.len() + unmarked.len() != planned.len() {
             tracing::error!(
@@ -577,12 +580,12 @@ impl Engine {
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-        empty: &[usize],
+        empty: &[RunIndex],
     ) -> PruneError {
-        let run_ids: Vec<String> = empty.iter().map(|&r| planned[r].run_id.clone()).collect();
+        let run_ids: Vec<String> = empty.iter().map(|r| r.of(planned).run_id.clone()).collect();
         let folder = empty
             .iter()
-            .find_map(|&r| planned[r].locations.first())
+            .find_map(|r| r.of(planned).locations.first())
             .map(|(location, _)| location);
         let parent = folder.and_then(|folder| {
             let (parent, _) = folder.prefix.trim_end_matches('/').rsplit_once('/')?;
@@ -626,18 +629,18 @@ impl Engine {
         &self,
         experiment_id: &str,
         planned: &[PlannedDeletion],
-        intents: &[Intent],
-        sent: &[AtomicBool],
+        intents: &PerRun<Intent>,
+        sent: &PerRun<AtomicBool>,
         error: PruneError,
     ) -> PruneError {
-        let unsent = (0..planned.len()).filter(|&run| {
-            !planned[run].resume
+        let unsent = RunIndex::all(planned.len()).filter(|&run| {
+            !run.of(planned).resume
                 && intents[run] != Intent::Unrecorded
                 && !sent[run].load(Ordering::Relaxed)
         });
         let mut removals: FuturesUnordered<_> = unsent
             .map(|run| async move {
-                let run_id = planned[run].run_id.as_str();
+                let run_id = run.of(planned).run_id.as_str();
                 let removed = self
                     .retry
                     .run("mlflow", "runs/delete-tag", || {
@@ -663,9 +666,9 @@ impl Engine {
     async fn record_start(
         &self,
         experiment_id: &str,
-        index: usize,
+        index: RunIndex,
         plan: &PlannedDeletion,
-    ) -> (usize, Result<(), PruneError>) {
+    ) -> (RunIndex, Result<(), PruneError>) {
         let now = OffsetDateTime::now_utc()
             .format(&Rfc3339)
             .expect("the current time formats as RFC 3339");
@@ -704,7 +707,7 @@ impl Engine {
                 experiment_id: experiment_id.to_owned(),
                 run_ids: walk
                     .current_run()
-                    .map(|run| planned[run].run_id.clone())
+                    .map(|run| run.of(planned).run_id.clone())
                     .into_iter()
                     .collect(),
                 cause: source,
@@ -718,7 +721,7 @@ impl Engine {
         experiment_id: &str,
         planned: &[PlannedDeletion],
         batch: DeleteBatch,
-        sent: &[AtomicBool],
+        sent: &PerRun<AtomicBool>,
     ) -> Result<DeleteBatch, PruneError> {
         // From the first poll on, the request may be on its way.
         batch
@@ -731,7 +734,7 @@ impl Engine {
             .await
             .map_err(|source| PruneError::Store {
                 experiment_id: experiment_id.to_owned(),
-                run_ids: batch.runs().map(|r| planned[r].run_id.clone()).collect(),
+                run_ids: batch.runs().map(|r| r.of(planned).run_id.clone()).collect(),
                 cause: source,
             })?;
         Ok(batch)
@@ -743,10 +746,10 @@ impl Engine {
     async fn mark_run(
         &self,
         experiment_id: &str,
-        index: usize,
+        index: RunIndex,
         plan: &PlannedDeletion,
         freed: Usage,
-    ) -> (usize, Result<PrunedRun, PruneError>) {
+    ) -> (RunIndex, Result<PrunedRun, PruneError>) {
         (index, self.mark(experiment_id, plan, freed).await)
     }
 

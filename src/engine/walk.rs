@@ -8,14 +8,15 @@
 //! A key is taken only if it starts with a folder's prefix, so the gaps are never deleted; the
 //! store module checks that every page is in order, which the folder bookkeeping relies on.
 
+use super::run_index::RunIndex;
 use crate::domain::location::ModelLocation;
 use crate::store::{ObjectInfo, common_folder};
 
-/// One folder to empty, and the run (index in the pass's plan) it belongs to.
+/// One folder to empty, and the run it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Folder {
     prefix: String,
-    run: usize,
+    run: RunIndex,
 }
 
 /// The next request of a walk.
@@ -31,9 +32,9 @@ pub(super) struct Request<'w> {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Step {
     /// Keys taken, by run, in page order.
-    pub taken: Vec<(usize, Vec<ObjectInfo>)>,
+    pub taken: Vec<(RunIndex, Vec<ObjectInfo>)>,
     /// Runs one of whose folders is now fully listed (a run appears once per folder).
-    pub finished: Vec<usize>,
+    pub finished: Vec<RunIndex>,
 }
 
 /// A walk over sorted folders of one bucket sharing a root.
@@ -71,7 +72,7 @@ impl ListingWalk {
     }
 
     /// The run of the folder being listed, for error messages.
-    pub(super) fn current_run(&self) -> Option<usize> {
+    pub(super) fn current_run(&self) -> Option<RunIndex> {
         self.folders.get(self.next).map(|f| f.run)
     }
 
@@ -111,7 +112,7 @@ impl ListingWalk {
 /// segment share a walk, split into up to `width` walks that can run side by side. A folder
 /// inside (or equal to) another gets a walk of its own, so each key belongs to one folder.
 pub(super) fn plan<'a>(
-    locations: impl IntoIterator<Item = (usize, &'a ModelLocation)>,
+    locations: impl IntoIterator<Item = (RunIndex, &'a ModelLocation)>,
     width: usize,
 ) -> Vec<ListingWalk> {
     let mut folders: Vec<(&str, Folder)> = locations
@@ -201,16 +202,26 @@ mod tests {
             .collect()
     }
 
+    fn finished(step: &Step) -> Vec<usize> {
+        step.finished.iter().map(|r| r.get()).collect()
+    }
+
     fn taken(step: &Step) -> Vec<(usize, Vec<&str>)> {
         step.taken
             .iter()
-            .map(|(run, objects)| (*run, objects.iter().map(|o| o.key.as_str()).collect()))
+            .map(|(run, objects)| (run.get(), objects.iter().map(|o| o.key.as_str()).collect()))
             .collect()
     }
 
     fn one_walk(prefixes: &[&str]) -> ListingWalk {
         let locations: Vec<ModelLocation> = prefixes.iter().map(|p| loc("mlflow", p)).collect();
-        let mut walks = plan(locations.iter().enumerate(), 1);
+        let mut walks = plan(
+            locations
+                .iter()
+                .enumerate()
+                .map(|(at, l)| (RunIndex::new(at), l)),
+            1,
+        );
         assert_eq!(walks.len(), 1);
         walks.remove(0)
     }
@@ -241,7 +252,7 @@ mod tests {
                 (1, vec!["1/c/artifacts/model/f1"]),
             ]
         );
-        assert_eq!(step.finished, [0]);
+        assert_eq!(finished(&step), [0]);
         assert_eq!(
             request(&walk),
             Some(("1/", Some("1/c/artifacts/model/f1"))),
@@ -250,7 +261,7 @@ mod tests {
         let step = walk.page(objects(&["1/c/artifacts/model/f2", "1/d/x"]), true);
         assert_eq!(taken(&step), [(1, vec!["1/c/artifacts/model/f2"])]);
         assert_eq!(
-            step.finished,
+            finished(&step),
             [1],
             "a key past the last folder ends the walk"
         );
@@ -262,7 +273,7 @@ mod tests {
         let mut walk = one_walk(&["1/a/m/", "1/z/m/"]);
         let step = walk.page(objects(&["1/a/m/f", "1/b/m/f", "1/c/m/f"]), true);
         assert_eq!(taken(&step), [(0, vec!["1/a/m/f"])]);
-        assert_eq!(step.finished, [0]);
+        assert_eq!(finished(&step), [0]);
         assert_eq!(request(&walk), Some(("1/", Some("1/z/m"))));
     }
 
@@ -271,7 +282,7 @@ mod tests {
         let mut walk = one_walk(&["1/a/m/", "1/b/m/", "1/c/m/"]);
         let step = walk.page(objects(&["1/a/m/f"]), false);
         assert_eq!(taken(&step), [(0, vec!["1/a/m/f"])]);
-        assert_eq!(step.finished, [0, 1, 2], "empty folders are listed too");
+        assert_eq!(finished(&step), [0, 1, 2], "empty folders are listed too");
         assert_eq!(request(&walk), None);
     }
 
@@ -283,7 +294,7 @@ mod tests {
             true,
         );
         assert_eq!(taken(&step), [(0, vec!["1/a/m/f"])]);
-        assert_eq!(step.finished, [0]);
+        assert_eq!(finished(&step), [0]);
     }
 
     #[test]
@@ -302,11 +313,17 @@ mod tests {
             loc("mlflow", "1/r3/artifacts/model/"),
             loc("other", "1/r4/artifacts/model/"),
         ];
-        let walks = plan(locations.iter().enumerate(), 2);
+        let walks = plan(
+            locations
+                .iter()
+                .enumerate()
+                .map(|(at, l)| (RunIndex::new(at), l)),
+            2,
+        );
         let shape: Vec<(&str, &str, Vec<usize>)> = walks
             .iter()
             .map(|w| {
-                let runs = w.folders.iter().map(|f| f.run).collect();
+                let runs = w.folders.iter().map(|f| f.run.get()).collect();
                 (w.bucket.as_str(), w.root.as_str(), runs)
             })
             .collect();
@@ -329,7 +346,13 @@ mod tests {
             loc("mlflow", "1/a/"),
             loc("mlflow", "1/c/"),
         ];
-        let walks = plan(locations.iter().enumerate(), 1);
+        let walks = plan(
+            locations
+                .iter()
+                .enumerate()
+                .map(|(at, l)| (RunIndex::new(at), l)),
+            1,
+        );
         let shape: Vec<Vec<&str>> = walks
             .iter()
             .map(|w| w.folders.iter().map(|f| f.prefix.as_str()).collect())
@@ -351,7 +374,7 @@ mod tests {
         for (page, more) in pages {
             assert!(walk.request().is_some());
             requests += 1;
-            finished.extend(walk.page(page, more).finished);
+            finished.extend(walk.page(page, more).finished.iter().map(|r| r.get()));
         }
         assert_eq!(requests, 3);
         assert_eq!(finished, [0, 1, 2]);

@@ -13,6 +13,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
 use super::inventory::{InventoryOptions, ModelSources};
+use super::run_index::RunIndex;
 use super::{Engine, PlannedDeletion, PruneError};
 use crate::domain::policy::{self, PolicyOverrides, RetentionPolicy};
 use crate::domain::ranking::Decision;
@@ -42,7 +43,7 @@ impl Verdict {
 }
 
 /// A look's verdicts, each with its run's place in the plan.
-pub(super) type Verdicts = Vec<(usize, Verdict)>;
+pub(super) type Verdicts = Vec<(RunIndex, Verdict)>;
 
 /// A verdict an earlier look of the pass gave, as a later look weighs it (a sharer of a carried
 /// model must be standing or gone).
@@ -90,7 +91,7 @@ impl Engine {
     pub(super) async fn last_look(
         &self,
         plan: &Planned<'_>,
-        group: &[usize],
+        group: &[RunIndex],
         settled: &HashMap<&str, Settled>,
         depth: Depth,
     ) -> Result<Verdicts, PruneError> {
@@ -99,7 +100,7 @@ impl Engine {
         }
         let (experiment_id, planned, sources, options) =
             (plan.experiment_id, plan.runs, plan.sources, plan.options);
-        let runs = || group.iter().map(|&at| &planned[at]);
+        let runs = || group.iter().map(|at| at.of(planned));
         let mut ids: BTreeSet<&str> = runs().map(|p| p.run_id.as_str()).collect();
         ids.extend(runs().flat_map(|p| p.shared_with.values().flatten().map(String::as_str)));
         // The keepers of the look's groups are read again too: one that changed may have freed

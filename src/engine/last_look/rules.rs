@@ -27,6 +27,7 @@ use crate::domain::marks;
 use crate::domain::ranking::{Decision, Protection, SkipReason};
 use crate::domain::run::{LifecycleStage, RunStatus};
 use crate::engine::inventory::{InventoryOptions, ModelSources, is_pruned};
+use crate::engine::run_index::RunIndex;
 use crate::engine::{PlannedDeletion, RankedOn};
 use crate::mlflow::{ModelVersion, Run};
 
@@ -215,7 +216,7 @@ pub(crate) struct Fresh<'a> {
 /// stays: the next pass deletes its own files and leaves the model to the other run.
 pub(super) fn check(
     planned: &[PlannedDeletion],
-    group: &[usize],
+    group: &[RunIndex],
     settled: &HashMap<&str, Settled>,
     fresh: &Fresh<'_>,
     sources: &HashMap<String, ModelSources>,
@@ -227,7 +228,7 @@ pub(super) fn check(
     let mut verdicts: Verdicts = group
         .iter()
         .map(|&at| {
-            let plan = &planned[at];
+            let plan = at.of(planned);
             let run_id = plan.run_id.as_str();
             let run_sources = sources.get(run_id).unwrap_or(&empty);
             let fresh_run = fresh.runs.get(run_id).copied();
@@ -256,7 +257,7 @@ pub(super) fn check(
     loop {
         let standing: HashMap<&str, Settled> = verdicts
             .iter()
-            .map(|(at, v)| (planned[*at].run_id.as_str(), v.settled()))
+            .map(|(at, v)| (at.of(planned).run_id.as_str(), v.settled()))
             .collect();
         let gone = |other: &str| {
             let looked = standing.get(other).or(settled.get(other)).copied();
@@ -277,7 +278,7 @@ pub(super) fn check(
         };
         let mut changed = false;
         for (at, verdict) in verdicts.iter_mut().filter(|(_, v)| *v == Verdict::Stands) {
-            let blocker = planned[*at].shared_with.iter().find_map(|(model, with)| {
+            let blocker = at.of(planned).shared_with.iter().find_map(|(model, with)| {
                 with.iter()
                     .find(|other| !gone(other))
                     .map(|other| (model.clone(), other.clone()))
@@ -322,12 +323,12 @@ fn keeper_change(
 /// of its ranked (not resumed) runs.
 pub(super) fn keepers_to_read<'a>(
     planned: &[PlannedDeletion],
-    group: &[usize],
+    group: &[RunIndex],
     keepers: &'a [Keeper],
 ) -> impl Iterator<Item = &'a str> {
     let groups: Vec<Option<String>> = group
         .iter()
-        .map(|&at| &planned[at])
+        .map(|at| at.of(planned))
         .filter(|p| !p.resume)
         .map(|p| p.ranked_on.group.clone())
         .collect();

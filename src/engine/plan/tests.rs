@@ -5,6 +5,7 @@ use crate::domain::run::Fields;
 use super::*;
 use crate::domain::policy::{Direction, PolicyOverrides};
 use crate::domain::run::{LifecycleStage, RunStatus};
+use crate::engine::run_index::RunIndex;
 
 const NOW: i64 = 1_800_000_000_000;
 
@@ -212,8 +213,8 @@ fn a_withdrawn_run_leaves_the_plan_and_keeps_its_rank_in_the_reason() {
         protection: crate::domain::ranking::Protection::KeepTag,
     };
     plan.withdraw(vec![
-        (0, Verdict::Withdrawn(protected)),
-        (1, Verdict::Stands),
+        (RunIndex::new(0), Verdict::Withdrawn(protected)),
+        (RunIndex::new(1), Verdict::Stands),
     ]);
     assert_eq!(planned(&plan), [("c", vec!["1/c/artifacts/model/"])]);
     let b = plan

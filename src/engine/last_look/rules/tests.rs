@@ -276,7 +276,7 @@ fn a_change_in_what_the_ranking_used_withdraws_the_run() {
     planned.ranked_on.metric = Some(0.3);
     let verdicts = check(
         &[planned.clone()],
-        &[0],
+        &[RunIndex::new(0)],
         &HashMap::new(),
         &look(&runs, &[]),
         &sources,
@@ -291,7 +291,7 @@ fn a_change_in_what_the_ranking_used_withdraws_the_run() {
     resume.resume = true;
     let verdicts = check(
         &[resume],
-        &[0],
+        &[RunIndex::new(0)],
         &HashMap::new(),
         &look(&runs, &[]),
         &sources,
@@ -306,7 +306,7 @@ fn a_change_in_what_the_ranking_used_withdraws_the_run() {
     };
     let verdicts = check(
         &[planned],
-        &[0],
+        &[RunIndex::new(0)],
         &HashMap::new(),
         &fresh,
         &sources,
@@ -366,7 +366,7 @@ fn fresh_reads_versions_and_kept_sharers_withdraw_runs() {
         })
         .collect();
     let settled = HashMap::from([("earlier", Settled::Stands)]);
-    let group: Vec<usize> = (0..planned.len()).collect();
+    let group: Vec<RunIndex> = RunIndex::all(planned.len()).collect();
     let verdicts = check(
         &planned,
         &group,
@@ -380,7 +380,7 @@ fn fresh_reads_versions_and_kept_sharers_withdraw_runs() {
         .iter()
         .map(|(at, v)| {
             (
-                planned[*at].run_id.as_str(),
+                at.of(&planned).run_id.as_str(),
                 match v {
                     Verdict::Stands => None,
                     Verdict::Withdrawn(decision) => Some(decision.label()),
@@ -406,7 +406,7 @@ fn fresh_reads_versions_and_kept_sharers_withdraw_runs() {
     let settled = HashMap::from([("earlier", Settled::Withdrawn)]);
     let verdicts = check(
         &planned,
-        &[6],
+        &[RunIndex::new(6)],
         &settled,
         &look(&fresh, &versions),
         &sources,
