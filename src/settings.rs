@@ -151,17 +151,27 @@ fn unknown_env_keys(vars: impl IntoIterator<Item = (String, String)>) -> Vec<Str
         .collect()
 }
 
+/// Every setting, one field per section of `config/default.toml` ([`Settings::load`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// `[broker]`: RabbitMQ, the exchange and queues, and the bounds on deliveries.
     pub broker: BrokerSettings,
+    /// `[mlflow]`: the tracking server and how it is called.
     pub mlflow: MlflowSettings,
+    /// `[store]`: the S3-compatible store holding the models, and where deletion may go.
     pub store: StoreSettings,
+    /// `[policy]`: the default retention policy; experiment tags and event fields override it.
     pub policy: PolicyDefaults,
+    /// `[retry]`: retries inside the worker and the delays between deliveries.
     pub retry: RetrySettings,
+    /// `[concurrency]`: how much one worker does at once, and its shutdown grace.
     pub concurrency: ConcurrencySettings,
+    /// `[metrics]`: the listener of `/metrics`, `/healthz` and `/readyz`.
     pub metrics: MetricsSettings,
+    /// `[log]`: the format of log lines.
     pub log: LogSettings,
+    /// `[fleet]`: which experiments `sweep --all` covers.
     pub fleet: FleetSettings,
 }
 
@@ -174,18 +184,27 @@ pub struct FleetSettings {
     pub manage_all_experiments: bool,
 }
 
+/// RabbitMQ: where it is, the exchange and queues the worker declares, and the bounds on
+/// deliveries.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BrokerSettings {
     /// Printed with its credentials redacted, host and vhost shown.
     pub url: CredentialedUrl,
+    /// Topic exchange the events are published to (declared durable).
     pub exchange: String,
+    /// Durable quorum queue the workers consume, bound to run.finished and experiment.prune.
     pub work_queue: String,
+    /// Queue holding messages that failed permanently or ran out of attempts.
     pub dead_letter_queue: String,
     /// Most letters the dead-letter queue holds; over it RabbitMQ refuses new ones.
     pub dead_letter_max_length: u32,
+    /// Prefix of the delay queues, one per step of `retry.delays` (`<prefix>.30s`).
     pub delay_queue_prefix: String,
+    /// The work queue's quorum delivery limit: RabbitMQ dead-letters a message redelivered more
+    /// often, a backstop against one that crashes workers.
     pub delivery_limit: u32,
+    /// Deliveries the broker hands a worker before it acks any (AMQP basic.qos prefetch).
     pub prefetch: u16,
     /// Largest message body the worker handles; a larger one is dead-lettered unread.
     pub max_message_bytes: usize,
@@ -203,41 +222,63 @@ pub struct BrokerSettings {
     pub ack_deadline: Duration,
 }
 
+/// The MLflow tracking server and how the pruner calls it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlflowSettings {
+    /// Base URL of the tracking server (the REST API lives under `/api/2.0/mlflow`); printed
+    /// with its credentials redacted.
     pub tracking_uri: CredentialedUrl,
+    /// Bearer token for a server behind auth (secret); the alternative to `username`.
     #[serde(default, serialize_with = "redact_opt")]
     pub token: Option<SecretString>,
+    /// Basic-auth user, set together with `password`.
     #[serde(default)]
     pub username: Option<String>,
+    /// Basic-auth password (secret), set together with `username`.
     #[serde(default, serialize_with = "redact_opt")]
     pub password: Option<SecretString>,
+    /// Timeout of one HTTP request to MLflow.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Results asked for per search page (runs, logged models), 1 to 1000 (MLflow's cap).
     pub page_size: u32,
+    /// Param that classic (pre-MLflow 3) trainers set true (`1`) once the model files are
+    /// uploaded.
     pub model_uploaded_param: String,
+    /// Also log the param `model_deleted = 1` on pruned runs, besides the tags (EmbeddingStudio's
+    /// trainer filters on it).
     pub log_deleted_param: bool,
     /// Requests in flight towards MLflow, per process.
     pub requests_in_flight: AdaptiveLimit,
 }
 
+/// The S3-compatible store holding the models, and the bounds on what may be deleted there.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
+    /// S3 endpoint of MinIO or Garage; `None` for AWS S3. Printed with credentials redacted.
     #[serde(default)]
     pub endpoint: Option<CredentialedUrl>,
+    /// Region sent in request signatures (Garage wants its `s3_region`).
     pub region: String,
-    /// Empty when unset: refused by [`Settings::load`].
+    /// Empty when unset: refused by [`StoreSettings::check_keys`] before a command uses the store.
     #[serde(default)]
     pub access_key_id: String,
+    /// Secret of `access_key_id`; empty when unset, printed as `[redacted]`.
     #[serde(serialize_with = "redact", default = "no_secret")]
     pub secret_access_key: SecretString,
+    /// Path-style addressing (`http://host/bucket/key`), needed by MinIO and Garage.
     pub force_path_style: bool,
+    /// Buckets the pruner may delete from; a model anywhere else is refused and reported.
     pub allowed_buckets: Vec<String>,
+    /// Where an MLflow server that proxies artifacts stores them (an `s3://` URL DEST):
+    /// `mlflow-artifacts:/x` maps to DEST/x.
     pub artifacts_destination: Url,
+    /// Timeout of one request to the store.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Keys per DeleteObjects request, 1 to 1000 (the S3 limit).
     pub delete_batch_size: u16,
     /// Requests in flight towards the store, per process.
     pub requests_in_flight: AdaptiveLimit,
@@ -269,23 +310,35 @@ impl StoreSettings {
     }
 }
 
+/// Retries: of one step inside the worker, then of the whole message through the delay queues.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
+    /// Attempts of one step inside the worker before the message is delayed (1: no retry).
     pub in_process_attempts: u32,
+    /// First backoff between in-process attempts; it doubles each time, with jitter.
     #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
+    /// Longest backoff between in-process attempts.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Deliveries of one message, the first included, before it is dead-lettered.
     pub max_attempts: u32,
+    /// Waits before a transiently failed message returns to the work queue, one delay queue
+    /// each: the n-th delay uses the n-th step, the last step repeats.
     pub delays: Vec<humantime_serde::Serde<Duration>>,
 }
 
+/// How much one worker does at once.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencySettings {
+    /// Experiments processed at the same time (one pass per experiment at a time).
     pub max_in_flight: usize,
+    /// Requests one pass keeps in flight for each kind: folder listings, DeleteObjects batches
+    /// and MLflow marks of pruned runs.
     pub parallel_deletions: usize,
+    /// Time given to in-flight work after SIGTERM or SIGINT before the worker exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
 }
@@ -302,15 +355,19 @@ pub struct AdaptiveLimit {
     pub max: usize,
 }
 
+/// The HTTP listener for Prometheus and health probes.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
+    /// Address and port `/metrics`, `/healthz` and `/readyz` are served on.
     pub listen: SocketAddr,
 }
 
+/// Logging; `RUST_LOG` sets the filter (default `info`).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    /// `json` for production, `pretty` for a terminal.
     pub format: LogFormat,
 }
 
@@ -318,21 +375,29 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One JSON object per line, the event's fields flattened in, with the current span.
     Json,
+    /// Human-readable lines, for a terminal.
     Pretty,
 }
 
 /// Settings could not be loaded; the message names the source and the bad key.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The settings did not load or deserialise (a bad value, an unknown key), with no settings
+    /// file and no `MODEL_PRUNER__*` variable naming no setting to point at.
     #[error("invalid settings: {0}")]
     Invalid(config::ConfigError),
     /// As `Invalid`, naming the sources beyond the built-in defaults that could hold the error.
     #[error("invalid settings: {error} (look at: {sources})")]
     InvalidFrom {
+        /// What the config crate reported.
         error: config::ConfigError,
+        /// The settings file and the `MODEL_PRUNER__*` variables naming no setting, `; `-joined.
         sources: String,
     },
+    /// The settings loaded but break a rule the types cannot express (a range, settings that
+    /// go together, missing store keys); the message names the keys.
     #[error("invalid settings: {0}")]
     Rule(String),
 }

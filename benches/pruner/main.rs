@@ -14,6 +14,15 @@
 //! - `fleet`: `model-pruner report` over many experiments, beside a raw listing.
 //! - `report`: the table and the JSON file.
 
+#![allow(
+    unreachable_pub,
+    reason = "a test or bench crate has no public API: `pub` only shares items between its modules"
+)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and the bench fail loudly on the unexpected; the lint is for the product"
+)]
+
 mod cpu;
 mod fleet;
 #[path = "../../tests/support/mlflow_fixtures.rs"]
@@ -133,10 +142,15 @@ fn key_value(text: &str) -> Result<(String, String), String> {
 
 /// What the scenarios share.
 pub struct Env {
+    /// The stack's tracking server, for seeding and checks.
     pub mlflow: mlflow_fixtures::Mlflow,
+    /// The stack's S3 store, for seeding files and the raw baselines.
     pub s3: aws_sdk_s3::Client,
+    /// The stack's RabbitMQ, for publishing events to the workers under test.
     pub broker: Broker,
+    /// Unique names for this run's experiments, exchanges and queues.
     pub names: Names,
+    /// Files uploaded at once while seeding (`--upload-concurrency`).
     pub upload_concurrency: usize,
 }
 

@@ -33,39 +33,86 @@ pub enum BrokerError {
     /// `{:#}` says it once.
     #[error("RabbitMQ: {op}: {cause}")]
     Amqp {
+        /// The AMQP operation that failed, e.g. `basic.publish` or `declare topology`.
         op: &'static str,
+        /// lapin's error; a channel or connection the broker closed carries its reply code and
+        /// text (see [`BrokerError::soft`]).
         cause: lapin::Error,
     },
+    /// The connection could not be opened (TCP, TLS or the AMQP handshake, credentials
+    /// included).
     #[error("RabbitMQ at {url}: cannot connect: {cause}")]
-    Connect { url: String, cause: lapin::Error },
+    Connect {
+        /// `broker.url` with its credentials redacted.
+        url: String,
+        /// Why lapin could not connect: refused, unreachable, or the broker turned it down.
+        cause: lapin::Error,
+    },
     /// `broker.url` is not an AMQP URI lapin can use (`url` has its credentials redacted).
     #[error("broker.url {url} is not an AMQP URI: {reason}")]
-    Url { url: String, reason: String },
+    Url {
+        /// `broker.url` with its credentials redacted.
+        url: String,
+        /// The URI parser's complaint, any copy of the URL in it replaced by "the URL".
+        reason: String,
+    },
+    /// The broker did not answer within `broker.connect_timeout` (connecting, declaring,
+    /// consuming, closing) or `broker.confirm_timeout` (a publisher confirm).
     #[error("RabbitMQ: {op}: no answer within {after:?}")]
-    Timeout { op: &'static str, after: Duration },
+    Timeout {
+        /// The operation that was waited for, e.g. `connect` or `publisher confirm`.
+        op: &'static str,
+        /// The time limit that ran out.
+        after: Duration,
+    },
+    /// The worker gave up on a copy: a resource alarm kept the connection blocked until
+    /// shortly before the delivery's ack deadline.
     #[error("RabbitMQ has blocked the publishing connection (a memory or disk alarm)")]
     Blocked,
+    /// The worker found a connection closed; its session ends and a new one reconnects.
     #[error("RabbitMQ closed the {connection} connection")]
-    Closed { connection: &'static str },
+    Closed {
+        /// Which connection, as it reads in the message: `publishing` (the one copies go out on).
+        connection: &'static str,
+    },
+    /// An earlier copy came back unroutable, so one of the worker's own queues is gone; the
+    /// session ends and the next one declares the topology again.
     #[error("a copy to one of the worker's own queues was unroutable: declaring them again")]
     TopologyGone,
+    /// A queue whose messages were to be counted does not exist.
     #[error("RabbitMQ has no queue {queue:?}")]
-    NoQueue { queue: String },
+    NoQueue {
+        /// The name looked up, e.g. `broker.dead_letter_queue` for the `dlq` commands.
+        queue: String,
+    },
+    /// The worker's consumer stream ended: the broker cancelled it, e.g. because its queue was
+    /// deleted.
     #[error("RabbitMQ cancelled the consumer of queue {queue:?} (was the queue deleted?)")]
-    ConsumerCancelled { queue: String },
+    ConsumerCancelled {
+        /// The queue the worker consumed (`broker.work_queue`).
+        queue: String,
+    },
+    /// The broker refused a publication; for the worker's copies, the target queue is full
+    /// (reject-publish overflow).
     #[error(
         "RabbitMQ refused (nacked) the message published to {exchange:?} with key {routing_key:?}"
     )]
     Nacked {
+        /// The exchange published to; empty for the default exchange (straight into a queue).
         exchange: String,
+        /// The routing key; the queue's name when published through the default exchange.
         routing_key: String,
     },
+    /// The broker returned a mandatory publication that no queue is bound for.
     #[error(
         "RabbitMQ could not route the message published to {exchange:?} with key {routing_key:?}: {reply}"
     )]
     Unroutable {
+        /// The exchange published to; empty for the default exchange (straight into a queue).
         exchange: String,
+        /// The routing key; the queue's name when published through the default exchange.
         routing_key: String,
+        /// The broker's reply code and text from basic.return, e.g. `312 NO_ROUTE`.
         reply: String,
     },
 }

@@ -36,10 +36,17 @@ pub const BINDINGS: [&str; 2] = [RUN_FINISHED, EXPERIMENT_PRUNE];
 /// The names and parameters of every exchange and queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
+    /// The durable topic exchange events are published to (`broker.exchange`).
     pub exchange: String,
+    /// The quorum queue the workers consume, bound to [`BINDINGS`] (`broker.work_queue`).
     pub work_queue: String,
+    /// The classic queue of messages that failed permanently or ran out of attempts
+    /// (`broker.dead_letter_queue`).
     pub dead_letter_queue: String,
+    /// The dead-letter queue's `x-max-length`: over it the broker refuses new letters.
     pub dead_letter_max_length: u32,
+    /// The work queue's `x-delivery-limit`: a message redelivered more times than this is
+    /// dead-lettered by the broker.
     pub delivery_limit: u32,
     /// One delay queue per step of `retry.delays`, in order.
     pub delay_queues: Vec<DelayQueue>,
@@ -66,11 +73,14 @@ pub struct Origin {
 /// A queue that holds messages for `delay`, then dead-letters them back to the work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelayQueue {
+    /// `<broker.delay_queue_prefix>.<step>`, e.g. `model-pruner.delay.30s` ([`delay_queue_name`]).
     pub name: String,
+    /// How long a message stays in it (the queue's `x-message-ttl`): one step of `retry.delays`.
     pub delay: Duration,
 }
 
 impl Topology {
+    /// The names and parameters `[broker]` sets, with one delay queue per `retry.delays` step.
     pub fn from_settings(settings: &Settings) -> Self {
         let b = &settings.broker;
         Topology {

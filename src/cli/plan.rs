@@ -80,7 +80,11 @@ pub(super) async fn measure(engine: &Engine, report: &PassReport) -> anyhow::Res
 
 /// When every planned folder is empty, what that means: a pass would stop (kind
 /// `empty_folders`) and delete nothing, because the models are not where the settings say.
-pub(super) fn nothing_stored(report: &PassReport, usage: &Usage, settings: &Settings) -> Option<String> {
+pub(super) fn nothing_stored(
+    report: &PassReport,
+    usage: &Usage,
+    settings: &Settings,
+) -> Option<String> {
     let folders = report.planned.iter().flat_map(|p| &p.locations).count();
     if folders == 0 || usage.objects > 0 || report.planned.iter().all(|p| p.resume) {
         return None;

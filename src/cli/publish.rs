@@ -118,7 +118,11 @@ pub(super) async fn publish_event(settings: &Settings, event: &Event) -> anyhow:
 }
 
 /// [`publish_event`] on an open connection, for commands that publish many events.
-pub(super) async fn publish_on(broker: &Broker, settings: &Settings, event: &Event) -> anyhow::Result<()> {
+pub(super) async fn publish_on(
+    broker: &Broker,
+    settings: &Settings,
+    event: &Event,
+) -> anyhow::Result<()> {
     let exchange = settings.broker.exchange.as_str();
     // Passive: checks the exchange exists without creating it. A missing exchange would
     // otherwise surface as a channel error in the middle of the publish.

@@ -66,7 +66,10 @@ struct Window {
 pub enum Outcome {
     /// An answer to `operation` (success or an error that is not overload) after `latency`.
     Answered {
+        /// The request's operation (an MLflow endpoint such as `runs/search`, an S3 call such as
+        /// `DeleteObjects`), whose own baseline the latency is compared with.
         operation: &'static str,
+        /// Time from sending the request to its answer.
         latency: Duration,
     },
     /// A timeout or an answer saying the server is overloaded.

@@ -19,26 +19,44 @@ pub enum Finding {
     /// deletion that did not finish, or files written back after it. The engine skips marked
     /// runs, so only a manual deletion repairs this.
     UnfinishedDeletion {
+        /// Who the folder belongs to, for people: `run <id> (marked deleted)` or `logged model
+        /// <id> (marked deleted)`.
         owner: String,
+        /// The model folder that should be empty, as `s3://<bucket>/<prefix>`.
         location: String,
+        /// Objects still stored under it.
         objects: u64,
+        /// Their total size, in bytes.
         bytes: u64,
     },
     /// An unprotected model stored beyond the top N: an `experiment.prune` repairs it.
     BeyondTopN {
+        /// The MLflow run whose model a pass would delete.
         run_id: String,
+        /// Why the plan deletes it (`rank 3 of 6 by accuracy max, keep_top 2`), as a pass would
+        /// write in `model_pruner.reason`.
         reason: String,
+        /// Objects stored under its model folders.
         objects: u64,
+        /// Their total size, in bytes.
         bytes: u64,
     },
     /// A run planned for deletion whose model folders hold no file: its model lives elsewhere
     /// (another artifact path than `model/`, or a wrong `store.artifacts_destination`). A pass
     /// reports it and never marks it; only fixing the layout or the setting helps.
-    EmptyModelFolder { run_id: String, location: String },
+    EmptyModelFolder {
+        /// The MLflow run planned for deletion.
+        run_id: String,
+        /// Its first model folder, found empty, as `s3://<bucket>/<prefix>`.
+        location: String,
+    },
     /// Objects under the experiment's root that belong to no run or logged model MLflow knows.
     Orphan {
+        /// The orphan folder (or loose file at the root), as `s3://<bucket>/<prefix>`.
         location: String,
+        /// Objects stored under it.
         objects: u64,
+        /// Their total size, in bytes.
         bytes: u64,
         /// Tied to this experiment on this server ([`tie`]): removing it by hand is safe.
         removable: bool,
@@ -46,7 +64,10 @@ pub enum Finding {
         checked: String,
     },
     /// The engine could not plan a pass (bad policy, no run has the metric...).
-    PlanFailed { error: String },
+    PlanFailed {
+        /// The engine's error message.
+        error: String,
+    },
 }
 
 impl Finding {
@@ -75,7 +96,9 @@ impl Finding {
 pub struct OrphanFolder {
     /// Key prefix, ending with `/` (or a whole key for a file lying directly at the root).
     pub prefix: String,
+    /// Objects stored under the prefix.
     pub objects: u64,
+    /// Their total size, in bytes.
     pub bytes: u64,
     /// The run id (`<root><id>/`) or logged model id (`<root>models/<id>/`) the folder is
     /// named for; none for a loose file.
@@ -85,13 +108,16 @@ pub struct OrphanFolder {
 /// What a folder under an experiment's root is named for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FolderOwner {
+    /// A folder `<root><name>/`, named for the run id `<name>` (not checked to look like one).
     Run(String),
+    /// A folder `<root>models/<id>/`, named for the logged model id `<id>`.
     LoggedModel(String),
 }
 
 /// What lies under an experiment's root besides its known runs' and models' folders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stray {
+    /// Folders and loose files owned by no known run or logged model, sorted by prefix.
     pub orphans: Vec<OrphanFolder>,
     /// Known runs' and logged models' folders found under the root: the proof that the root
     /// is this experiment's on this server (and not another server's with the same ids).
@@ -104,7 +130,10 @@ pub enum OnServer {
     /// No such run or logged model on this server.
     Absent,
     /// It exists, in this experiment (deleted from its lists) or another.
-    In { experiment_id: String },
+    In {
+        /// The id of the experiment the server files it under.
+        experiment_id: String,
+    },
     /// The server could not be asked (no logged-models API, say).
     CannotTell(String),
 }

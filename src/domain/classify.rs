@@ -22,6 +22,7 @@ pub const REASONS: [&str; 12] = [
 /// Errors of an external system that know whether retrying can help, and why they failed in a
 /// word fit for a label. The error types keep the detail for logs.
 pub trait Classified: fmt::Display {
+    /// Whether retrying can help.
     fn class(&self) -> ErrorClass;
 
     /// One of [`REASONS`].

@@ -13,8 +13,13 @@ pub const EXPERIMENT_PRUNE: &str = "experiment.prune";
 /// A training run ended: rank its experiment and prune what fell out of the top N.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct RunFinished {
+    /// MLflow id of the experiment to rank (a string, as MLflow's API writes it); not empty.
     pub experiment_id: String,
+    /// MLflow id of the run that ended; not empty. The event fails if the run is not in
+    /// `experiment_id`.
     pub run_id: String,
+    /// Policy fields that take precedence over the experiment's tags and the settings; none
+    /// when absent.
     #[serde(default)]
     pub policy: PolicyOverrides,
 }
@@ -22,7 +27,10 @@ pub struct RunFinished {
 /// Sweep a whole experiment, optionally deleting it afterwards.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct ExperimentPrune {
+    /// MLflow id of the experiment to sweep (a string, as MLflow's API writes it); not empty.
     pub experiment_id: String,
+    /// Policy fields that take precedence over the experiment's tags and the settings; none
+    /// when absent.
     #[serde(default)]
     pub policy: PolicyOverrides,
     /// Soft-delete the experiment in MLflow once all its unprotected models are gone.
@@ -39,25 +47,33 @@ pub struct ExperimentPrune {
 /// An event the engine handles.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A `run.finished` message.
     RunFinished(RunFinished),
+    /// An `experiment.prune` message.
     ExperimentPrune(ExperimentPrune),
 }
 
 /// A message that does not follow the contract. Always permanent.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
+    /// The routing key is neither `run.finished` nor `experiment.prune`.
     #[error("unknown routing key {0:?} (expected run.finished or experiment.prune)")]
     UnknownRoutingKey(String),
     /// The parser's message is part of this one (not an error `source`), so a chain printed
     /// with `{:#}` says it once.
     #[error("invalid {routing_key} message: {cause}")]
     Json {
+        /// The routing key the body was parsed for.
         routing_key: &'static str,
+        /// What the JSON parser refused: malformed JSON, a missing or mistyped field.
         cause: serde_json::Error,
     },
+    /// A required id is empty or only whitespace.
     #[error("invalid {routing_key} message: {field} must not be empty")]
     Empty {
+        /// The routing key of the message.
         routing_key: &'static str,
+        /// The empty field: `experiment_id` or `run_id`.
         field: &'static str,
     },
 }
@@ -83,6 +99,7 @@ impl Event {
         Ok(event)
     }
 
+    /// The routing key this event is published with: [`RUN_FINISHED`] or [`EXPERIMENT_PRUNE`].
     pub fn routing_key(&self) -> &'static str {
         match self {
             Event::RunFinished(_) => RUN_FINISHED,
@@ -90,6 +107,7 @@ impl Event {
         }
     }
 
+    /// The experiment the event is about, as MLflow's id.
     pub fn experiment_id(&self) -> &str {
         match self {
             Event::RunFinished(e) => &e.experiment_id,

@@ -9,7 +9,10 @@ use url::Url;
 /// never matches a sibling whose name merely starts the same way.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct ModelLocation {
+    /// The bucket, one of `store.allowed_buckets` once resolved.
     pub bucket: String,
+    /// The folder's key prefix in the bucket, without a leading `/` and ending with `/`
+    /// (`12/<run_id>/artifacts/model/`).
     pub prefix: String,
 }
 
@@ -22,19 +25,39 @@ impl fmt::Display for ModelLocation {
 /// An artifact URI the pruner refuses to delete under; nothing is deleted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocationError {
+    /// The URI is neither `s3://` nor `mlflow-artifacts:` (a local path, `gs://`...).
     #[error("artifact URI {uri:?} is not supported (only s3:// and mlflow-artifacts:/ are)")]
-    UnsupportedScheme { uri: String },
+    UnsupportedScheme {
+        /// The artifact URI, as MLflow gave it.
+        uri: String,
+    },
+    /// The URI (or `store.artifacts_destination` it maps through) cannot be read as a place.
     #[error("artifact URI {uri:?} is malformed: {reason}")]
-    Malformed { uri: String, reason: &'static str },
+    Malformed {
+        /// The artifact URI, as MLflow gave it.
+        uri: String,
+        /// What is wrong with it (`no bucket name`, `relative path segments`...).
+        reason: &'static str,
+    },
+    /// The URI points into a bucket deletion may not touch.
     #[error("artifact URI {uri:?} is in bucket {bucket:?}, which is not in store.allowed_buckets")]
-    BucketNotAllowed { uri: String, bucket: String },
+    BucketNotAllowed {
+        /// The artifact URI, as MLflow gave it.
+        uri: String,
+        /// The bucket it resolves to.
+        bucket: String,
+    },
+    /// The folder does not name its owner's id, so it could hold other runs' or models' files.
     #[error(
         "artifact URI {uri:?} resolves to prefix {prefix:?}, which is not inside the folder of \
          {owner} (it could cover other runs' or models' files)"
     )]
     TooBroad {
+        /// The artifact URI, as MLflow gave it.
         uri: String,
+        /// The key prefix it resolves to (empty for a bucket's root).
         prefix: String,
+        /// The run or logged model it should belong to (`run <id>`, `logged model <id>`).
         owner: String,
     },
 }
@@ -51,7 +74,9 @@ pub struct LocationRules {
 /// What a location belongs to; its id must appear as a whole folder name in the prefix.
 #[derive(Debug, Clone, Copy)]
 pub enum Owner<'a> {
+    /// A run, by its MLflow run id.
     Run(&'a str),
+    /// An MLflow 3 logged model, by its model id (`m-...`).
     LoggedModel(&'a str),
 }
 
@@ -148,7 +173,10 @@ impl LocationRules {
 /// A place in the store: a bucket and the key's folder names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Place {
+    /// The bucket, whether allowed or not.
     pub bucket: String,
+    /// The key's folder names in order, `sub_path`'s included and empty ones dropped
+    /// (`["12", "<run_id>", "artifacts", "model"]`).
     pub segments: Vec<String>,
 }
 

@@ -66,7 +66,9 @@ impl fmt::Display for Direction {
 /// syntax writes it (`params.base_model`, ``tags.`data set` ``).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum GroupKey {
+    /// A run param, by name (`params.base_model`).
     Param(String),
+    /// A run tag, by name (`tags.dataset`).
     Tag(String),
 }
 
@@ -123,7 +125,10 @@ impl Serialize for GroupKey {
 /// The policy a ranking pass applies.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetentionPolicy {
+    /// The metric runs are ranked by, as logged in MLflow (e.g. `accuracy`); its latest value
+    /// counts.
     pub metric: String,
+    /// Which end of the metric is best: `max` keeps the highest values, `min` the lowest.
     pub direction: Direction,
     /// Models kept by rank (per group with `group_by`).
     pub keep_top: u32,
@@ -204,25 +209,37 @@ impl fmt::Display for RetentionPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDefaults {
+    /// The metric runs are ranked by, as logged in MLflow (`accuracy` by default).
     pub metric: String,
+    /// Which end of the metric is best (`max` by default).
     pub direction: Direction,
+    /// Models kept by rank, per group with `group_by` (10 by default; 0 keeps none).
     pub keep_top: u32,
     /// A run.finished pass that would delete more models than this deletes nothing and fails.
     pub max_deletions_per_pass: u32,
+    /// The most recently finished candidates kept besides the top N, per group (0 by default).
     #[serde(default)]
     pub keep_latest: u32,
+    /// A run that finished less than this ago is not deleted yet; off when unset (at most 90d,
+    /// checked when the worker starts).
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub grace: Option<Duration>,
+    /// `params.<name>` or `tags.<name>` the runs are grouped by, as written in the settings
+    /// (parsed when the policy is resolved); no grouping when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_by: Option<String>,
+    /// A run whose metric is below this does not count towards the top N; no floor when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_metric: Option<f64>,
+    /// A run whose metric is above this does not count towards the top N; no ceiling when
+    /// unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_metric: Option<f64>,
+    /// Only runs that finished at least this long ago are candidates; off when unset.
     #[serde(
         default,
         with = "humantime_serde",
@@ -235,12 +252,17 @@ pub struct PolicyDefaults {
 /// is reported with its source instead of as an unreadable message.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct PolicyOverrides {
+    /// The metric runs are ranked by, as logged in MLflow; must not be empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// `max` or `min` (any case); anything else is a policy error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<String>,
+    /// Models kept by rank, per group; a negative value is a policy error, not a parse error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_top: Option<i64>,
+    /// The most recently finished candidates kept besides the top N, per group; a negative
+    /// value is a policy error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_latest: Option<i64>,
     /// A duration (`20s`, `2h`); `0s` turns a tag's or the settings' grace off.
@@ -249,8 +271,10 @@ pub struct PolicyOverrides {
     /// `params.<name>` or `tags.<name>`; `""` turns a tag's or the settings' grouping off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_by: Option<String>,
+    /// The lowest metric value that counts towards the top N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_metric: Option<f64>,
+    /// The highest metric value that counts towards the top N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_metric: Option<f64>,
     /// A duration (`30d`); `0s` turns a tag's or the settings' age limit off.
@@ -262,8 +286,11 @@ pub struct PolicyOverrides {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicySource {
+    /// The event's `policy` field (for a command, its policy options).
     Event,
+    /// One of the experiment's `model_pruner.*` tags.
     ExperimentTag,
+    /// The settings' `[policy]` section.
     Settings,
 }
 
@@ -281,9 +308,13 @@ impl fmt::Display for PolicySource {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid retention policy: {field} = {value:?} from {origin}: {reason}")]
 pub struct PolicyError {
+    /// The policy field's name (`keep_top`, `grace`...).
     pub field: &'static str,
+    /// The refused value, as text.
     pub value: String,
+    /// Where the value came from.
     pub origin: PolicySource,
+    /// What is wrong with it (`must be at most 90d`).
     pub reason: String,
 }
 

@@ -39,8 +39,12 @@ use crate::domain::run::RunStatus;
 /// What ranking needs to know about one run; built from MLflow data by the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunFacts {
+    /// MLflow's id of the run.
     pub run_id: String,
+    /// The run's name in MLflow (`info.run_name` or the `mlflow.runName` tag); empty when it
+    /// has none.
     pub run_name: String,
+    /// The run's MLflow status; only `FINISHED` runs are candidates.
     pub status: RunStatus,
     /// Lifecycle stage is `active` (not in MLflow's trash).
     pub active: bool,
@@ -68,7 +72,12 @@ pub struct RunFacts {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Protection {
     /// The model backs a model-registry version.
-    Registered { name: String, version: String },
+    Registered {
+        /// The registered model's name.
+        name: String,
+        /// The version's number, as MLflow writes it (a string).
+        version: String,
+    },
     /// The run is tagged `model_pruner.keep = true`.
     KeepTag,
 }
@@ -91,7 +100,10 @@ pub enum SkipReason {
     /// The run is in MLflow's trash.
     NotActive,
     /// The run is not FINISHED (running, scheduled, failed, killed): never touched.
-    NotFinished { status: RunStatus },
+    NotFinished {
+        /// The run's status in MLflow.
+        status: RunStatus,
+    },
     /// The run's model was already deleted.
     AlreadyPruned,
     /// The run has no stored model.
@@ -99,24 +111,42 @@ pub enum SkipReason {
     /// The run never logged the metric: kept and reported (the metric may be misnamed).
     MissingMetric,
     /// The run shares a logged model with another run that stays: kept this pass.
-    SharedModelKept { model_id: String, run_id: String },
+    SharedModelKept {
+        /// The logged model both runs carry.
+        model_id: String,
+        /// The other run, which stays.
+        run_id: String,
+    },
     /// The run finished less than `older_than` ago (or has no end time): not a candidate yet.
     /// `candidate_at`: when it becomes one (milliseconds since the epoch; none without an end
     /// time), the time a later pass should look again.
     TooRecent {
+        /// The policy's `older_than`, formatted for people (`30days`).
         older_than: String,
+        /// When the run becomes a candidate (its end time plus `older_than`), in milliseconds
+        /// since the epoch; none without an end time.
         #[serde(skip_serializing_if = "Option::is_none")]
         candidate_at: Option<i64>,
     },
     /// The planned folders held no file when listed: nothing deleted, the run not marked (the
     /// model lives elsewhere: another artifact path, or a wrong `store.artifacts_destination`).
-    EmptyFolder { folder: String },
+    EmptyFolder {
+        /// The run's first planned model folder, as `s3://<bucket>/<prefix>`.
+        folder: String,
+    },
     /// MLflow refused the tag that records the start of the run's deletion: nothing of it was
     /// deleted.
-    NotRecorded { error: String },
+    NotRecorded {
+        /// MLflow's error, as text.
+        error: String,
+    },
     /// What the ranking used changed while the pass ran (the metric, the group, the end time,
     /// the experiment's policy): kept, the next pass decides.
-    Changed { what: String },
+    Changed {
+        /// What changed (`accuracy 0.8 -> 0.9`, `end time ... -> ...`, `policy ... -> ...`, or a
+        /// keeper's change such as `kept run <id>: gone`).
+        what: String,
+    },
 }
 
 impl fmt::Display for SkipReason {
@@ -169,11 +199,18 @@ impl fmt::Display for SkipReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum Decision {
+    /// Kept by its rank (within `keep_top` and the floor), or among the `keep_latest` most
+    /// recently finished.
     Keep,
+    /// Kept by no rule: its model files are to be deleted and the run marked (not in a dry run).
     Delete,
+    /// Kept whatever its rank: its model backs a registry version, or it has the keep tag.
     Protected {
+        /// What protects it.
         protection: Protection,
     },
+    /// Not ranked (not a candidate), or taken out of the deletions by the pass's last look:
+    /// nothing is done to it.
     Skipped {
         /// `skip_reason` beside a run's own `reason` in JSON.
         #[serde(rename = "skip_reason")]
@@ -182,6 +219,8 @@ pub enum Decision {
     /// Out of the top N but finished less than `grace` ago: kept until `until` (milliseconds
     /// since the epoch; none when the run has no end time, so its grace never runs out).
     Grace {
+        /// The run's end time plus `grace`, in milliseconds since the epoch; none without an
+        /// end time.
         until: Option<i64>,
     },
 }
@@ -245,7 +284,10 @@ pub enum Rule {
 /// has one.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RankedRun {
+    /// What the run was ranked on, as read at the start of the pass.
     pub run: RunFacts,
+    /// 1-based rank among the ranked candidates of its group; none for a run that was not
+    /// ranked (skipped, or a deletion being resumed).
     pub rank: Option<usize>,
     /// Written beside the other fields: `"decision": "protected", "protection": {...}`.
     #[serde(flatten)]
@@ -263,6 +305,8 @@ pub struct Ranking {
     /// Left out of JSON: the pass report beside it has it.
     #[serde(skip)]
     pub policy: RetentionPolicy,
+    /// Every run read (a repeated row left out): the ranked ones group by group in rank order,
+    /// then the deletions being resumed, then the skipped ones, each of those two by run id.
     pub runs: Vec<RankedRun>,
     /// Number of ranked candidates.
     pub ranked: usize,
@@ -359,18 +403,30 @@ impl Ranking {
 /// Ranking is impossible.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RankingError {
+    /// Runs have a stored model but no run of the experiment logged the metric: probably a
+    /// misnamed metric.
     #[error(
         "none of the {candidates} runs with a stored model has a value for metric {metric:?}, \
          nor has any other run of the experiment: nothing deleted (is the metric name right?)"
     )]
-    NoMetric { metric: String, candidates: usize },
+    NoMetric {
+        /// The policy's metric.
+        metric: String,
+        /// Finished runs with a stored model, none with a value for the metric.
+        candidates: usize,
+    },
+    /// No candidate's metric is within `min_metric`/`max_metric`: probably a floor on the wrong
+    /// scale.
     #[error(
         "none of the {candidates} candidates has a value of {metric:?} within the floor \
          ({floor}): nothing deleted (is the floor on the metric's scale?)"
     )]
     NothingWithinFloor {
+        /// The policy's metric.
         metric: String,
+        /// Candidates ranked, none within the floor.
         candidates: usize,
+        /// The floor as set (`min_metric 0.5, max_metric 1`).
         floor: String,
     },
 }

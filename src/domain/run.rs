@@ -20,10 +20,12 @@ impl<V> Default for Fields<V> {
 }
 
 impl<V> Fields<V> {
+    /// The value of `key`, if present.
     pub fn get(&self, key: &str) -> Option<&V> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
+    /// Whether `key` is present, whatever its value.
     pub fn contains_key(&self, key: &str) -> bool {
         self.get(key).is_some()
     }
@@ -36,14 +38,17 @@ impl<V> Fields<V> {
         }
     }
 
+    /// Removes every pair.
     pub fn clear(&mut self) {
         self.0.clear();
     }
 
+    /// Whether there is no pair at all.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The keys, in the order they were first inserted.
     pub fn keys(&self) -> impl Iterator<Item = &String> {
         self.0.iter().map(|(k, _)| k)
     }
@@ -71,16 +76,22 @@ impl<V> std::ops::Index<&str> for Fields<V> {
 /// A run's status.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum RunStatus {
+    /// `RUNNING`: still training, may still write files; never touched.
     Running,
+    /// `SCHEDULED`: not started yet; never touched.
     Scheduled,
+    /// `FINISHED`: ended successfully; the only status whose runs are candidates.
     Finished,
+    /// `FAILED`: ended with an error; never touched.
     Failed,
+    /// `KILLED`: stopped before it ended; never touched.
     Killed,
     /// A status this version does not know: never touched, like a running one.
     Other(String),
 }
 
 impl RunStatus {
+    /// Reads MLflow's `info.status` (`FINISHED`...); an unknown value becomes [`RunStatus::Other`].
     pub fn parse(s: &str) -> Self {
         match s {
             "RUNNING" => RunStatus::Running,
@@ -92,6 +103,7 @@ impl RunStatus {
         }
     }
 
+    /// The status as MLflow writes it (`FINISHED`), an unknown one as it came.
     pub fn as_str(&self) -> &str {
         match self {
             RunStatus::Running => "RUNNING",
@@ -115,13 +127,17 @@ impl RunStatus {
 /// Whether a run or an experiment is in MLflow's trash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum LifecycleStage {
+    /// `active`: not in the trash.
     Active,
+    /// `deleted`: in MLflow's trash (restorable until the server's garbage collection runs).
     Deleted,
     /// A stage this version does not know: treated as not active.
     Other(String),
 }
 
 impl LifecycleStage {
+    /// Reads MLflow's `lifecycle_stage` (`active`, `deleted`); an unknown value becomes
+    /// [`LifecycleStage::Other`].
     pub fn parse(s: &str) -> Self {
         match s {
             "active" => LifecycleStage::Active,
@@ -130,6 +146,7 @@ impl LifecycleStage {
         }
     }
 
+    /// The stage as MLflow writes it (`active`), an unknown one as it came.
     pub fn as_str(&self) -> &str {
         match self {
             LifecycleStage::Active => "active",

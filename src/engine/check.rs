@@ -19,6 +19,7 @@ pub struct Check {
     pub settings: &'static str,
     /// What was tried, or what answered.
     pub detail: String,
+    /// What went wrong (the error, or a hint such as a wrong base path); `None` when all is well.
     pub problem: Option<String>,
     /// The problem is in the settings (a page that is not MLflow's API, credentials or a
     /// bucket refused): trying again cannot help. Otherwise the system did not answer (yet).

@@ -13,67 +13,104 @@ use crate::store::StoreError;
 /// chain printed with `{:#}` says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
+    /// MLflow has no experiment with the id the event or command named.
     #[error("experiment {experiment_id} does not exist in MLflow")]
-    UnknownExperiment { experiment_id: String },
+    UnknownExperiment {
+        /// The experiment id the pass was asked for.
+        experiment_id: String,
+    },
+    /// Every run the `run.finished` events named belongs to another experiment (or none).
     #[error("run(s) {} do not belong to experiment {experiment_id}", run_ids.join(", "))]
     RunNotInExperiment {
+        /// The experiment the events named.
         experiment_id: String,
+        /// The named runs that are not among the experiment's runs.
         run_ids: Vec<String>,
     },
+    /// The retention policy (event fields, experiment tags, then settings) is invalid.
     #[error("experiment {experiment_id}: {cause}")]
     Policy {
+        /// The experiment whose policy did not resolve.
         experiment_id: String,
+        /// What is wrong with the policy.
         cause: PolicyError,
     },
+    /// The runs cannot be ranked, e.g. none has a value for the policy's metric.
     #[error("experiment {experiment_id}: {cause}{hint}")]
     Ranking {
+        /// The experiment whose runs could not be ranked.
         experiment_id: String,
+        /// Why ranking is impossible.
         cause: RankingError,
         /// What would help, e.g. the metrics the runs do log; empty or starting with `; `.
         hint: String,
     },
+    /// A pass that is not a forced sweep planned more deletions than
+    /// `policy.max_deletions_per_pass`.
     #[error(
         "experiment {experiment_id}: the pass would delete {count} models, more than \
          policy.max_deletions_per_pass = {max}; nothing deleted (to go past it: --force on the \
          command line, force: true in an experiment.prune event)"
     )]
     SafetyValve {
+        /// The experiment the pass was over.
         experiment_id: String,
+        /// Runs whose models the pass planned to delete.
         count: usize,
+        /// The bound it went over (`policy.max_deletions_per_pass`).
         max: u32,
     },
+    /// A run's artifact URI is one the pruner refuses to delete under (unsupported scheme,
+    /// malformed, bucket not allowed, prefix too broad); the pass deletes nothing.
     #[error(
         "experiment {experiment_id}, run {run_id}: refused to delete: {cause}; nothing deleted"
     )]
     Location {
+        /// The experiment the run belongs to.
         experiment_id: String,
+        /// The run whose model location was refused.
         run_id: String,
+        /// Which rule refused it.
         cause: LocationError,
     },
+    /// A call to MLflow failed; transient or permanent as its cause is.
     #[error("experiment {experiment_id}: {cause}")]
     Mlflow {
+        /// The experiment the pass was over.
         experiment_id: String,
+        /// The failed MLflow call's error.
         cause: MlflowError,
     },
+    /// A request to the object store (listing or deleting) failed; transient or permanent as
+    /// its cause is.
     #[error("experiment {experiment_id}, run(s) {}: {cause}", run_ids.join(", "))]
     Store {
+        /// The experiment the pass was over.
         experiment_id: String,
         /// The runs whose files the failed request was about.
         run_ids: Vec<String>,
+        /// The failed store request's error.
         cause: StoreError,
     },
+    /// Every folder the pass planned to delete was empty in the store, so the models likely
+    /// live elsewhere; nothing is deleted or marked.
     #[error(
         "experiment {experiment_id}: every planned model folder holds no file (run(s) {}, e.g. \
          {folder}): nothing deleted, no run marked; {cause}",
         run_ids.join(", ")
     )]
     EmptyFolders {
+        /// The experiment the pass was over.
         experiment_id: String,
+        /// The planned runs whose folders held no file.
         run_ids: Vec<String>,
+        /// The first planned folder of those runs (empty if none had one), as an example.
         folder: String,
         /// The likely cause, from a look at the folder's parent.
         cause: String,
     },
+    /// An experiment.prune with `delete_experiment` found runs still holding models, protected
+    /// or unfinished, or registry versions pointing into it; the experiment is not deleted.
     #[error(
         "experiment {experiment_id} not deleted: {} run(s) still hold models, are protected \
          (registered, tagged model_pruner.keep) or are unfinished ({}); a retired experiment's \
@@ -82,7 +119,9 @@ pub enum PruneError {
         remaining.len(), remaining.join(", ")
     )]
     ExperimentNotEmpty {
+        /// The experiment that was to be deleted.
         experiment_id: String,
+        /// What blocks it, each as `<run id, source or location> (<why>)`.
         remaining: Vec<String>,
     },
 }

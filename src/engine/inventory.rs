@@ -14,16 +14,22 @@ use crate::mlflow::{LoggedModel, Run};
 pub enum StoredModel {
     /// An MLflow 3 logged model with its own artifact folder.
     Logged {
+        /// MLflow's id of the logged model (`m-...`).
         model_id: String,
+        /// The logged model's own artifact root, e.g. `s3://mlflow/12/models/<model_id>/artifacts`.
         artifact_uri: String,
     },
     /// A classic model under the run's `artifacts/model/` folder.
-    Classic { artifact_uri: String },
+    Classic {
+        /// The run's artifact root (`info.artifact_uri`); the model is its `model/` folder.
+        artifact_uri: String,
+    },
 }
 
 /// Everything known about the experiment's runs.
 #[derive(Debug, Default)]
 pub struct Inventory {
+    /// What ranking needs of each run (status, metric, end time, marks, group), one per run read.
     pub facts: Vec<RunFacts>,
     /// Models still stored, per run id.
     pub models: HashMap<String, Vec<StoredModel>>,
@@ -39,6 +45,7 @@ pub struct Inventory {
 /// and every logged model linked to the run (stored or already pruned).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelSources {
+    /// The run's artifact root: a registry version whose source overlaps it uses the run.
     pub artifact_uri: String,
     /// `(model_id, artifact_uri)`.
     pub logged_models: Vec<(String, String)>,
@@ -46,7 +53,9 @@ pub struct ModelSources {
 
 /// Options that shape how runs are read.
 pub struct InventoryOptions<'a> {
+    /// The policy's ranking metric: the only metric read of each run.
     pub metric: &'a str,
+    /// The param marking a run's classic model as uploaded (`mlflow.model_uploaded_param`).
     pub model_uploaded_param: &'a str,
     /// The param or tag runs are grouped by, read as [`RunFacts::group`].
     pub group_by: Option<&'a GroupKey>,

@@ -11,8 +11,11 @@ use crate::domain::ranking::{Ranking, RunFacts};
 /// A run whose models are to be deleted, with every folder resolved.
 #[derive(Debug, Clone, Serialize)]
 pub struct PlannedDeletion {
+    /// MLflow id of the run whose model files are to go.
     pub run_id: String,
+    /// The run's name in MLflow, for people reading the plan; may be empty.
     pub run_name: String,
+    /// Why the run goes, naming the rule (e.g. `rank 3 of 6 by accuracy max, keep_top 2`).
     pub reason: String,
     /// What the run was ranked on, compared with a fresh read at the last look.
     pub ranked_on: RankedOn,
@@ -53,9 +56,12 @@ fn locations<S: serde::Serializer>(
 /// The inputs of the ranking that can change while a pass runs, as the pass ranked them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RankedOn {
+    /// The run's latest value of the policy's metric; `None` when it had none.
     pub metric: Option<f64>,
+    /// The run's value of the policy's `group_by` key, if the policy groups and the run has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// When the run ended, in milliseconds since the epoch; `None` when MLflow has no end time.
     pub end_time: Option<i64>,
 }
 
@@ -74,43 +80,58 @@ impl RankedOn {
 /// next pass (its `model_pruner.deleting` tag makes it a run to resume).
 #[derive(Debug, Clone, Serialize)]
 pub struct UnmarkedRun {
+    /// MLflow id of the run whose files were deleted.
     pub run_id: String,
+    /// The MLflow error that refused the mark.
     pub error: String,
 }
 
 /// A run whose models were deleted and marked.
 #[derive(Debug, Clone, Serialize)]
 pub struct PrunedRun {
+    /// MLflow id of the run whose models were deleted.
     pub run_id: String,
+    /// Objects this pass deleted from the run's model folders.
     pub objects: u64,
+    /// Their total size in bytes, as the store listed them.
     pub bytes: u64,
 }
 
 /// The outcome of one pass.
 #[derive(Debug, Clone, Serialize)]
 pub struct PassReport {
+    /// MLflow id of the experiment the pass ranked.
     pub experiment_id: String,
+    /// The experiment's name in MLflow, for people reading the report.
     pub experiment_name: String,
+    /// The retention policy the pass applied, every field resolved.
     pub policy: RetentionPolicy,
     /// The policy fields each source set (the event, the experiment's tags, the settings).
     pub policy_sources: BTreeMap<PolicySource, Vec<&'static str>>,
+    /// Every run of the experiment with its decision and the rule that made it.
     pub ranking: Ranking,
+    /// The runs to delete, less any the last look withdrew; with `dry_run`, what it would delete.
     pub planned: Vec<PlannedDeletion>,
+    /// The runs whose models this pass deleted and marked.
     pub pruned: Vec<PrunedRun>,
     /// Runs whose files are gone but whose mark MLflow refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unmarked: Vec<UnmarkedRun>,
     /// Run ids named by events that are not runs of this experiment.
     pub foreign_run_ids: Vec<String>,
+    /// The sweep retired the experiment (or found it already deleted in MLflow).
     pub experiment_deleted: bool,
+    /// The pass only planned: nothing was deleted or marked.
     pub dry_run: bool,
 }
 
 impl PassReport {
+    /// Objects deleted over all pruned runs.
     pub fn objects_deleted(&self) -> u64 {
         self.pruned.iter().map(|p| p.objects).sum()
     }
 
+    /// Bytes deleted over all pruned runs.
     pub fn bytes_deleted(&self) -> u64 {
         self.pruned.iter().map(|p| p.bytes).sum()
     }

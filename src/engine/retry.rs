@@ -15,8 +15,11 @@ use crate::settings::RetrySettings;
 /// How often and how patiently one call is retried.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included (`retry.in_process_attempts`); 1 means no retry.
     pub attempts: u32,
+    /// Ceiling of the first wait (`retry.initial_backoff`); it doubles after each retry.
     pub initial_backoff: Duration,
+    /// Cap on the ceiling of any wait (`retry.max_backoff`); full jitter waits 0 to the ceiling.
     pub max_backoff: Duration,
     metrics: Metrics,
 }

@@ -102,7 +102,9 @@ pub const STALLED_AFTER: Duration = Duration::from_secs(120);
 /// What a probe answers: 200 when `ok`, else 503, with `body` saying what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeReport {
+    /// Healthy or ready: the endpoint answers 200 when set, 503 otherwise.
     pub ok: bool,
+    /// Plain text for people: `ok`, `ready` or what is wrong; `/readyz` adds a line per dependency.
     pub body: String,
 }
 

@@ -29,10 +29,15 @@ pub use server::Server;
 /// Totals of one registry so far: requests and what was deleted ([`Metrics::progress`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Progress {
+    /// Requests sent to MLflow, whatever the answer (`model_pruner_requests_total`).
     pub mlflow_requests: u64,
+    /// Requests sent to the object store, whatever the answer (the same counter).
     pub store_requests: u64,
+    /// Model folders deleted from the store (`model_pruner_models_deleted_total`).
     pub models_deleted: u64,
+    /// Objects deleted from the store (`model_pruner_objects_deleted_total`).
     pub objects_deleted: u64,
+    /// Bytes freed in the store (`model_pruner_deleted_bytes_total`).
     pub bytes_deleted: u64,
 }
 
@@ -604,9 +609,11 @@ pub struct Message {
 /// How a delivery was settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished<'a> {
+    /// Handled without a failure and acked (`outcome="ok"`).
     Ok,
     /// Re-publishing failed; the delivery was returned to the work queue.
     Retried,
+    /// Failed transiently: copied to a delay queue, then acked (`outcome="delayed"`).
     Delayed,
     /// Held up to `broker.ack_deadline`: sent through the first delay queue, attempt unchanged.
     HandedBack,
@@ -614,8 +621,11 @@ pub enum Finished<'a> {
     Snoozed,
     /// A follow-up whose chain another chain took over: stopped.
     Superseded,
+    /// Failed permanently or out of attempts: copied to the dead-letter queue, then acked.
     DeadLettered {
+        /// The failure's class, `transient` or `permanent` (`model_pruner_dead_letters_total`).
         class: &'a str,
+        /// The failure's kind, e.g. `mlflow` or `invalid_message` (label `reason`).
         reason: &'a str,
     },
 }
@@ -664,23 +674,31 @@ impl Drop for Message {
 /// What a successful pass decided, run by run, for the runs counter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunCounts {
+    /// Runs in the pass's ranking, whatever their decision (`model_pruner_runs_evaluated_total`).
     pub evaluated: usize,
+    /// Runs kept by rank or as one of the `keep_latest` (`decision="kept"`).
     pub kept: usize,
+    /// Runs out of the top N but finished less than `grace` ago (`decision="in_grace"`).
     pub in_grace: usize,
+    /// Runs kept by a registry version or the `model_pruner.keep` tag (`decision="protected"`).
     pub protected: usize,
     /// Skipped, but for the runs whose planned folders held no file (`empty_folder`).
     pub skipped: usize,
+    /// Planned runs whose folders held no file: nothing deleted, not marked.
     pub empty_folder: usize,
 }
 
 /// The system a request went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// The MLflow tracking server (label `target="mlflow"`).
     Mlflow,
+    /// The S3-compatible store holding the model files (label `target="store"`).
     Store,
 }
 
 impl Target {
+    /// The value of the `target` label: `mlflow` or `store`.
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Mlflow => "mlflow",

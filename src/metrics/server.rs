@@ -38,6 +38,7 @@ impl Server {
         })
     }
 
+    /// The address the listener is bound to: the port picked when `bind` was given port 0.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()

@@ -19,40 +19,55 @@ pub enum MlflowError {
     /// The server answered with a non-success status.
     #[error("MLflow {operation} for {target} failed: HTTP {status}{}: {message}", code_suffix(.error_code))]
     Status {
+        /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
+        /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
+        /// The HTTP status code of the answer.
         status: u16,
         /// MLflow's `error_code`, e.g. `RESOURCE_DOES_NOT_EXIST`; `None` for non-MLflow bodies.
         error_code: Option<String>,
+        /// MLflow's `message`; else the body's first 300 characters, or the status's reason phrase.
         message: String,
     },
     /// No answer within the configured request timeout.
     #[error("MLflow {operation} for {target} timed out")]
     Timeout {
+        /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
+        /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
     },
     /// The server could not be reached.
     #[error("MLflow {operation} for {target}: cannot connect")]
     Connect {
+        /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
+        /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
+        /// The HTTP client's error, with its URL removed (it may carry credentials).
         #[source]
         source: reqwest::Error,
     },
     /// The request or response broke off in transit (connection reset, truncated body).
     #[error("MLflow {operation} for {target}: transport error")]
     Transport {
+        /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
+        /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
+        /// The HTTP client's error, with its URL removed (it may carry credentials).
         #[source]
         source: reqwest::Error,
     },
     /// A success response whose body is not what the API documents.
     #[error("MLflow {operation} for {target}: unexpected response body")]
     Decode {
+        /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
+        /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
+        /// Where and why the JSON body did not parse.
         #[source]
         source: serde_json::Error,
     },
@@ -63,8 +78,11 @@ pub enum MlflowError {
          rows (written to while paging); not trusted"
     )]
     Unstable {
+        /// The search endpoint, e.g. `model-versions/search`.
         operation: &'static str,
+        /// What the search was for, e.g. `filter "run_id IN ('...')"`.
         target: String,
+        /// How many complete reads were made; no two in a row found the same rows.
         reads: usize,
     },
     /// The client could not be built from the settings.

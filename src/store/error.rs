@@ -44,7 +44,9 @@ const ALREADY_GONE: &str = "NoSuchKey";
 pub struct StoreError {
     /// `ListObjectsV2` or `DeleteObjects`.
     pub operation: &'static str,
+    /// The bucket the request went to.
     pub bucket: String,
+    /// The folder listed, or for DeleteObjects the folder the batch's keys have in common.
     pub prefix: String,
     /// Boxed: errors stay small on the happy path.
     pub reason: Box<Reason>,
@@ -56,6 +58,7 @@ pub enum Reason {
     /// A request failed as a whole: no answer, a garbled one, or an error response.
     #[error("{detail}")]
     Request {
+        /// Transient or permanent, from the SDK error kind, the HTTP status and the S3 code.
         class: ErrorClass,
         /// HTTP status of the error response, when the store answered.
         status: Option<u16>,
@@ -74,16 +77,22 @@ pub enum Reason {
     KeysNotDeleted {
         /// The first key that failed.
         key: String,
+        /// The first failed key's S3 error code, e.g. `AccessDenied`.
         code: String,
+        /// The store's message for the first failed key.
         message: String,
         /// How many keys of the request failed.
         failed: usize,
+        /// Transient only when every failed key's code is worth retrying (e.g. `SlowDown`).
         class: ErrorClass,
     },
     /// ListObjectsV2 answered with a page S3 never sends: keys out of order, or an empty page
     /// announcing more. Paging on would skip keys or never end.
     #[error("the listing is unusable: {detail}")]
-    BadListing { detail: String },
+    BadListing {
+        /// What was wrong with the page, e.g. the key listed out of order.
+        detail: String,
+    },
     /// Refused without a request: an empty prefix would list (and so delete) the whole bucket.
     #[error("refused: an empty prefix would cover the whole bucket")]
     EmptyPrefix,

@@ -38,7 +38,9 @@ pub const MAX_DELETE_BATCH: usize = 1000;
 /// How much lies under a prefix (or was deleted from it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// How many objects lie under the prefix (or were deleted).
     pub objects: u64,
+    /// Their total size in bytes, as the listing reported it.
     pub bytes: u64,
 }
 
@@ -62,7 +64,9 @@ impl Usage {
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
+    /// The object's full key in its bucket, e.g. `12/<run_id>/artifacts/model/MLmodel`.
     pub key: String,
+    /// The object's size in bytes, as the listing reported it.
     pub size: u64,
 }
 

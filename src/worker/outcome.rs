@@ -22,9 +22,11 @@ pub const MESSAGE_KINDS: [&str; 8] = [
 /// Why handling a delivery failed, in the terms the dead-letter headers use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
+    /// Permanent: dead-lettered at once; transient: retried (header `model-pruner-error-class`).
     pub class: ErrorClass,
     /// Low-cardinality kind (`mlflow`, `invalid_message`...).
     pub kind: &'static str,
+    /// What went wrong, for people (header `model-pruner-error-message`).
     pub message: String,
 }
 
@@ -143,12 +145,20 @@ pub enum Outcome {
     Ack,
     /// Transient failure: re-publish to delay queue `step` with `attempts` recorded, then ack.
     Delay {
+        /// Why handling failed; written to the copy's `model-pruner-error-*` headers.
         failure: Failure,
+        /// Deliveries of the message so far, this one included (header `model-pruner-attempts`).
         attempts: u32,
+        /// Index into `retry.delays`: attempt n goes to step n-1, the last step for the rest.
         step: usize,
     },
     /// Permanent failure or out of attempts: re-publish to the dead-letter queue, then ack.
-    DeadLetter { failure: Failure, attempts: u32 },
+    DeadLetter {
+        /// Why handling failed; written to the letter's `model-pruner-error-*` headers.
+        failure: Failure,
+        /// Deliveries of the message, this one included (header `model-pruner-attempts`).
+        attempts: u32,
+    },
 }
 
 impl Outcome {

@@ -10,14 +10,18 @@ use crate::engine::{PassKind, PassRequest};
 /// A parsed event and what the caller needs to settle it later (its delivery).
 #[derive(Debug)]
 pub struct Job<T> {
+    /// The event parsed from the message's routing key and body.
     pub event: Event,
+    /// What settles the message once its pass is over (the worker's received delivery).
     pub delivery: T,
 }
 
 /// One pass to run and the jobs it settles.
 #[derive(Debug)]
 pub struct PassBatch<T> {
+    /// The pass to run: one experiment, with the run ids of every coalesced `run.finished`.
     pub request: PassRequest,
+    /// The jobs the pass covers, in arrival order; each is settled by its outcome.
     pub jobs: Vec<Job<T>>,
 }
 
@@ -33,6 +37,8 @@ pub struct Scheduler<T> {
 }
 
 impl<T> Scheduler<T> {
+    /// A scheduler running passes for at most `max_in_flight` experiments at once (at least 1;
+    /// `concurrency.max_in_flight`).
     pub fn new(max_in_flight: usize) -> Self {
         Scheduler {
             waiting: HashMap::new(),
