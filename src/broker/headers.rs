@@ -2,6 +2,7 @@
 //! prefixed: RabbitMQ 4 ignores client-set `x-death` and reserves the prefix. The ops CLI that
 //! lists and replays dead letters reads the same names.
 
+use crate::domain::time::EpochMs;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
@@ -264,12 +265,15 @@ pub fn handed_back(
 }
 
 /// The headers of a follow-up pass the worker schedules for itself: an `experiment.prune`,
-/// first attempt, due at `at` (milliseconds since the epoch), of chain `chain`.
-pub fn follow_up(routing_key: &str, at: i64, chain: &str) -> FieldTable {
+/// first attempt, due at `at` (milliseconds since the epoch in the header), of chain `chain`.
+pub fn follow_up(routing_key: &str, at: EpochMs, chain: &str) -> FieldTable {
     let mut h = FieldTable::default();
     set_u32(&mut h, ATTEMPTS, 0);
     set_str(&mut h, ROUTING_KEY, routing_key);
-    h.insert(ShortString::from(FOLLOW_UP_AT), AMQPValue::LongLongInt(at));
+    h.insert(
+        ShortString::from(FOLLOW_UP_AT),
+        AMQPValue::LongLongInt(at.millis()),
+    );
     set_str(&mut h, FOLLOW_UP_CHAIN, chain);
     h
 }

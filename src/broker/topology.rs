@@ -28,6 +28,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::headers;
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
+use crate::domain::time::EpochMs;
 use crate::settings::Settings;
 
 /// The routing keys the work queue is bound to.
@@ -63,9 +64,8 @@ pub struct Origin {
     pub from_delay_queue: bool,
     /// Times it was handed back unstarted since its last attempt (0 unless trusted).
     pub hand_backs: u32,
-    /// A follow-up the worker scheduled: when it is due, in milliseconds since the epoch
-    /// (none unless trusted).
-    pub follow_up_at: Option<i64>,
+    /// A follow-up the worker scheduled: when it is due (none unless trusted).
+    pub follow_up_at: Option<EpochMs>,
     /// The chain of that follow-up (none unless trusted, or from a version without chains).
     pub follow_up_chain: Option<String>,
 }
@@ -142,7 +142,7 @@ impl Topology {
                 .saturating_add(1),
             from_delay_queue,
             hand_backs: headers::get_u32(h, headers::HAND_BACKS).unwrap_or(0),
-            follow_up_at: headers::get_i64(h, headers::FOLLOW_UP_AT),
+            follow_up_at: headers::get_i64(h, headers::FOLLOW_UP_AT).map(EpochMs::from_millis),
             follow_up_chain: headers::get_str(h, headers::FOLLOW_UP_CHAIN),
         }
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::format;
 use crate::domain::policy::PolicySource;
-use crate::domain::ranking::{Decision, RankedRun, rfc3339};
+use crate::domain::ranking::{Decision, RankedRun};
 use crate::engine::{Engine, PassReport};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -179,7 +179,10 @@ fn table(report: &PassReport, freed: &Usage) -> String {
                 .metric
                 .map(format::metric)
                 .unwrap_or_else(|| "-".into()),
-            r.run.end_time.map(rfc3339).unwrap_or_else(|| "-".into()),
+            r.run
+                .end_time
+                .map(|end| end.to_string())
+                .unwrap_or_else(|| "-".into()),
             outcome(report, r).into(),
             serde_json::to_value(r.rule)
                 .ok()
@@ -234,7 +237,7 @@ fn table(report: &PassReport, freed: &Usage) -> String {
     if let Some(until) = report.ranking.grace_ends() {
         s.push_str(&format!(
             "the first grace window ends at {}: a pass after that deletes what is still out of the top\n",
-            rfc3339(until)
+            until
         ));
     }
     if let Some(at) = report.ranking.next_look()
@@ -242,7 +245,7 @@ fn table(report: &PassReport, freed: &Usage) -> String {
     {
         s.push_str(&format!(
             "the first run held back by older_than becomes a candidate at {}\n",
-            rfc3339(at)
+            at
         ));
     }
     if !report.ranking.ungrouped.is_empty() {

@@ -11,3 +11,4 @@ pub mod marks;
 pub mod policy;
 pub mod ranking;
 pub mod run;
+pub mod time;

@@ -30,11 +30,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use serde::Serialize;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::domain::policy::{Direction, GroupKey, RetentionPolicy};
 use crate::domain::run::RunStatus;
+use crate::domain::time::EpochMs;
 
 /// What ranking needs to know about one run; built from MLflow data by the engine.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,7 +48,7 @@ pub struct RunFacts {
     /// Lifecycle stage is `active` (not in MLflow's trash).
     pub active: bool,
     /// End time in milliseconds since the epoch.
-    pub end_time: Option<i64>,
+    pub end_time: Option<EpochMs>,
     /// Latest value of the policy's metric, if the run logged it.
     pub metric: Option<f64>,
     /// The run still has a model in the store (an MLflow 3 logged model or the upload marker).
@@ -118,15 +117,15 @@ pub enum SkipReason {
         run_id: String,
     },
     /// The run finished less than `older_than` ago (or has no end time): not a candidate yet.
-    /// `candidate_at`: when it becomes one (milliseconds since the epoch; none without an end
-    /// time), the time a later pass should look again.
+    /// `candidate_at`: when it becomes one (none without an end time), the time a later pass
+    /// should look again.
     TooRecent {
         /// The policy's `older_than`, formatted for people (`30days`).
         older_than: String,
-        /// When the run becomes a candidate (its end time plus `older_than`), in milliseconds
-        /// since the epoch; none without an end time.
+        /// When the run becomes a candidate (its end time plus `older_than`); none without an
+        /// end time.
         #[serde(skip_serializing_if = "Option::is_none")]
-        candidate_at: Option<i64>,
+        candidate_at: Option<EpochMs>,
     },
     /// The planned folders held no file when listed: nothing deleted, the run not marked (the
     /// model lives elsewhere: another artifact path, or a wrong `store.artifacts_destination`).
@@ -187,7 +186,7 @@ impl fmt::Display for SkipReason {
                     "finished less than {older_than} ago (older_than): not a candidate"
                 )?;
                 match candidate_at {
-                    Some(at) => write!(f, " until {}", rfc3339(*at)),
+                    Some(at) => write!(f, " until {at}"),
                     None => f.write_str(" (no end time)"),
                 }
             }
@@ -216,12 +215,11 @@ pub enum Decision {
         #[serde(rename = "skip_reason")]
         reason: SkipReason,
     },
-    /// Out of the top N but finished less than `grace` ago: kept until `until` (milliseconds
-    /// since the epoch; none when the run has no end time, so its grace never runs out).
+    /// Out of the top N but finished less than `grace` ago: kept until `until` (none when the
+    /// run has no end time, so its grace never runs out).
     Grace {
-        /// The run's end time plus `grace`, in milliseconds since the epoch; none without an
-        /// end time.
-        until: Option<i64>,
+        /// The run's end time plus `grace`; none without an end time.
+        until: Option<EpochMs>,
     },
 }
 
@@ -245,7 +243,7 @@ impl fmt::Display for Decision {
             Decision::Delete => f.write_str("delete"),
             Decision::Protected { protection } => write!(f, "protected: {protection}"),
             Decision::Skipped { reason } => write!(f, "{reason}"),
-            Decision::Grace { until: Some(until) } => write!(f, "grace until {}", rfc3339(*until)),
+            Decision::Grace { until: Some(until) } => write!(f, "grace until {until}"),
             Decision::Grace { until: None } => f.write_str("grace: no end time, kept"),
         }
     }
@@ -366,9 +364,8 @@ impl Ranking {
         true
     }
 
-    /// When the earliest grace window among the runs kept by it ends, in milliseconds since
-    /// the epoch.
-    pub fn grace_ends(&self) -> Option<i64> {
+    /// When the earliest grace window among the runs kept by it ends.
+    pub fn grace_ends(&self) -> Option<EpochMs> {
         self.runs
             .iter()
             .filter_map(|r| match r.decision {
@@ -379,9 +376,9 @@ impl Ranking {
     }
 
     /// When the earliest run held back by time changes its fate: a grace window ends, or a run
-    /// too recent for `older_than` becomes a candidate. The time a pass should look again, in
-    /// milliseconds since the epoch; none when nothing waits on time.
-    pub fn next_look(&self) -> Option<i64> {
+    /// too recent for `older_than` becomes a candidate. The time a pass should look again;
+    /// none when nothing waits on time.
+    pub fn next_look(&self) -> Option<EpochMs> {
         let candidates = self.runs.iter().filter_map(|r| match &r.decision {
             Decision::Skipped {
                 reason: SkipReason::TooRecent { candidate_at, .. },
@@ -431,12 +428,11 @@ pub enum RankingError {
     },
 }
 
-/// Ranks the runs under the policy at `now` (milliseconds since the epoch, for `grace` and
-/// `older_than`). Pure and deterministic: the input order does not matter.
+/// Ranks the runs under the policy at `now` (for `grace` and `older_than`). Pure and deterministic: the input order does not matter.
 pub fn rank(
     runs: Vec<RunFacts>,
     policy: &RetentionPolicy,
-    now: i64,
+    now: EpochMs,
 ) -> Result<Ranking, RankingError> {
     let mut candidates = Vec::new();
     let mut skipped = Vec::new();
@@ -546,7 +542,7 @@ fn rank_group(
     mut runs: Vec<RunFacts>,
     policy: &RetentionPolicy,
     group: Option<(&GroupKey, Option<&str>)>,
-    now: i64,
+    now: EpochMs,
 ) -> Vec<RankedRun> {
     runs.sort_by(|a, b| compare(a, b, policy.direction));
     let latest = latest(&runs, policy.keep_latest);
@@ -564,10 +560,9 @@ fn rank_group(
         let position = format!("rank {rank} of {total}{scope} by {policy}");
         let value = run.metric.unwrap_or(f64::NAN);
         let within = policy.within_floor(value);
-        let grace_until = policy.grace.map(|grace| {
-            run.end_time
-                .map(|end| end.saturating_add(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX)))
-        });
+        let grace_until = policy
+            .grace
+            .map(|grace| run.end_time.map(|end| end.saturating_add(grace)));
         let (decision, rule, reason) = if within && counted < keep_top {
             counted += 1;
             (Decision::Keep, rank_rule, position)
@@ -630,7 +625,12 @@ fn resume(run: RunFacts) -> RankedRun {
 /// most recent (it is kept rather than guessed at).
 fn latest(runs: &[RunFacts], k: u32) -> HashSet<String> {
     let mut by_end: Vec<&RunFacts> = runs.iter().collect();
-    by_end.sort_by_key(|r| (Reverse(r.end_time.unwrap_or(i64::MAX)), r.run_id.as_str()));
+    by_end.sort_by_key(|r| {
+        (
+            Reverse(r.end_time.unwrap_or(EpochMs::MAX)),
+            r.run_id.as_str(),
+        )
+    });
     by_end
         .into_iter()
         .take(usize::try_from(k).unwrap_or(usize::MAX))
@@ -652,15 +652,7 @@ fn floor_miss(policy: &RetentionPolicy, value: f64) -> String {
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339, for reasons and tables.
-pub fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| format!("{ms} ms after the epoch"))
-}
-
-fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: i64) -> Option<SkipReason> {
+fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: EpochMs) -> Option<SkipReason> {
     if !run.active {
         Some(SkipReason::NotActive)
     } else if run.status != RunStatus::Finished {
@@ -674,8 +666,7 @@ fn skip_reason(run: &RunFacts, policy: &RetentionPolicy, now: i64) -> Option<Ski
     } else if run.metric.is_none() {
         Some(SkipReason::MissingMetric)
     } else if let Some(age) = policy.older_than {
-        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-        let candidate_at = run.end_time.map(|end| end.saturating_add(age_ms));
+        let candidate_at = run.end_time.map(|end| end.saturating_add(age));
         let old_enough = candidate_at.is_some_and(|at| now >= at);
         (!old_enough).then(|| SkipReason::TooRecent {
             older_than: humantime_serde::re::humantime::format_duration(age).to_string(),

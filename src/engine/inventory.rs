@@ -193,6 +193,7 @@ mod tests {
     use super::*;
     use crate::domain::run::Fields;
     use crate::domain::run::RunStatus;
+    use crate::domain::time::EpochMs;
 
     fn run(id: &str) -> Run {
         Run {
@@ -201,8 +202,8 @@ mod tests {
             experiment_id: "1".into(),
             status: RunStatus::Finished,
             lifecycle_stage: LifecycleStage::Active,
-            start_time: Some(1),
-            end_time: Some(2),
+            start_time: Some(EpochMs::from_millis(1)),
+            end_time: Some(EpochMs::from_millis(2)),
             artifact_uri: format!("s3://mlflow/1/{id}/artifacts"),
             metrics: [("acc".to_string(), 0.5)].into_iter().collect(),
             params: Fields::default(),

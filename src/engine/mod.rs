@@ -48,6 +48,7 @@ use crate::domain::location::LocationRules;
 use crate::domain::policy::{self, PolicyDefaults, PolicyOverrides};
 use crate::domain::ranking::RankingError;
 use crate::domain::run::LifecycleStage;
+use crate::domain::time::EpochMs;
 use crate::metrics::Metrics;
 use crate::mlflow::{
     Experiment, LoggedModel, MlflowClient, MlflowError, Run, RunFields, VersionFilter,
@@ -173,7 +174,7 @@ impl Engine {
 
         // Plan.
         let runs = (runs, foreign);
-        let mut plan = match planner.plan(req, policy.clone(), runs, &logged_models, now_ms()) {
+        let mut plan = match planner.plan(req, policy.clone(), runs, &logged_models, now()) {
             Err(PruneError::Ranking {
                 experiment_id,
                 cause: source @ RankingError::NoMetric { .. },
@@ -484,11 +485,10 @@ impl Engine {
     }
 }
 
-/// The time a pass decides `grace` and `older_than` by, in milliseconds since the epoch (the
-/// unit of MLflow's end times).
-pub fn now_ms() -> i64 {
+/// The time a pass decides `grace` and `older_than` by, as MLflow's end times are written.
+pub fn now() -> EpochMs {
     let since_epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+    EpochMs::from_millis(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX))
 }

@@ -12,6 +12,7 @@ use crate::domain::location::LocationRules;
 use crate::domain::marks;
 use crate::domain::policy::{self, PolicyDefaults, RetentionPolicy};
 use crate::domain::ranking::{self, Decision, Ranking, Rule, SkipReason};
+use crate::domain::time::EpochMs;
 use crate::mlflow::{Experiment, LoggedModel, Run};
 
 /// The rules a plan is made under.
@@ -58,7 +59,7 @@ impl Planner<'_> {
         }
     }
 
-    /// Ranks the runs at `now` (milliseconds since the epoch) and resolves every folder of the
+    /// Ranks the runs at `now` and resolves every folder of the
     /// runs that fell out; `foreign_run_ids` come from [`foreign_runs`]. Fails, deleting
     /// nothing, when no candidate has the metric or is within the floor, or when a folder is
     /// refused.
@@ -68,7 +69,7 @@ impl Planner<'_> {
         policy: RetentionPolicy,
         (runs, foreign_run_ids): (Vec<Run>, Vec<String>),
         logged_models: &[LoggedModel],
-        now: i64,
+        now: EpochMs,
     ) -> Result<Plan, PruneError> {
         let experiment_id = req.experiment_id.as_str();
         let mut inventory = inventory::build(runs, logged_models, &self.options(&policy));

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::domain::location::ModelLocation;
 use crate::domain::policy::{PolicySource, RetentionPolicy};
 use crate::domain::ranking::{Ranking, RunFacts};
+use crate::domain::time::EpochMs;
 
 /// A run whose models are to be deleted, with every folder resolved.
 #[derive(Debug, Clone, Serialize)]
@@ -61,8 +62,9 @@ pub struct RankedOn {
     /// The run's value of the policy's `group_by` key, if the policy groups and the run has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
-    /// When the run ended, in milliseconds since the epoch; `None` when MLflow has no end time.
-    pub end_time: Option<i64>,
+    /// When the run ended (milliseconds since the epoch in JSON); `None` when MLflow has no end
+    /// time.
+    pub end_time: Option<EpochMs>,
 }
 
 impl RankedOn {

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::domain::run::{Fields, LifecycleStage, RunStatus};
+use crate::domain::time::EpochMs;
 
 /// An experiment, as `experiments/get` describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,10 +35,10 @@ pub struct Run {
     pub status: RunStatus,
     /// `info.lifecycle_stage`; only `active` runs are candidates, `deleted` ones are in the trash.
     pub lifecycle_stage: LifecycleStage,
-    /// Milliseconds since the epoch. MLflow reports `0` for a run created without a start time.
-    pub start_time: Option<i64>,
-    /// Milliseconds since the epoch; `None` while the run has not ended.
-    pub end_time: Option<i64>,
+    /// When the run started. MLflow reports `0` for a run created without a start time.
+    pub start_time: Option<EpochMs>,
+    /// When the run ended; `None` while the run has not ended.
+    pub end_time: Option<EpochMs>,
     /// e.g. `s3://mlflow/12/<run_id>/artifacts`.
     pub artifact_uri: String,
     /// Latest value of each metric. NaN stays NaN; MLflow stores ±infinity as ±`f64::MAX`.

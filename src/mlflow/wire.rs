@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::types::{Experiment, LoggedModel, ModelVersion, Run, RunFields};
 use crate::domain::run::{Fields, LifecycleStage, RunStatus};
+use crate::domain::time::EpochMs;
 
 /// The tag older servers keep the run name in, before `info.run_name` existed.
 const RUN_NAME_TAG: &str = "mlflow.runName";
@@ -170,8 +171,8 @@ impl WireRun {
             experiment_id: r.info.experiment_id,
             status: RunStatus::parse(&r.info.status),
             lifecycle_stage: LifecycleStage::parse(&r.info.lifecycle_stage),
-            start_time: r.info.start_time,
-            end_time: r.info.end_time,
+            start_time: r.info.start_time.map(EpochMs::from_millis),
+            end_time: r.info.end_time.map(EpochMs::from_millis),
             artifact_uri: r.info.artifact_uri,
             metrics: r
                 .data
@@ -370,8 +371,11 @@ mod tests {
             r#"{"run": {"info": {"run_id": "r", "start_time": "1712345678901",
             "end_time": 1712345679901}}}"#,
         );
-        assert_eq!(run.start_time, Some(1_712_345_678_901));
-        assert_eq!(run.end_time, Some(1_712_345_679_901));
+        assert_eq!(
+            run.start_time,
+            Some(EpochMs::from_millis(1_712_345_678_901))
+        );
+        assert_eq!(run.end_time, Some(EpochMs::from_millis(1_712_345_679_901)));
     }
 
     #[test]
@@ -413,7 +417,7 @@ mod tests {
         let run = run(r#"{"run": {"info": {"run_uuid": "r", "experiment_id": "1",
             "status": "RUNNING", "start_time": 0}, "inputs": {}}}"#);
         assert_eq!(run.run_id, "r");
-        assert_eq!(run.start_time, Some(0));
+        assert_eq!(run.start_time, Some(EpochMs::from_millis(0)));
         assert_eq!(run.end_time, None);
         assert!(run.metrics.is_empty() && run.params.is_empty() && run.tags.is_empty());
         assert!(run.model_output_ids.is_empty());

@@ -28,7 +28,7 @@ use super::settle::{Received, Settler, SettlerContext, Subject};
 use crate::broker::{Broker, BrokerError, Topology, headers};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event};
 use crate::domain::ranking::Rule;
-use crate::engine::{Engine, PassReport, PruneError, now_ms};
+use crate::engine::{Engine, PassReport, PruneError, now};
 use crate::metrics::{self, Health, Metrics, Refused};
 use crate::settings::BrokerSettings;
 
@@ -311,7 +311,7 @@ impl<'c> Consuming<'c> {
             return self.fail_at_once(received, Failure::too_large(size, max));
         }
         if let Some(at) = received.follow_up_at.filter(|at| {
-            received.routing_key == EXPERIMENT_PRUNE && follow_up::travels_on(*at, now_ms())
+            received.routing_key == EXPERIMENT_PRUNE && follow_up::travels_on(*at, now())
         }) {
             let engine = self.ctx.engine.clone();
             return self.tasks.spawn(
@@ -513,7 +513,7 @@ async fn run_batch(
                     &engine,
                     &request.experiment_id,
                     &request.policy,
-                    follow_up::due(at, now_ms()),
+                    follow_up::due(at, now()),
                 )
                 .await
                 .map(drop)

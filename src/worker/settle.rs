@@ -14,15 +14,14 @@ use time::format_description::well_known::Rfc3339;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::domain::ranking::rfc3339;
-
 use super::follow_up::{self, Claim, FollowUps};
 use super::outcome::{Failure, Outcome};
 use crate::broker::{Broker, BrokerError, Topology, copy_properties, headers};
 use crate::domain::backoff::{Backoff, Jitter};
 use crate::domain::event::{EXPERIMENT_PRUNE, Event, ExperimentPrune};
 use crate::domain::policy::PolicyOverrides;
-use crate::engine::{Engine, now_ms};
+use crate::domain::time::EpochMs;
+use crate::engine::{Engine, now};
 use crate::metrics::{self, Finished, Health, Metrics, Refused};
 use crate::mlflow::MlflowError;
 
@@ -36,8 +35,8 @@ pub(super) struct Received {
     pub attempt: u32,
     /// Times it was handed back unstarted since its last attempt.
     pub hand_backs: u32,
-    /// A follow-up the worker scheduled itself: when it is due (milliseconds since the epoch).
-    pub follow_up_at: Option<i64>,
+    /// A follow-up the worker scheduled itself: when it is due.
+    pub follow_up_at: Option<EpochMs>,
     /// And the chain it belongs to.
     pub follow_up_chain: Option<String>,
     /// When the consumer received it: RabbitMQ's consumer_timeout runs from about then.
@@ -287,8 +286,8 @@ impl Settler {
         ack(&received, subject).await;
     }
 
-    /// Schedules a follow-up pass over the experiment at `at` (milliseconds since the epoch,
-    /// the end of a grace window), with the policy overrides of the pass that needs it, unless
+    /// Schedules a follow-up pass over the experiment at `at` (the end of a
+    /// grace window), with the policy overrides of the pass that needs it, unless
     /// one that comes no later is pending: in this worker, or claimed by any worker in the
     /// experiment's claim tag (see [`follow_up`]). The claim is written once the broker has the
     /// follow-up, so a claim never names a chain that does not exist. Returns whether one was
@@ -299,7 +298,7 @@ impl Settler {
         engine: &Engine,
         experiment_id: &str,
         policy: &PolicyOverrides,
-        at: i64,
+        at: EpochMs,
     ) -> Result<bool, FollowUpError> {
         let limit = self.broker.confirm_timeout() * 2;
         tokio::time::timeout(limit, self.schedule(engine, experiment_id, policy, at))
@@ -312,9 +311,9 @@ impl Settler {
         engine: &Engine,
         experiment_id: &str,
         policy: &PolicyOverrides,
-        at: i64,
+        at: EpochMs,
     ) -> Result<bool, FollowUpError> {
-        let now = now_ms();
+        let now = now();
         let key = follow_up::Key::new(experiment_id, policy);
         if !self.follow_ups().needed(&key, at, now) {
             return Ok(false);
@@ -327,7 +326,7 @@ impl Settler {
             .as_deref()
             .and_then(Claim::parse);
         if let Some(claim) = claimed.filter(|c| c.covers(at, now)) {
-            tracing::debug!(experiment_id, due = %rfc3339(claim.due), "a follow-up that comes no later is claimed");
+            tracing::debug!(experiment_id, due = %claim.due, "a follow-up that comes no later is claimed");
             self.follow_ups().scheduled(key, claim.due, now);
             return Ok(false);
         }
@@ -346,7 +345,7 @@ impl Settler {
             .await
             .map_err(FollowUpError::Broker)?;
         self.metrics.follow_up_scheduled();
-        info!(experiment_id, due = %rfc3339(at), queue, chain = claim.chain.as_str(), "follow-up pass scheduled at the end of the grace window");
+        info!(experiment_id, due = %at, queue, chain = claim.chain.as_str(), "follow-up pass scheduled at the end of the grace window");
         // Remembered only once claimed: if the claim cannot be written, the events are retried
         // and their pass schedules (and claims) another chain, which this one then gives way to.
         engine
@@ -361,7 +360,7 @@ impl Settler {
     /// or, when another chain due no later has claimed the experiment's follow-ups, acks it
     /// without sending it on: that chain's pass stands in for this one. When the claim cannot
     /// be read, it travels on.
-    pub(super) async fn snooze(&self, engine: &Engine, received: Received, at: i64) {
+    pub(super) async fn snooze(&self, engine: &Engine, received: Received, at: EpochMs) {
         let subject = Subject::default();
         let chain = received.follow_up_chain.clone();
         let target = Event::parse(EXPERIMENT_PRUNE, &received.delivery.data).ok();
@@ -370,7 +369,7 @@ impl Settler {
             match engine.experiment_tag(&prune.experiment_id, &tag).await {
                 Ok(Some(value)) => {
                     let superseding =
-                        Claim::parse(&value).filter(|c| c.supersedes(chain, at, now_ms()));
+                        Claim::parse(&value).filter(|c| c.supersedes(chain, at, now()));
                     if let Some(claim) = superseding {
                         info!(
                             experiment_id = prune.experiment_id.as_str(),
@@ -391,11 +390,11 @@ impl Settler {
         }
         let chain = chain.unwrap_or_default();
         let (queue, properties) =
-            self.follow_up_leg(received.delivery.properties.clone(), at, &chain, now_ms());
+            self.follow_up_leg(received.delivery.properties.clone(), at, &chain, now());
         if !self.republish(&received, queue, properties, subject).await {
             return;
         }
-        tracing::debug!(due = %rfc3339(at), queue, "follow-up not due yet: sent on");
+        tracing::debug!(due = %at, queue, "follow-up not due yet: sent on");
         received.metrics.finished(Finished::Snoozed);
         ack(&received, subject).await;
     }
@@ -404,11 +403,11 @@ impl Settler {
     fn follow_up_leg(
         &self,
         original: BasicProperties,
-        at: i64,
+        at: EpochMs,
         chain: &str,
-        now: i64,
+        now: EpochMs,
     ) -> (&str, BasicProperties) {
-        let remaining = Duration::from_millis(u64::try_from(at.saturating_sub(now)).unwrap_or(0));
+        let remaining = at.since(now);
         let (queue, expiration) = self.topology.follow_up_leg(remaining);
         let mut properties =
             copy_properties(&original, headers::follow_up(EXPERIMENT_PRUNE, at, chain));
@@ -683,7 +682,7 @@ mod tests {
                 r.hand_backs,
                 r.follow_up_at
             ),
-            ("experiment.prune", 3, 99, Some(42))
+            ("experiment.prune", 3, 99, Some(EpochMs::from_millis(42)))
         );
 
         let r = Received::new(

@@ -382,7 +382,7 @@ async fn runs_too_recent_beside_a_run_without_the_metric_fail_nothing() {
         report
             .ranking
             .next_look()
-            .is_some_and(|at| at >= now + 3_600_000)
+            .is_some_and(|at| at.millis() >= now + 3_600_000)
     );
     w.assert_kept(&runs, &[0, 1, 2]).await;
 }

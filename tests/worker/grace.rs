@@ -318,7 +318,11 @@ async fn follow_ups_collapse_to_one_chain_across_replicas_and_restarts() {
         crate::support::world::keep(1),
     ))
     .to_body();
-    let duplicate = model_pruner::broker::headers::follow_up("experiment.prune", due, "dup");
+    let duplicate = model_pruner::broker::headers::follow_up(
+        "experiment.prune",
+        model_pruner::domain::time::EpochMs::from_millis(due),
+        "dup",
+    );
     second
         .broker
         .publish_to_queue(

@@ -8,7 +8,7 @@ fn run(id: &str, metric: Option<f64>, end: i64) -> RunFacts {
         run_name: format!("name-{id}"),
         status: RunStatus::Finished,
         active: true,
-        end_time: Some(end),
+        end_time: Some(ms(end)),
         metric,
         has_model: true,
         pruned: false,
@@ -19,7 +19,13 @@ fn run(id: &str, metric: Option<f64>, end: i64) -> RunFacts {
 }
 
 /// "Now" in the tests: well after every end time they use.
-const NOW: i64 = 1_000_000;
+const NOW_MS: i64 = 1_000_000;
+const NOW: EpochMs = EpochMs::from_millis(NOW_MS);
+
+/// The time `ms` milliseconds after the epoch.
+fn ms(ms: i64) -> EpochMs {
+    EpochMs::from_millis(ms)
+}
 
 fn policy(direction: Direction, keep_top: u32) -> RetentionPolicy {
     RetentionPolicy::top("accuracy", direction, keep_top)
@@ -339,9 +345,9 @@ fn keep_latest_counts_a_run_without_end_time_as_the_latest() {
 fn grace_keeps_a_recent_run_out_of_the_top_until_its_window_ends() {
     let runs = vec![
         run("best", Some(0.9), 1_000),
-        run("recent", Some(0.1), NOW - 5_000),
-        run("later", Some(0.2), NOW - 2_000),
-        run("old", Some(0.3), NOW - 60_000),
+        run("recent", Some(0.1), NOW_MS - 5_000),
+        run("later", Some(0.2), NOW_MS - 2_000),
+        run("old", Some(0.3), NOW_MS - 60_000),
     ];
     let p = with(policy(Direction::Max, 1), |p| {
         p.grace = Some(Duration::from_secs(20))
@@ -359,7 +365,7 @@ fn grace_keeps_a_recent_run_out_of_the_top_until_its_window_ends() {
     assert_eq!(
         r.runs[3].decision,
         Decision::Grace {
-            until: Some(NOW + 15_000)
+            until: Some(ms(NOW_MS + 15_000))
         }
     );
     assert!(
@@ -369,12 +375,12 @@ fn grace_keeps_a_recent_run_out_of_the_top_until_its_window_ends() {
         "{}",
         r.runs[3].reason
     );
-    assert_eq!(r.grace_ends(), Some(NOW + 15_000));
+    assert_eq!(r.grace_ends(), Some(ms(NOW_MS + 15_000)));
 
     // Once the window has passed, the same run is deleted by its rank.
-    let r = rank(runs, &p, NOW + 15_000).unwrap();
+    let r = rank(runs, &p, ms(NOW_MS + 15_000)).unwrap();
     assert_eq!(r.runs[3].decision, Decision::Delete);
-    assert_eq!(r.grace_ends(), Some(NOW + 18_000));
+    assert_eq!(r.grace_ends(), Some(ms(NOW_MS + 18_000)));
 }
 
 #[test]
@@ -530,9 +536,9 @@ fn older_than_leaves_recent_runs_out_of_the_candidates() {
     let mut no_end = run("no-end", Some(0.0), 0);
     no_end.end_time = None;
     let runs = vec![
-        run("old-good", Some(0.9), NOW - 100_000),
-        run("old-poor", Some(0.1), NOW - 100_000),
-        run("young", Some(0.0), NOW - 1_000),
+        run("old-good", Some(0.9), NOW_MS - 100_000),
+        run("old-poor", Some(0.1), NOW_MS - 100_000),
+        run("young", Some(0.0), NOW_MS - 1_000),
         no_end,
     ];
     let p = with(policy(Direction::Max, 1), |p| {
@@ -558,36 +564,36 @@ fn older_than_leaves_recent_runs_out_of_the_candidates() {
         "finished less than 1m ago (older_than): not a candidate (no end time)"
     );
     // The young run becomes a candidate 59 s from now: a pass should look again then.
-    assert_eq!(r.next_look(), Some(NOW + 59_000));
+    assert_eq!(r.next_look(), Some(ms(NOW_MS + 59_000)));
     assert_eq!(r.grace_ends(), None);
 }
 
 #[test]
 fn the_next_look_is_the_earlier_of_a_grace_end_and_a_run_coming_of_age() {
     let runs = vec![
-        run("best", Some(0.9), NOW - 100_000),
-        run("in-grace", Some(0.1), NOW - 5_000),
-        run("young", Some(0.0), NOW - 1_000),
+        run("best", Some(0.9), NOW_MS - 100_000),
+        run("in-grace", Some(0.1), NOW_MS - 5_000),
+        run("young", Some(0.0), NOW_MS - 1_000),
     ];
     let p = with(policy(Direction::Max, 1), |p| {
         p.older_than = Some(Duration::from_secs(2));
         p.grace = Some(Duration::from_secs(10));
     });
     let r = rank(runs, &p, NOW).unwrap();
-    assert_eq!(r.grace_ends(), Some(NOW + 5_000));
-    assert_eq!(r.next_look(), Some(NOW + 1_000));
+    assert_eq!(r.grace_ends(), Some(ms(NOW_MS + 5_000)));
+    assert_eq!(r.next_look(), Some(ms(NOW_MS + 1_000)));
 }
 
 #[test]
 fn a_run_without_the_metric_fails_nothing_when_other_runs_have_it() {
     // Every candidate is too young or already pruned; one run lacks the metric. The metric's
     // name is right (other runs logged it): the run is kept and reported, the pass goes on.
-    let mut pruned = run("pruned", Some(0.5), NOW - 100_000);
+    let mut pruned = run("pruned", Some(0.5), NOW_MS - 100_000);
     pruned.pruned = true;
     let runs = vec![
         pruned,
-        run("young", Some(0.2), NOW - 1_000),
-        run("no-metric", None, NOW - 100_000),
+        run("young", Some(0.2), NOW_MS - 1_000),
+        run("no-metric", None, NOW_MS - 100_000),
     ];
     let p = with(policy(Direction::Max, 1), |p| {
         p.older_than = Some(Duration::from_secs(60))
@@ -677,7 +683,7 @@ fn withdrawals_for_an_empty_folder_or_a_change_name_their_own_rule() {
 
 #[test]
 fn protection_is_named_before_latest_and_grace() {
-    let mut kept = run("kept", Some(0.1), NOW - 1);
+    let mut kept = run("kept", Some(0.1), NOW_MS - 1);
     kept.protection = Some(Protection::KeepTag);
     let p = with(policy(Direction::Max, 0), |p| {
         p.keep_latest = 1;
@@ -696,7 +702,7 @@ fn arb_run() -> impl Strategy<Value = RunFacts> {
             Just(RunStatus::Failed)
         ],
         any::<bool>(),
-        proptest::option::of(0i64..5),
+        proptest::option::of((0i64..5).prop_map(EpochMs::from_millis)),
         proptest::option::of(prop_oneof![
             (-3i32..3).prop_map(f64::from),
             Just(f64::NAN),
@@ -757,7 +763,7 @@ fn arb_policy() -> impl Strategy<Value = RetentionPolicy> {
 /// ranking code: per group (or all), the best `keep_top` within the floor, the
 /// `keep_latest` most recently finished, runs within grace, protected or not finished. A
 /// run whose deletion started is never a candidate.
-fn must_keep(runs: &[RunFacts], p: &RetentionPolicy, now: i64) -> HashSet<String> {
+fn must_keep(runs: &[RunFacts], p: &RetentionPolicy, now: EpochMs) -> HashSet<String> {
     let mut keep = HashSet::new();
     let candidates: Vec<&RunFacts> = runs
         .iter()
@@ -779,17 +785,16 @@ fn must_keep(runs: &[RunFacts], p: &RetentionPolicy, now: i64) -> HashSet<String
         let later = peers
             .iter()
             .filter(|o| {
-                let end = |r: &RunFacts| r.end_time.unwrap_or(i64::MAX);
+                let end = |r: &RunFacts| r.end_time.unwrap_or(EpochMs::MAX);
                 (Reverse(end(o)), &o.run_id) < (Reverse(end(run)), &run.run_id)
             })
             .count();
         let top =
             p.within_floor(run.metric.unwrap_or(f64::NAN)) && better_within < p.keep_top as usize;
         let latest = later < p.keep_latest as usize;
-        let in_grace = p.grace.is_some_and(|g| {
-            run.end_time
-                .is_none_or(|end| now < end + g.as_millis() as i64)
-        });
+        let in_grace = p
+            .grace
+            .is_some_and(|g| run.end_time.is_none_or(|end| now < end.saturating_add(g)));
         if top || latest || in_grace || run.protection.is_some() {
             keep.insert(run.run_id.clone());
         }
@@ -884,7 +889,7 @@ proptest! {
     fn no_policy_deletes_a_run_any_rule_keeps(
         runs in proptest::collection::vec(arb_run(), 0..40).prop_map(unique),
         p in arb_policy(),
-        now in 0i64..10,
+        now in (0i64..10).prop_map(EpochMs::from_millis),
     ) {
         let Ok(r) = rank(runs.clone(), &p, now) else {
             return Ok(());

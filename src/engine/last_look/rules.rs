@@ -26,6 +26,7 @@ use crate::domain::location::LocationRules;
 use crate::domain::marks;
 use crate::domain::ranking::{Decision, Protection, SkipReason};
 use crate::domain::run::{LifecycleStage, RunStatus};
+use crate::domain::time::EpochMs;
 use crate::engine::inventory::{InventoryOptions, ModelSources, is_pruned};
 use crate::engine::run_index::RunIndex;
 use crate::engine::{PlannedDeletion, RankedOn};
@@ -362,8 +363,7 @@ pub(super) fn changed(was: &RankedOn, run: &Run, options: &InventoryOptions<'_>)
         return Some(format!("{key} {:?} -> {:?}", was.group, group));
     }
     if run.end_time != was.end_time {
-        let show =
-            |t: Option<i64>| t.map_or_else(|| "none".to_owned(), crate::domain::ranking::rfc3339);
+        let show = |t: Option<EpochMs>| t.map_or_else(|| "none".to_owned(), |t| t.to_string());
         return Some(format!(
             "end time {} -> {}",
             show(was.end_time),

@@ -7,7 +7,8 @@ use crate::domain::policy::{Direction, PolicyOverrides};
 use crate::domain::run::{LifecycleStage, RunStatus};
 use crate::engine::run_index::RunIndex;
 
-const NOW: i64 = 1_800_000_000_000;
+const NOW_MS: i64 = 1_800_000_000_000;
+const NOW: EpochMs = EpochMs::from_millis(NOW_MS);
 
 fn defaults() -> PolicyDefaults {
     PolicyDefaults {
@@ -39,8 +40,8 @@ fn run(id: &str, acc: f64) -> Run {
         experiment_id: "1".into(),
         status: RunStatus::Finished,
         lifecycle_stage: LifecycleStage::Active,
-        start_time: Some(1),
-        end_time: Some(1_000 + (acc * 100.0) as i64),
+        start_time: Some(EpochMs::from_millis(1)),
+        end_time: Some(EpochMs::from_millis(1_000 + (acc * 100.0) as i64)),
         artifact_uri: format!("s3://mlflow/1/{id}/artifacts"),
         metrics: [("acc".to_string(), acc)].into_iter().collect(),
         params: [("model_uploaded".to_string(), "1".to_string())]
@@ -240,7 +241,7 @@ fn retirement_waits_for_kept_graced_young_and_unfinished_runs() {
     failed.status = RunStatus::Failed;
     failed.params.clear();
     let mut young = run("young", 0.3);
-    young.end_time = Some(NOW - 1_000);
+    young.end_time = Some(EpochMs::from_millis(NOW_MS - 1_000));
     let sweep = PassKind::Sweep {
         delete_experiment: true,
         force: true,
@@ -269,7 +270,7 @@ fn retirement_waits_for_kept_graced_young_and_unfinished_runs() {
     req.policy.keep_top = Some(0);
     req.policy.grace = Some("1h".into());
     let mut fresh = run("fresh", 0.5);
-    fresh.end_time = Some(NOW - 1_000);
+    fresh.end_time = Some(EpochMs::from_millis(NOW_MS - 1_000));
     let plan = plan_of(&req, vec![fresh, run("old", 0.1)], &[]).unwrap();
     let blockers = retirement_blockers(&plan.ranking);
     assert_eq!(blockers.len(), 1, "{blockers:?}");

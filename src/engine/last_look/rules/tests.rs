@@ -169,8 +169,8 @@ fn run(id: &str, status: &str) -> Run {
         experiment_id: "1".into(),
         status: RunStatus::parse(status),
         lifecycle_stage: LifecycleStage::Active,
-        start_time: Some(1),
-        end_time: Some(2),
+        start_time: Some(EpochMs::from_millis(1)),
+        end_time: Some(EpochMs::from_millis(2)),
         artifact_uri: format!("mlflow-artifacts:/1/{id}/artifacts"),
         metrics: Fields::default(),
         params: Fields::default(),
@@ -198,7 +198,7 @@ fn plan(id: &str, shared: &[(&str, &[&str])]) -> PlannedDeletion {
         ranked_on: RankedOn {
             metric: None,
             group: None,
-            end_time: Some(2),
+            end_time: Some(EpochMs::from_millis(2)),
         },
         resume: false,
         writes_deleted_param: true,
@@ -231,7 +231,7 @@ fn a_change_in_what_the_ranking_used_withdraws_the_run() {
     planned.ranked_on = RankedOn {
         metric: Some(0.3),
         group: Some("bert".into()),
-        end_time: Some(2),
+        end_time: Some(EpochMs::from_millis(2)),
     };
     let mut same = run("r", "FINISHED");
     same.metrics.insert("acc".into(), 0.3);
@@ -251,7 +251,7 @@ fn a_change_in_what_the_ranking_used_withdraws_the_run() {
         Some("params.base Some(\"bert\") -> Some(\"roberta\")")
     );
     let mut resumed = same.clone();
-    resumed.end_time = Some(5);
+    resumed.end_time = Some(EpochMs::from_millis(5));
     assert!(
         changed(&planned.ranked_on, &resumed, &options)
             .unwrap()
