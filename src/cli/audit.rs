@@ -19,6 +19,7 @@ use crate::domain::audit::{self, Finding, FolderOwner, OnServer};
 use crate::domain::event::{Event, ExperimentPrune};
 use crate::domain::location::{LocationRules, ModelLocation};
 use crate::domain::marks::{self, PARAM_DELETED, TAG_DELETED};
+use crate::domain::size::Bytes;
 use crate::engine::{Engine, PassKind};
 use crate::metrics::Metrics;
 use crate::mlflow::{LoggedModel, MlflowClient, Run, RunFields};
@@ -137,7 +138,7 @@ async fn audit(settings: &Settings, args: &AuditArgs) -> anyhow::Result<ExitCode
     let policy = match plan {
         Ok(report) => {
             for p in &report.planned {
-                let (mut objects, mut bytes) = (0, 0);
+                let (mut objects, mut bytes) = (0, Bytes(0));
                 for (location, _) in &p.locations {
                     let usage = store
                         .usage(&location.bucket, &location.prefix)
@@ -336,12 +337,8 @@ async fn fix(
 }
 
 /// `3 objects, 1.5 KiB`.
-fn size(objects: u64, bytes: u64) -> String {
-    format!(
-        "{}, {}",
-        format::count(objects, "object"),
-        format::bytes(bytes)
-    )
+fn size(objects: u64, bytes: Bytes) -> String {
+    format!("{}, {}", format::count(objects, "object"), bytes)
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {

@@ -39,21 +39,6 @@ pub(super) fn metric(value: f64) -> String {
     }
 }
 
-/// A byte count in binary units: `512 B`, `1.5 KiB`, `3.2 GiB`.
-pub(super) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// Rows as left-aligned columns two spaces apart, each line trimmed, with a newline each.
 pub(super) fn columns<R: AsRef<[String]>>(rows: &[R]) -> String {
     let count = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
@@ -107,16 +92,6 @@ mod tests {
         assert_eq!(metric(3e20), "3.00000e20");
         assert_eq!(metric(f64::NAN), "NaN");
         assert_eq!(metric(f64::NEG_INFINITY), "-inf");
-    }
-
-    #[test]
-    fn bytes_are_written_in_binary_units() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1024), "1.0 KiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-        assert_eq!(bytes(u64::MAX), "16.0 EiB");
     }
 
     #[test]

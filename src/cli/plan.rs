@@ -12,6 +12,7 @@ use serde_json::json;
 use super::format;
 use crate::domain::policy::PolicySource;
 use crate::domain::ranking::{Decision, RankedRun};
+use crate::domain::size::Bytes;
 use crate::engine::{Engine, PassReport};
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -48,7 +49,7 @@ impl Watch {
                     format::count(p.store_requests, "request"),
                     format::count(p.models_deleted, "model"),
                     format::count(p.objects_deleted, "object"),
-                    format::bytes(p.bytes_deleted),
+                    Bytes(p.bytes_deleted),
                 ));
                 shown.tick();
             }
@@ -140,7 +141,7 @@ pub(super) async fn confirm(
         "delete {} ({}, {}) of experiment {} ({:?})",
         format::count(preview.planned.len() as u64, "model"),
         format::count(usage.objects, "object"),
-        format::bytes(usage.bytes),
+        usage.bytes,
         preview.experiment_id,
         preview.experiment_name,
     );
@@ -226,7 +227,7 @@ fn table(report: &PassReport, freed: &Usage) -> String {
         outcomes.join(", "),
         format::count(report.planned.len() as u64, "model"),
         format::count(freed.objects, "object"),
-        format::bytes(freed.bytes),
+        freed.bytes,
     ));
     for run in &report.unmarked {
         s.push_str(&format!(

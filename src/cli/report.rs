@@ -22,6 +22,7 @@ use super::{Failure, PolicyArgs, format};
 use crate::domain::audit;
 use crate::domain::classify::ErrorClass;
 use crate::domain::policy::PolicySource;
+use crate::domain::size::Bytes;
 use crate::engine::{Engine, PassKind, PassRequest};
 use crate::metrics::{Metrics, REPORT_GAUGES};
 use crate::mlflow::{Experiment, MlflowClient};
@@ -64,7 +65,7 @@ impl ReportArgs {
 struct Amount {
     models: u64,
     objects: u64,
-    bytes: u64,
+    bytes: Bytes,
 }
 
 /// One experiment's line of the report.
@@ -138,9 +139,9 @@ pub(super) async fn run(settings: &Settings, args: ReportArgs) -> anyhow::Result
             let (engine, args, progress, listed) = (&engine, &args, &progress, &listed);
             async move {
                 let line = summarize(engine, settings, args, experiment).await;
-                let bytes = line.stored.map_or(0, |s| s.bytes);
+                let bytes = line.stored.map_or(0, |s| s.bytes.0);
                 let total = listed.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed) + bytes;
-                progress.set_message(format!("{} listed", format::bytes(total)));
+                progress.set_message(format!("{} listed", Bytes(total)));
                 progress.inc(1);
                 line
             }
@@ -397,9 +398,9 @@ fn table(report: &Report) -> String {
             l.name.clone(),
             l.runs.map_or_else(dash, |n| n.to_string()),
             l.stored.map_or_else(dash, |s| s.models.to_string()),
-            l.stored.map_or_else(dash, |s| format::bytes(s.bytes)),
+            l.stored.map_or_else(dash, |s| s.bytes.to_string()),
             l.reclaimable.models.to_string(),
-            format::bytes(l.reclaimable.bytes),
+            l.reclaimable.bytes.to_string(),
             l.protected.to_string(),
             l.in_grace.to_string(),
             l.policy
@@ -418,9 +419,9 @@ fn table(report: &Report) -> String {
         format::count(t.experiments as u64, "experiment"),
         format::count(t.stored.models, "model"),
         format::count(t.stored.objects, "object"),
-        format::bytes(t.stored.bytes),
+        t.stored.bytes,
         format::count(t.reclaimable.models, "model"),
-        format::bytes(t.reclaimable.bytes),
+        t.reclaimable.bytes,
         format::count(t.reclaimable.objects, "object"),
     ));
     if t.with_problems > 0 {
@@ -474,10 +475,10 @@ fn csv(report: &Report) -> String {
             opt(l.runs.map(|n| n as u64)),
             opt(l.stored.map(|s| s.models)),
             opt(l.stored.map(|s| s.objects)),
-            opt(l.stored.map(|s| s.bytes)),
+            opt(l.stored.map(|s| s.bytes.0)),
             l.reclaimable.models.to_string(),
             l.reclaimable.objects.to_string(),
-            l.reclaimable.bytes.to_string(),
+            l.reclaimable.bytes.0.to_string(),
             l.protected.to_string(),
             l.in_grace.to_string(),
             field(l.policy.as_deref().unwrap_or_default()),
@@ -493,9 +494,9 @@ fn csv(report: &Report) -> String {
 /// The totals as [`REPORT_GAUGES`], without labels (the textfile collector adds its own).
 fn textfile(totals: &Totals, now_s: u64) -> String {
     let values = [
-        totals.stored.bytes,
+        totals.stored.bytes.0,
         totals.stored.objects,
-        totals.reclaimable.bytes,
+        totals.reclaimable.bytes.0,
         totals.reclaimable.models,
         totals.experiments as u64,
         totals.skipped as u64,
@@ -537,12 +538,12 @@ mod tests {
             stored: Some(Amount {
                 models: 5,
                 objects: 50,
-                bytes: 5000,
+                bytes: Bytes(5000),
             }),
             reclaimable: Amount {
                 models: 3,
                 objects: 30,
-                bytes: reclaim,
+                bytes: Bytes(reclaim),
             },
             protected: 0,
             in_grace: 0,
@@ -589,8 +590,8 @@ mod tests {
         assert_eq!(r.totals.experiments, 3);
         assert_eq!(r.totals.skipped, 1);
         assert_eq!(r.totals.with_problems, 2);
-        assert_eq!(r.totals.stored.bytes, 15000);
-        assert_eq!(r.totals.reclaimable.bytes, 4000);
+        assert_eq!(r.totals.stored.bytes, Bytes(15000));
+        assert_eq!(r.totals.reclaimable.bytes, Bytes(4000));
         assert_eq!(r.totals.reclaimable.models, 9);
         let text = table(&r);
         assert!(text.contains("SKIPPED: MLflow down"), "{text}");
@@ -599,6 +600,11 @@ mod tests {
             "the policy's source: {text}"
         );
         assert!(text.contains("1 experiment skipped"), "{text}");
+        let first = text.lines().find(|l| l.starts_with("1 ")).unwrap();
+        assert!(
+            first.contains("4.9 KiB") && first.contains("2.9 KiB"),
+            "stored and reclaimable sizes in binary units: {first}"
+        );
     }
 
     #[test]

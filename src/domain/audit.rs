@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::Serialize;
 
 use crate::domain::location::{LocationError, LocationRules, ModelLocation, Owner};
+use crate::domain::size::Bytes;
 
 /// Folder of the logged models under an experiment's root (`<root>/models/<model_id>/`).
 pub const MODELS_FOLDER: &str = "models";
@@ -26,8 +27,8 @@ pub enum Finding {
         location: String,
         /// Objects still stored under it.
         objects: u64,
-        /// Their total size, in bytes.
-        bytes: u64,
+        /// Their total size.
+        bytes: Bytes,
     },
     /// An unprotected model stored beyond the top N: an `experiment.prune` repairs it.
     BeyondTopN {
@@ -38,8 +39,8 @@ pub enum Finding {
         reason: String,
         /// Objects stored under its model folders.
         objects: u64,
-        /// Their total size, in bytes.
-        bytes: u64,
+        /// Their total size.
+        bytes: Bytes,
     },
     /// A run planned for deletion whose model folders hold no file: its model lives elsewhere
     /// (another artifact path than `model/`, or a wrong `store.artifacts_destination`). A pass
@@ -56,8 +57,8 @@ pub enum Finding {
         location: String,
         /// Objects stored under it.
         objects: u64,
-        /// Their total size, in bytes.
-        bytes: u64,
+        /// Their total size.
+        bytes: Bytes,
         /// Tied to this experiment on this server ([`tie`]): removing it by hand is safe.
         removable: bool,
         /// What was checked, and why it is or is not removable.
@@ -98,8 +99,8 @@ pub struct OrphanFolder {
     pub prefix: String,
     /// Objects stored under the prefix.
     pub objects: u64,
-    /// Their total size, in bytes.
-    pub bytes: u64,
+    /// Their total size.
+    pub bytes: Bytes,
     /// The run id (`<root><id>/`) or logged model id (`<root>models/<id>/`) the folder is
     /// named for; none for a loose file.
     pub named_for: Option<FolderOwner>,
@@ -224,11 +225,11 @@ pub fn experiment_root(
 /// and counts the known folders found.
 pub fn orphans<'a>(
     root: &str,
-    objects: impl IntoIterator<Item = (&'a str, u64)>,
+    objects: impl IntoIterator<Item = (&'a str, Bytes)>,
     run_ids: &HashSet<&str>,
     model_ids: &HashSet<&str>,
 ) -> Stray {
-    let mut folders: BTreeMap<String, (u64, u64, Option<FolderOwner>)> = BTreeMap::new();
+    let mut folders: BTreeMap<String, (u64, Bytes, Option<FolderOwner>)> = BTreeMap::new();
     let mut known = HashSet::new();
     for (key, size) in objects {
         let Some(rest) = key.strip_prefix(root) else {
@@ -256,7 +257,7 @@ pub fn orphans<'a>(
             ),
             [] => continue,
         };
-        let entry = folders.entry(folder).or_insert((0, 0, named_for));
+        let entry = folders.entry(folder).or_insert((0, Bytes(0), named_for));
         entry.0 += 1;
         entry.1 += size;
     }
@@ -309,7 +310,7 @@ mod tests {
             ("12/r1/artifacts/model/a.bin", 3),
             ("12/models/m-1/artifacts/b.bin", 4),
         ];
-        let stray = orphans("12/", objects, &runs, &models);
+        let stray = orphans("12/", objects.map(|(k, n)| (k, Bytes(n))), &runs, &models);
         assert!(stray.orphans.is_empty());
         assert_eq!(stray.known_folders, 2);
     }
@@ -327,7 +328,7 @@ mod tests {
             ("12/r1/artifacts/kept.bin", 9),
             ("13/r9/elsewhere.bin", 9),
         ];
-        let found = orphans("12/", objects, &runs, &models);
+        let found = orphans("12/", objects.map(|(k, n)| (k, Bytes(n))), &runs, &models);
         assert_eq!(found.known_folders, 1);
         assert_eq!(
             found.orphans[2].named_for,
@@ -336,7 +337,7 @@ mod tests {
         let summary: Vec<_> = found
             .orphans
             .iter()
-            .map(|o| (o.prefix.as_str(), o.objects, o.bytes))
+            .map(|o| (o.prefix.as_str(), o.objects, o.bytes.0))
             .collect();
         assert_eq!(
             summary,
@@ -354,7 +355,7 @@ mod tests {
         // Run ids are hex, so `models` never collides; known model ids still decide.
         let found = orphans(
             "1/",
-            [("1/models/m-9/x", 1)],
+            [("1/models/m-9/x", Bytes(1))],
             &HashSet::new(),
             &HashSet::from(["m-1"]),
         );
@@ -367,12 +368,12 @@ mod tests {
             run_id: "r".into(),
             reason: "rank 3".into(),
             objects: 1,
-            bytes: 1,
+            bytes: Bytes(1),
         };
         let orphan = Finding::Orphan {
             location: "s3://mlflow/1/x/".into(),
             objects: 1,
-            bytes: 1,
+            bytes: Bytes(1),
             removable: true,
             checked: String::new(),
         };
@@ -386,7 +387,7 @@ mod tests {
         let orphan = OrphanFolder {
             prefix: format!("1/{run}/"),
             objects: 1,
-            bytes: 1,
+            bytes: Bytes(1),
             named_for: Some(FolderOwner::Run(run.into())),
         };
         let (removable, checked) = tie(&orphan, 0, Some(&OnServer::Absent), "1");

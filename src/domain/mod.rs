@@ -11,4 +11,5 @@ pub mod marks;
 pub mod policy;
 pub mod ranking;
 pub mod run;
+pub mod size;
 pub mod time;

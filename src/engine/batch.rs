@@ -197,6 +197,7 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::size::Bytes;
 
     const fn r(at: usize) -> RunIndex {
         RunIndex::new(at)
@@ -206,7 +207,7 @@ mod tests {
         (0..n)
             .map(|i| ObjectInfo {
                 key: format!("1/run{run}/artifacts/model/f{i}"),
-                size: 10,
+                size: Bytes(10),
             })
             .collect()
     }
@@ -214,7 +215,7 @@ mod tests {
     fn usage(objects: u64) -> Usage {
         Usage {
             objects,
-            bytes: 10 * objects,
+            bytes: Bytes(10 * objects),
         }
     }
 

@@ -278,7 +278,7 @@ impl Engine {
             ranked = report.ranking.ranked,
             pruned = report.pruned.len(),
             objects = report.objects_deleted(),
-            bytes = report.bytes_deleted(),
+            bytes = report.bytes_deleted().0,
             "pass finished"
         );
         Ok(report)

@@ -796,7 +796,7 @@ impl Engine {
             .map_err(mlflow_err)?;
         info!(
             objects = freed.objects,
-            bytes = freed.bytes,
+            bytes = freed.bytes.0,
             reason = %plan.reason,
             "model deleted"
         );

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::domain::location::ModelLocation;
 use crate::domain::policy::{PolicySource, RetentionPolicy};
 use crate::domain::ranking::{Ranking, RunFacts};
+use crate::domain::size::Bytes;
 use crate::domain::time::EpochMs;
 
 /// A run whose models are to be deleted, with every folder resolved.
@@ -95,8 +96,8 @@ pub struct PrunedRun {
     pub run_id: String,
     /// Objects this pass deleted from the run's model folders.
     pub objects: u64,
-    /// Their total size in bytes, as the store listed them.
-    pub bytes: u64,
+    /// Their total size, as the store listed them.
+    pub bytes: Bytes,
 }
 
 /// The outcome of one pass.
@@ -134,7 +135,7 @@ impl PassReport {
     }
 
     /// Bytes deleted over all pruned runs.
-    pub fn bytes_deleted(&self) -> u64 {
+    pub fn bytes_deleted(&self) -> Bytes {
         self.pruned.iter().map(|p| p.bytes).sum()
     }
 }

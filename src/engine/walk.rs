@@ -185,6 +185,7 @@ fn last_char_len(text: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::size::Bytes;
 
     fn loc(bucket: &str, prefix: &str) -> ModelLocation {
         ModelLocation {
@@ -197,7 +198,7 @@ mod tests {
         keys.iter()
             .map(|k| ObjectInfo {
                 key: (*k).to_owned(),
-                size: 1,
+                size: Bytes(1),
             })
             .collect()
     }

@@ -76,6 +76,7 @@ pub const REPORT_GAUGES: [(&str, &str); 7] = [
 
 use crate::domain::classify::{ErrorClass, REASONS};
 use crate::domain::event::{EXPERIMENT_PRUNE, RUN_FINISHED};
+use crate::domain::size::Bytes;
 
 /// One HTTP call: 5 ms to 30 s (the default request timeout).
 const REQUEST_BUCKETS: &[f64] = &[
@@ -468,11 +469,11 @@ impl Metrics {
     }
 
     /// Counts a run whose `models` model folders (`objects` objects, `bytes` bytes) were deleted.
-    pub fn run_pruned(&self, models: usize, objects: u64, bytes: u64) {
+    pub fn run_pruned(&self, models: usize, objects: u64, bytes: Bytes) {
         self.0.runs.with_label_values(&["pruned"]).inc();
         self.0.models_deleted.inc_by(models as u64);
         self.0.objects_deleted.inc_by(objects);
-        self.0.bytes_deleted.inc_by(bytes);
+        self.0.bytes_deleted.inc_by(bytes.0);
     }
 
     /// What this registry has counted so far, for a person watching a long command.

@@ -6,6 +6,7 @@ use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use futures::TryFutureExt as _;
 
 use super::{ObjectInfo, ObjectStore, Reason, StoreError, Usage};
+use crate::domain::size::Bytes;
 
 const LIST: &str = "ListObjectsV2";
 
@@ -104,7 +105,7 @@ fn page(output: &ListObjectsV2Output) -> Page {
         .filter_map(|object| {
             Some(ObjectInfo {
                 key: object.key()?.to_owned(),
-                size: object.size().unwrap_or(0).try_into().unwrap_or(0),
+                size: Bytes(object.size().unwrap_or(0).try_into().unwrap_or(0)),
             })
         })
         .collect();
@@ -159,7 +160,7 @@ mod tests {
                 .iter()
                 .map(|k| ObjectInfo {
                     key: (*k).to_owned(),
-                    size: 1,
+                    size: Bytes(1),
                 })
                 .collect(),
             more,
@@ -181,11 +182,11 @@ mod tests {
             vec![
                 ObjectInfo {
                     key: "p/a".into(),
-                    size: 3
+                    size: Bytes(3)
                 },
                 ObjectInfo {
                     key: "p/b".into(),
-                    size: 0
+                    size: Bytes(0)
                 },
             ]
         );
@@ -193,7 +194,7 @@ mod tests {
             Usage::of(&objects),
             Usage {
                 objects: 2,
-                bytes: 3
+                bytes: Bytes(3)
             }
         );
     }

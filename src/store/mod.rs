@@ -25,6 +25,7 @@ use aws_sdk_s3::config::{
 use secrecy::ExposeSecret;
 
 use crate::domain::classify::Classified as _;
+use crate::domain::size::Bytes;
 use crate::limit::{Limiter, MAX_FREE_RESENDS};
 use crate::metrics::{Metrics, Target};
 use crate::settings::StoreSettings;
@@ -40,8 +41,8 @@ pub const MAX_DELETE_BATCH: usize = 1000;
 pub struct Usage {
     /// How many objects lie under the prefix (or were deleted).
     pub objects: u64,
-    /// Their total size in bytes, as the listing reported it.
-    pub bytes: u64,
+    /// Their total size, as the listing reported it.
+    pub bytes: Bytes,
 }
 
 impl AddAssign for Usage {
@@ -67,7 +68,7 @@ pub struct ObjectInfo {
     /// The object's full key in its bucket, e.g. `12/<run_id>/artifacts/model/MLmodel`.
     pub key: String,
     /// The object's size in bytes, as the listing reported it.
-    pub size: u64,
+    pub size: Bytes,
 }
 
 /// A client of the S3-compatible store, cheap to clone.
@@ -230,17 +231,17 @@ mod tests {
         let mut total = Usage::default();
         total += Usage {
             objects: 2,
-            bytes: 10,
+            bytes: Bytes(10),
         };
         total += Usage {
             objects: 3,
-            bytes: 5,
+            bytes: Bytes(5),
         };
         assert_eq!(
             total,
             Usage {
                 objects: 5,
-                bytes: 15
+                bytes: Bytes(15)
             }
         );
     }
