@@ -1,5 +1,6 @@
 //! Pure domain logic, free of I/O: events, retention policy, ranking, artifact locations, the
-//! marking contract with MLflow and error classification. Most unit tests live here.
+//! marking contract with MLflow, error classification, the one backoff, and the types for
+//! times ([`time::EpochMs`]) and sizes ([`size::Bytes`]). Most unit tests live here.
 
 pub mod adaptive;
 pub mod audit;

@@ -68,11 +68,11 @@ async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_end
         .await;
 
     // The first pass prunes the old loser and leaves the two fresh ones in their window.
-    eventually_every(
+    wait_marked(
+        &world,
+        &poor,
         Duration::from_secs(30),
-        Duration::from_millis(250),
         "the old loser was not pruned",
-        async || world.marked(&poor).await,
     )
     .await;
     assert!(
@@ -91,11 +91,11 @@ async fn a_run_in_grace_is_pruned_by_the_scheduled_follow_up_once_its_window_end
         .unwrap();
 
     // No further event: the follow-up prunes the other once its window has ended.
-    eventually_every(
+    wait_marked(
+        &world,
+        &fresh,
         Duration::from_secs(60),
-        Duration::from_millis(250),
         "the run in grace was never pruned",
-        async || world.marked(&fresh).await,
     )
     .await;
     assert_eq!(world.objects(&fresh).await, 0);
@@ -170,11 +170,11 @@ async fn a_window_longer_than_every_delay_is_waited_out_in_legs_without_passes()
     let app = TestApp::spawn(settings()).await;
     app.publish("run.finished", &run_finished(&exp, &fresh, 1))
         .await;
-    eventually_every(
+    wait_marked(
+        &world,
+        &fresh,
         Duration::from_secs(60),
-        Duration::from_millis(250),
         "the run in grace was never pruned",
-        async || world.marked(&fresh).await,
     )
     .await;
     let tags = world.mlflow.run_tags(&fresh.run.run_id).await.unwrap();
@@ -213,11 +213,11 @@ async fn a_run_too_recent_for_older_than_is_pruned_by_a_follow_up_once_it_comes_
     let app = TestApp::spawn(settings()).await;
     app.publish("run.finished", &run_finished(&exp, &young, 1))
         .await;
-    eventually_every(
+    wait_marked(
+        &world,
+        &young,
         Duration::from_secs(60),
-        Duration::from_millis(250),
         "the run held back by older_than was never revisited",
-        async || world.marked(&young).await,
     )
     .await;
     let tags = world.mlflow.run_tags(&young.run.run_id).await.unwrap();
@@ -234,6 +234,13 @@ async fn a_run_too_recent_for_older_than_is_pruned_by_a_follow_up_once_it_comes_
 }
 
 /// Follow-up legs waiting in the app's delay queues.
+/// Waits until `run` is marked pruned, looking every 250 ms (MLflow is not hurried); panics
+/// with `what` after `within`.
+async fn wait_marked(world: &World, run: &ModelRun, within: Duration, what: &str) {
+    let every = Duration::from_millis(250);
+    eventually_every(within, every, what, async || world.marked(run).await).await;
+}
+
 async fn legs(app: &TestApp) -> u32 {
     let mut n = 0;
     for q in &app.topology.delay_queues {
