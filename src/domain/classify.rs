@@ -1,7 +1,9 @@
 //! Error classification: the one place that decides whether a failure is worth retrying, and
 //! the few words (`throttled`, `timeout`...) a failure's reason is labelled with.
 
+use std::error::Error as StdError;
 use std::fmt;
+use std::fmt::Write as _;
 
 /// Every reason [`Classified::reason`] gives, so counters can start each series at zero.
 pub const REASONS: [&str; 12] = [
@@ -72,9 +74,50 @@ impl fmt::Display for ErrorClass {
     }
 }
 
+/// "a: b: c" from an error and its sources, skipping a source that repeats its parent.
+pub fn chain(err: &dyn StdError) -> String {
+    let mut out = err.to_string();
+    let mut last = out.clone();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if text != last {
+            let _ = write!(out, ": {text}");
+            last = text;
+        }
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1.as_deref().map(|l| l as &(dyn StdError + 'static))
+        }
+    }
+
+    #[test]
+    fn a_chain_says_each_cause_once_in_order() {
+        let refused = Layer("connection refused", None);
+        let repeated = Layer("tcp connect error", Some(Box::new(refused)));
+        let tcp = Layer("tcp connect error", Some(Box::new(repeated)));
+        let top = Layer("error sending request", Some(Box::new(tcp)));
+        assert_eq!(
+            chain(&top),
+            "error sending request: tcp connect error: connection refused"
+        );
+    }
 
     #[test]
     fn server_errors_throttling_and_request_timeouts_are_transient() {

@@ -193,4 +193,20 @@ mod tests {
         assert!(err.to_string().contains(&said), "{err}");
         assert!(err.source().is_none(), "{:#}", anyhow::Error::new(err));
     }
+
+    #[test]
+    fn what_mlflow_could_not_parse_is_said_once_through_a_pass() {
+        let parser = serde_json::from_str::<serde_json::Value>("nope").unwrap_err();
+        let said = parser.to_string();
+        let err = PruneError::Mlflow {
+            experiment_id: "7".into(),
+            cause: MlflowError::Decode {
+                operation: "runs/get",
+                target: "run r".into(),
+                cause: parser,
+            },
+        };
+        let printed = format!("{:#}", anyhow::Error::new(err));
+        assert_eq!(printed.matches(&said).count(), 1, "{printed}");
+    }
 }

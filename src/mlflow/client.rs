@@ -191,10 +191,10 @@ impl MlflowClient {
     ) -> Result<T, MlflowError> {
         let (operation, target) = (call.operation, call.target.clone());
         let body = self.execute_raw(call, request).await?;
-        serde_json::from_slice(&body).map_err(|source| MlflowError::Decode {
+        serde_json::from_slice(&body).map_err(|cause| MlflowError::Decode {
             operation,
             target,
-            source,
+            cause,
         })
     }
 

@@ -1,6 +1,6 @@
 //! [`MlflowError`]: what failed, for which experiment, run or model, and whether retrying helps.
 
-use crate::domain::classify::{Classified, ErrorClass, status_reason};
+use crate::domain::classify::{Classified, ErrorClass, chain, status_reason};
 
 /// MLflow's code for a missing experiment, run or model.
 const RESOURCE_DOES_NOT_EXIST: &str = "RESOURCE_DOES_NOT_EXIST";
@@ -39,37 +39,36 @@ pub enum MlflowError {
         target: String,
     },
     /// The server could not be reached.
-    #[error("MLflow {operation} for {target}: cannot connect")]
+    #[error("MLflow {operation} for {target}: cannot connect: {}", chain(cause))]
     Connect {
         /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
         /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
-        /// The HTTP client's error, with its URL removed (it may carry credentials).
-        #[source]
-        source: reqwest::Error,
+        /// The HTTP client's error, with its URL removed (it may carry credentials); its
+        /// causes are part of the message.
+        cause: reqwest::Error,
     },
     /// The request or response broke off in transit (connection reset, truncated body).
-    #[error("MLflow {operation} for {target}: transport error")]
+    #[error("MLflow {operation} for {target}: transport error: {}", chain(cause))]
     Transport {
         /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
         /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
-        /// The HTTP client's error, with its URL removed (it may carry credentials).
-        #[source]
-        source: reqwest::Error,
+        /// The HTTP client's error, with its URL removed (it may carry credentials); its
+        /// causes are part of the message.
+        cause: reqwest::Error,
     },
     /// A success response whose body is not what the API documents.
-    #[error("MLflow {operation} for {target}: unexpected response body")]
+    #[error("MLflow {operation} for {target}: unexpected response body: {cause}")]
     Decode {
         /// The endpoint called, e.g. `runs/search`.
         operation: &'static str,
         /// What the request was about, e.g. `experiment 12` or `run 0400b9f4...`.
         target: String,
         /// Where and why the JSON body did not parse.
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A search that spans several pages read differently each time: the server is written to
     /// faster than it can be read consistently. Tried again later.
@@ -214,13 +213,13 @@ impl MlflowError {
             MlflowError::Connect {
                 operation,
                 target,
-                source,
+                cause: source,
             }
         } else {
             MlflowError::Transport {
                 operation,
                 target,
-                source,
+                cause: source,
             }
         }
     }
@@ -397,12 +396,17 @@ mod tests {
     #[test]
     fn undecodable_success_bodies_are_permanent() {
         let source = serde_json::from_str::<serde_json::Value>("nope").unwrap_err();
+        let said = source.to_string();
         let err = MlflowError::Decode {
             operation: "runs/get",
             target: "run r".into(),
-            source,
+            cause: source,
         };
         assert_eq!(err.class(), ErrorClass::Permanent);
         assert!(!err.is_not_found());
+        assert!(
+            err.to_string().ends_with(&said),
+            "the parser's reason is said: {err}"
+        );
     }
 }

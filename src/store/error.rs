@@ -1,12 +1,11 @@
 //! What can go wrong talking to the store, and whether trying again can help.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::domain::classify::{Classified, ErrorClass, status_reason};
+use crate::domain::classify::{Classified, ErrorClass, chain, status_reason};
 
 /// The SDK error behind a failed request.
 pub type Cause = Box<dyn StdError + Send + Sync + 'static>;
@@ -210,22 +209,6 @@ pub(super) fn is_transient_code(code: &str) -> bool {
 /// Whether a per-key DeleteObjects error means the key is already gone.
 pub(super) fn is_already_gone(code: Option<&str>) -> bool {
     code == Some(ALREADY_GONE)
-}
-
-/// "a: b: c" from an error and its sources, skipping a source that repeats its parent.
-fn chain(err: &dyn StdError) -> String {
-    let mut out = err.to_string();
-    let mut last = out.clone();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if text != last {
-            let _ = write!(out, ": {text}");
-            last = text;
-        }
-        source = cause.source();
-    }
-    out
 }
 
 /// S3 codes that mean "slow down".
