@@ -35,9 +35,11 @@ impl RetryPolicy {
         }
     }
 
-    /// The waits between attempts: initial, 2x, 4x, ... capped, each with full jitter.
+    /// The waits between attempts: initial, 2x, 4x, ... capped, each with full jitter. An
+    /// initial wait of zero counts as a millisecond, so that the waits still grow.
     fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
-        Backoff::new(self.initial_backoff, self.max_backoff, Jitter::Full)
+        let first = self.initial_backoff.max(Duration::from_millis(1));
+        Backoff::new(first, self.max_backoff, Jitter::Full)
             .waits()
             .take(self.attempts.saturating_sub(1) as usize)
     }
