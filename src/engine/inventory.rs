@@ -96,7 +96,7 @@ pub fn is_pruned(run: &Run) -> bool {
 
 /// Builds the inventory of `runs`, linking logged models by `outputs.model_outputs` and by
 /// `source_run_id`. Registry versions are not read here: they are looked up for the runs about
-/// to be deleted, just before their files go (see `guard`).
+/// to be deleted, just before their files go (see `last_look`).
 pub fn build(
     runs: Vec<Run>,
     logged_models: &[LoggedModel],

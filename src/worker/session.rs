@@ -398,12 +398,14 @@ impl<'c> Consuming<'c> {
     /// Lets the tasks in flight finish within the shutdown grace; the waiting deliveries are
     /// dropped unacked, so the broker redelivers them.
     async fn drain(self) {
-        drain(
-            &mut { self.tasks }.running,
-            self.ctx.shutdown_grace,
-            &self.ctx.health,
-        )
-        .await;
+        let Consuming {
+            ctx,
+            mut tasks,
+            scheduler,
+            ..
+        } = self;
+        drain(&mut tasks.running, ctx.shutdown_grace, &ctx.health).await;
+        drop(scheduler);
     }
 }
 
